@@ -1,0 +1,69 @@
+"""What every gradient estimator shares: a name, its own random stream, range checks."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..errors import UsageError
+from ..sampling import Mode, Plan
+
+
+class GradientEstimator:
+    """Decides, per sampling step, what autograd records (see :class:`~shortcut_diffusion.sampling.Mode`).
+
+    Subclasses implement :meth:`plan`. Random choices (a truncation point, a kept step) are drawn
+    from the estimator's own generator, never from the scheduler's noise stream, so estimators
+    compared on one seed sample identical noise.
+    """
+
+    name: str = ""
+
+    def __init__(self, seed: Optional[int] = 0, checkpoint: bool = False):
+        self.seed = seed
+        self.checkpoint = bool(checkpoint)
+        self._generator = torch.Generator()
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(int(seed))
+
+    @property
+    def grad_mode(self) -> Mode:
+        """The mode of the steps whose network graph is kept."""
+        return Mode.CHECKPOINT if self.checkpoint else Mode.GRAD
+
+    def plan(self, steps: int) -> Plan:
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        """The settings that distinguish this estimator from its defaults (for reports)."""
+        return {}
+
+    @property
+    def spec(self) -> str:
+        """``name`` or ``name:key=value,...``: the string :func:`get_estimator` parses back."""
+        params = self.params()
+        if self.checkpoint:
+            params["checkpoint"] = 1
+        if not params:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v}" for k, v in params.items())
+
+    def __repr__(self) -> str:
+        return f"<estimator {self.spec}>"
+
+    # helpers for subclasses -------------------------------------------------------------------
+    def _randint(self, low: int, high: int) -> int:
+        """Uniform integer in ``[low, high]`` from this estimator's generator."""
+        return int(torch.randint(low, high + 1, (1,), generator=self._generator))
+
+    def _check_k(self, k: int, steps: int) -> None:
+        if not 1 <= k <= steps:
+            raise UsageError(f"{self.name}: k={k} is out of range 1..{steps} for {steps} steps")
+
+
+def resolve_k(k: "int | str", steps: int) -> int:
+    """``k`` as an int, where ``"all"`` means every step."""
+    return steps if k == "all" else int(k)
