@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Callable, Mapping, Optional, Protocol, Union
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -123,6 +123,28 @@ def _check_output(output: Any, x: torch.Tensor, scheduler: Any) -> None:
     )
 
 
+def _requires_grad(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.requires_grad
+    if isinstance(value, Mapping):
+        return any(_requires_grad(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_requires_grad(v) for v in value)
+    if isinstance(value, torch.nn.Module):
+        return any(p.requires_grad for p in value.parameters())
+    return False
+
+
+def _check_differentiable(denoiser: Denoiser, x: torch.Tensor, cond: Any) -> None:
+    """An estimator asks for gradients: something must require grad, or backward would fail later."""
+    if not (_requires_grad(x) or _requires_grad(cond) or _requires_grad(denoiser)):
+        raise UsageError(
+            "an estimator was given but nothing to differentiate requires grad: call "
+            "requires_grad_() on the optimized variable (x, cond or the denoiser's weights), "
+            "or sample under torch.no_grad()"
+        )
+
+
 def _resolve_plan(estimator: Union[Estimator, Plan, None], steps: int) -> Plan:
     if estimator is None:
         return Plan.uniform(Mode.GRAD, steps)
@@ -183,6 +205,8 @@ def sample(
     if "generator" in accepted:
         step_kwargs["generator"] = _as_generator(generator)
     plan = _resolve_plan(estimator, stop - start)
+    if estimator is not None and torch.is_grad_enabled():
+        _check_differentiable(denoiser, x, cond)
     timesteps = sched.timesteps[start:stop]
 
     for i, (t, mode) in enumerate(tqdm(list(zip(timesteps, plan.modes)), disable=not progress)):

@@ -1,0 +1,54 @@
+"""Config dataclasses generate the command line: one field, one option, its ``help`` from metadata.
+
+>>> from dataclasses import dataclass, field
+>>> @dataclass
+... class Demo:
+...     steps: int = field(default=50, metadata={"help": "sampling steps"})
+...     json: bool = field(default=False, metadata={"help": "print JSON"})
+>>> import argparse
+>>> parser = argparse.ArgumentParser()
+>>> add_arguments(parser, Demo)
+>>> from_args(Demo, parser.parse_args(["--steps", "10", "--json"]))
+Demo(steps=10, json=True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "")}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if kind is bool:
+            parser.add_argument(_option(f.name), action=argparse.BooleanOptionalAction, default=default, **kwargs)
+            continue
+        origin = typing.get_origin(kind)
+        if origin in (list, tuple):
+            (item,) = set(typing.get_args(kind)) - {Ellipsis}
+            kwargs.update(nargs="+", type=item)
+        elif origin is typing.Union:  # Optional[X]
+            kwargs["type"] = next(a for a in typing.get_args(kind) if a is not type(None))
+        else:
+            kwargs["type"] = kind
+        kwargs["help"] += f" (default: {default})"
+        parser.add_argument(_option(f.name), default=default, **kwargs)
+
+
+def from_args(cls: type[T], namespace: argparse.Namespace) -> T:
+    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)}
+    return cls(**values)  # type: ignore[call-arg]
