@@ -151,7 +151,7 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
 def format_table(report: dict[str, Any]) -> str:
     head = (f"gradcheck: model={report['model']} scheduler={report['scheduler']} steps={report['steps']} "
             f"target={report['target']} reward={report['reward']} batch={report['batch']} device={report['device']}")
-    cols = ["estimator", "cosine", "rel_norm", "nfe_fwd", "nfe_bwd", "saved_MB", "seconds"]
+    cols = ["estimator", "cosine", "rel_norm", "nfe_fwd", "nfe_bwd", "saved_MiB", "seconds"]
     rows = []
     for r in report["results"]:
         fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731

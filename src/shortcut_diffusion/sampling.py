@@ -136,8 +136,11 @@ def _requires_grad(value: Any) -> bool:
 
 
 def _check_differentiable(denoiser: Denoiser, x: torch.Tensor, cond: Any) -> None:
-    """An estimator asks for gradients: something must require grad, or backward would fail later."""
-    if not (_requires_grad(x) or _requires_grad(cond) or _requires_grad(denoiser)):
+    """An estimator asks for gradients: something must require grad, or backward would fail later.
+
+    Only checked when the denoiser is an ``nn.Module`` (a plain function may close over weights).
+    """
+    if isinstance(denoiser, torch.nn.Module) and not (_requires_grad(x) or _requires_grad(cond) or _requires_grad(denoiser)):
         raise UsageError(
             "an estimator was given but nothing to differentiate requires grad: call "
             "requires_grad_() on the optimized variable (x, cond or the denoiser's weights), "
@@ -191,10 +194,10 @@ def sample(
         callback: called after every step with ``{"i", "t", "x", "mode"}``.
         progress: show a progress bar.
     """
+    sched = fresh_scheduler(scheduler, steps, device=x.device, **(set_timesteps_kwargs or {}))
     stop = steps if stop is None else stop
     if not 0 <= start < stop <= steps:
         raise UsageError(f"need 0 <= start < stop <= steps, got start={start}, stop={stop}, steps={steps}")
-    sched = fresh_scheduler(scheduler, steps, device=x.device, **(set_timesteps_kwargs or {}))
     if start and hasattr(sched, "set_begin_index"):
         sched.set_begin_index(start)
     step_kwargs = dict(step_kwargs or {})

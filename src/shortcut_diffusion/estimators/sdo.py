@@ -21,7 +21,7 @@ independent of the number of steps. ``tests/test_closed_form.py`` checks this fo
 Which step is kept (``keep``): ``first`` (default; the paper's choice for latents, the step right
 after the optimized latent), ``last``, ``random`` (a new step per call; the default for weights
 and embeddings), or a step index. ``k`` > 1 keeps k steps (first k, last k, or k distinct random
-steps) for ablations.
+steps; ``k=all`` keeps every step, which is full backpropagation) for ablations.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 
 from ..errors import UsageError
 from ..sampling import Mode, Plan
-from .base import GradientEstimator
+from .base import GradientEstimator, resolve_k
 
 KEEP_CHOICES = ("first", "last", "random")
 
@@ -38,7 +38,7 @@ KEEP_CHOICES = ("first", "last", "random")
 class SDO(GradientEstimator):
     name = "sdo"
 
-    def __init__(self, keep: "str | int" = "first", k: int = 1, seed=0, checkpoint: bool = False):
+    def __init__(self, keep: "str | int" = "first", k: "int | str" = 1, seed=0, checkpoint: bool = False):
         super().__init__(seed=seed, checkpoint=checkpoint)
         if isinstance(keep, str) and keep not in KEEP_CHOICES:
             try:
@@ -47,8 +47,8 @@ class SDO(GradientEstimator):
                 raise UsageError(
                     f"sdo: keep={keep!r} must be first, last, random or a step index"
                 ) from None
-        self.keep, self.k = keep, int(k)
-        if isinstance(keep, int) and self.k != 1:
+        self.keep, self.k = keep, k
+        if isinstance(keep, int) and k != 1:
             raise UsageError("sdo: k > 1 needs keep=first, last or random, not a step index")
 
     def params(self) -> dict:
@@ -63,12 +63,13 @@ class SDO(GradientEstimator):
             if not 0 <= index < steps:
                 raise UsageError(f"sdo: keep={self.keep} is out of range for {steps} steps")
             return [index]
-        self._check_k(self.k, steps)
+        k = resolve_k(self.k, steps)
+        self._check_k(k, steps)
         if self.keep == "first":
-            return list(range(self.k))
+            return list(range(k))
         if self.keep == "last":
-            return list(range(steps - self.k, steps))
-        return sorted(torch.randperm(steps, generator=self._generator)[: self.k].tolist())
+            return list(range(steps - k, steps))
+        return sorted(torch.randperm(steps, generator=self._generator)[:k].tolist())
 
     def plan(self, steps: int) -> Plan:
         kept = set(self.kept_steps(steps))

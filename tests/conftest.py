@@ -1,0 +1,58 @@
+"""Tiny models shared by the tests (built in code, seeded, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shortcut_diffusion import make_scheduler
+from shortcut_diffusion.models import toy_model
+
+# Every scheduler the engine promises, with the step arguments that select its variant.
+SCHEDULER_CASES = {
+    "ddim": ("ddim", {}),
+    "ddim-eta": ("ddim", {"eta": 0.7}),
+    "ddpm": ("ddpm", {}),
+    "euler": ("euler", {}),
+    "euler-a": ("euler-a", {}),
+    "dpmpp-2m": ("dpmpp-2m", {}),
+    "dpmpp-2m-sde": ("dpmpp-2m-sde", {}),
+    "unipc": ("unipc", {}),
+    "flow-euler": ("flow-euler", {}),
+}
+
+ESTIMATOR_SPECS = [
+    "full",
+    "checkpointed",
+    "truncated:k=1",
+    "truncated:k=2",
+    "alignprop",
+    "alignprop:checkpoint=1",
+    "refl",
+    "sdo",
+    "sdo:keep=last",
+    "sdo:keep=random",
+    "sdo:keep=2",
+    "sdo:k=2,keep=random",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    model = toy_model(seed=0, channels=(8, 16))
+    model.unet.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(params=list(SCHEDULER_CASES), ids=list(SCHEDULER_CASES))
+def scheduler_case(request, tiny):
+    name, step_kwargs = SCHEDULER_CASES[request.param]
+    return make_scheduler(name, like=tiny.scheduler), step_kwargs
+
+
+def latent(batch: int = 2, seed: int = 0, shape=(1, 16, 16)) -> torch.Tensor:
+    return torch.randn((batch, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def class_cond(model, batch: int = 2) -> torch.Tensor:
+    return model.embeddings(torch.arange(batch) % 10).detach()

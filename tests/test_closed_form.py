@@ -1,0 +1,96 @@
+"""SDO's gradient on a linear toy denoiser equals the closed form in ``estimators/sdo.py``.
+
+With eps(x) = W x and DDIM (eta = 0), step i is x_{i+1} = a_i x_i + b_i W x_i. For r = <g, x_N>:
+full backpropagation gives [prod_i (a_i I + b_i W)]^T g, and SDO keeping step j gives
+(prod_{i != j} a_i) (a_j I + b_j W)^T g.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shortcut_diffusion import Mode, Plan, get_estimator, make_scheduler, sample
+
+STEPS = 6
+SHAPE = (2, 1, 3, 3)
+DIM = 9
+
+
+def ddim_coefficients(scheduler, steps):
+    sched = make_scheduler("ddim", like=scheduler)
+    sched.set_timesteps(steps)
+    # The scheduler computes its coefficients from float32 alphas: use the same values.
+    abar = sched.alphas_cumprod
+    ts = sched.timesteps.tolist()
+    coeffs = []
+    for i, t in enumerate(ts):
+        a_t = abar[t]
+        a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else sched.final_alpha_cumprod
+        a = (a_prev / a_t).sqrt()
+        b = (1 - a_prev).sqrt() - (a_prev * (1 - a_t) / a_t).sqrt()
+        coeffs.append((float(a), float(b)))
+    return coeffs
+
+
+@pytest.fixture
+def setup():
+    from diffusers import DDIMScheduler
+
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(DIM, DIM, generator=gen, dtype=torch.float64) * 0.3
+    g = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False)
+
+    def denoiser(x, t, cond):  # eps = W x on each sample's flattened pixels
+        return (x.flatten(1) @ W.T).view_as(x)
+
+    return W, g, x0, scheduler, denoiser
+
+
+def grad_of(plan_or_estimator, setup):
+    W, g, x0, scheduler, denoiser = setup
+    x = x0.clone().requires_grad_()
+    out = sample(denoiser, scheduler, x, steps=STEPS, estimator=plan_or_estimator)
+    (grad,) = torch.autograd.grad((g * out.sample).sum(), x)
+    return grad
+
+
+def apply_transposed(M, v):
+    return (v.flatten(1) @ M).view_as(v)  # rows of v times M == (M^T v_row)
+
+
+def test_full_matches_closed_form(setup):
+    W, g, *_ , scheduler, _ = setup
+    eye = torch.eye(DIM, dtype=torch.float64)
+    product = eye
+    for a, b in ddim_coefficients(scheduler, STEPS):  # x_N = (M_{N-1} ... M_0) x_0
+        product = (a * eye + b * W) @ product
+    expected = apply_transposed(product, g)
+    torch.testing.assert_close(grad_of(get_estimator("full"), setup), expected, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("kept", [0, 2, STEPS - 1])
+def test_sdo_matches_closed_form(kept, setup):
+    W, g, *_ , scheduler, _ = setup
+    coeffs = ddim_coefficients(scheduler, STEPS)
+    scale = 1.0
+    for i, (a, _) in enumerate(coeffs):
+        if i != kept:
+            scale *= a
+    a_j, b_j = coeffs[kept]
+    expected = scale * apply_transposed(a_j * torch.eye(DIM, dtype=torch.float64) + b_j * W, g)
+    got = grad_of(get_estimator("sdo", keep=kept), setup)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
+    # and it is not the full gradient: the shortcut drops the other steps' Jacobians
+    assert not torch.allclose(got, grad_of(get_estimator("full"), setup), rtol=1e-3)
+
+
+def test_all_detached_is_the_pure_linear_path(setup):
+    *_, g, _, scheduler, _ = setup
+    scale = 1.0
+    for a, _ in ddim_coefficients(scheduler, STEPS):
+        scale *= a
+    got = grad_of(Plan.uniform(Mode.DETACH, STEPS), setup)
+    torch.testing.assert_close(got, scale * g, rtol=1e-6, atol=1e-9)

@@ -1,0 +1,60 @@
+"""``sdo gradcheck``: JSON report, and the properties the issue asks it to show."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shortcut_diffusion.cli import main
+from shortcut_diffusion.gradcheck import GradcheckConfig, run_gradcheck
+
+
+def run_json(capsys, *argv):
+    assert main(["gradcheck", "--json", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_report(capsys):
+    report = run_json(capsys, "--steps", "6")
+    assert report["steps"] == 6 and report["target"] == "latent"
+    results = {r["estimator"]: r for r in report["results"]}
+    assert list(results)[0] == "full"
+    for r in report["results"]:
+        assert set(r) >= {"estimator", "cosine", "rel_norm", "nfe_forward", "nfe_backward",
+                          "saved_bytes", "seconds"}
+    assert results["full"]["cosine"] == pytest.approx(1.0)
+    assert results["truncated:k=all"]["cosine"] >= 0.9999
+    assert results["checkpointed"]["cosine"] >= 0.9999
+    assert results["truncated:k=1"]["cosine"] is None and results["truncated:k=1"]["rel_norm"] == 0
+    assert (results["full"]["nfe_forward"], results["full"]["nfe_backward"]) == (6, 6)
+    assert (results["checkpointed"]["nfe_forward"], results["checkpointed"]["nfe_backward"]) == (12, 6)
+    assert (results["sdo"]["nfe_forward"], results["sdo"]["nfe_backward"]) == (6, 1)
+    assert 0.5 < results["sdo"]["cosine"] <= 1.0
+    assert results["sdo"]["saved_bytes"] < results["full"]["saved_bytes"] / 3
+    assert results["checkpointed"]["saved_bytes"] < results["sdo"]["saved_bytes"]
+
+
+def test_sdo_saved_bytes_do_not_grow_with_steps():
+    def sdo_bytes(steps):
+        config = GradcheckConfig(steps=steps, estimators=["sdo"], batch=1)
+        return {r["estimator"]: r["saved_bytes"] for r in run_gradcheck(config)["results"]}
+
+    few, many = sdo_bytes(4), sdo_bytes(16)
+    assert many["sdo"] <= 1.1 * few["sdo"]
+    assert many["full"] >= 3.5 * few["full"]  # full grows linearly
+
+
+@pytest.mark.parametrize("target", ["cond", "weights"])
+def test_other_targets(target, capsys):
+    report = run_json(capsys, "--steps", "4", "--target", target, "--estimators",
+                      "truncated:k=1", "sdo:keep=random", "refl")
+    results = {r["estimator"]: r for r in report["results"]}
+    for name in ["truncated:k=1", "sdo:keep=random", "refl"]:
+        assert results[name]["cosine"] is not None and results[name]["nfe_backward"] == 1
+
+
+def test_table_output(capsys):
+    assert main(["gradcheck", "--steps", "3", "--estimators", "sdo"]) == 0
+    out = capsys.readouterr().out
+    assert "estimator" in out and "\nsdo " in out and "\nfull " in out
