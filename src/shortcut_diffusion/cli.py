@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .config import add_arguments, from_args
 from .errors import UsageError
@@ -20,19 +20,44 @@ def _gradcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def _latent(args: argparse.Namespace) -> int:
+    from .latent import LatentConfig, describe, run_latent
+
+    result, out = run_latent(from_args(LatentConfig, args))
+    print(describe(result, out))
+    return 0 if result.stopped is None else 1
+
+
+def _train_testbed(args: argparse.Namespace) -> int:
+    from .testbed.train import TrainTestbedConfig, train_testbed
+
+    train_testbed(from_args(TrainTestbedConfig, args))
+    return 0
+
+
+def _add(commands, name: str, config_cls: type, run: Callable, help: str, **defaults) -> None:
+    parser = commands.add_parser(name, help=help, description=help)
+    add_arguments(parser, config_cls)
+    parser.set_defaults(run=run, **defaults)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .gradcheck import GradcheckConfig
+    from .latent import LatentConfig
+    from .testbed.train import TrainTestbedConfig
 
     parser = argparse.ArgumentParser(prog="sdo", description="Shortcut Diffusion Optimization")
     commands = parser.add_subparsers(dest="command", required=True)
-    gc = commands.add_parser(
-        "gradcheck",
-        help="compare every estimator's gradient with full backpropagation on the same noise",
-        description="Gradient of a reward w.r.t. a target with every estimator on the same noise: "
-        "cosine and relative norm vs full, network evaluations, bytes saved for backward, seconds.",
-    )
-    add_arguments(gc, GradcheckConfig)
-    gc.set_defaults(run=_gradcheck)
+    _add(commands, "demo", LatentConfig, _latent,
+         "the main job on the bundled digits model: SDO turns generated 1s into 7s "
+         "(sdo latent with its defaults, written to runs/demo)", out="runs/demo")
+    _add(commands, "latent", LatentConfig, _latent,
+         "optimize latents (initial noise, a warmed-up latent, or an inverted image) against a reward")
+    _add(commands, "gradcheck", GradcheckConfig, _gradcheck,
+         "compare every estimator's gradient with full backpropagation on the same noise: cosine, "
+         "relative norm, network evaluations, bytes saved for backward, seconds")
+    _add(commands, "train-testbed", TrainTestbedConfig, _train_testbed,
+         "train the digits testbed (classifier and diffusion model) from a seed")
     return parser
 
 

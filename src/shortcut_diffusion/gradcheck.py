@@ -80,8 +80,8 @@ def estimator_gradient(
     """One estimator's gradient of ``reward`` w.r.t. ``target``, with its measured cost."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((batch, *model.sample_shape), generator=gen).to(device)
-    labels = torch.arange(batch) % model.embeddings.num_embeddings
-    cond = model.embeddings(labels.to(device)).detach()
+    labels = torch.arange(batch) % model.num_classes
+    cond = model.cond(labels.to(device)).detach()
     unet = model.unet
     unet.requires_grad_(target == "weights")
     if target == "latent":
@@ -99,14 +99,15 @@ def estimator_gradient(
     with SavedTensorMeter(exclude=unet.parameters()) as meter:
         out = sample(counter, scheduler, x, steps=steps, estimator=estimator, cond=cond,
                      generator=seed + 1, step_kwargs=step_kwargs)
-    loss = -reward(out.sample).sum()
+    images = model.decode(out.sample)
+    loss = -reward(images, labels).sum()
     grads = torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad else [None] * len(params)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     return {
         "gradient": _flat(list(grads), params).detach().double().cpu(),
-        "reward": float(reward(out.sample.detach()).mean()),
+        "reward": float(reward(images.detach(), labels).mean()),
         "nfe_forward": counter.forward_count,
         "nfe_backward": counter.backward_count,
         "grad_steps": out.plan.count(Mode.GRAD, Mode.CHECKPOINT),
@@ -124,11 +125,10 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
     estimators = [get_estimator(s, seed=config.seed) for s in specs]  # validate all before work
     device = _device(config.device)
     model = load_model(config.model)
-    model.unet.to(device)
-    model.embeddings.to(device)
+    model.to(device)
     scheduler = make_scheduler(config.scheduler, like=model.scheduler)
     step_kwargs = {} if config.eta is None else {"eta": config.eta}
-    reward = get_reward(config.reward, shape=model.sample_shape)
+    reward = get_reward(config.reward, shape=model.sample_shape, model=model)
 
     results, reference = [], None
     for spec, estimator in zip(specs, estimators):

@@ -6,7 +6,13 @@ from ..errors import UsageError
 from .denoisers import ClassifierFreeGuidance, UNet2DConditionDenoiser, UNet2DDenoiser, rescale_noise_cfg
 from .toy import ToyModel, toy_model
 
-MODELS = {"toy": toy_model}
+def _digits():
+    from ..testbed import load_digits_model
+
+    return load_digits_model()
+
+
+MODELS = {"digits": _digits, "toy": toy_model}
 
 __all__ = [
     "MODELS",
@@ -21,7 +27,13 @@ __all__ = [
 
 
 def load_model(name: str):
-    """A built-in model by name."""
-    if name not in MODELS:
-        raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name]()
+    """A built-in model by name, or a digits testbed saved in the directory ``name``."""
+    if name in MODELS:
+        return MODELS[name]()
+    from pathlib import Path
+
+    if (Path(name) / "testbed.json").is_file():
+        from ..testbed import load_digits_model
+
+        return load_digits_model(name)
+    raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} or a saved testbed directory")

@@ -25,8 +25,26 @@ class ToyModel:
     sample_shape: tuple[int, int, int] = (1, 16, 16)
 
     @property
+    def num_classes(self) -> int:
+        return self.embeddings.num_embeddings
+
+    def cond(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embeddings(labels.to(self.embeddings.weight.device))
+
+    @property
     def denoiser(self) -> UNet2DDenoiser:
         return UNet2DDenoiser(self.unet)
+
+    def to(self, device) -> "ToyModel":
+        self.unet.to(device)
+        self.embeddings.to(device)
+        return self
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents  # pixel space
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images
 
 
 def toy_model(seed: int = 0, channels: tuple[int, ...] = (16, 32), num_classes: int = 10) -> ToyModel:

@@ -11,19 +11,28 @@ import torch
 
 from ..errors import UsageError
 from .basic import Ink, NegMSE
+from .digits import Adversarial, DigitClass, DigitMatch, Style
 
 Reward = Callable[[torch.Tensor, Optional[list]], torch.Tensor]
 
 REWARDS: dict[str, Callable[..., Reward]] = {
     "ink": Ink,
     "neg-mse": NegMSE,
+    "digit-class": DigitClass,
+    "digit-match": DigitMatch,
+    "adversarial": Adversarial,
+    "style": Style,
 }
 
-__all__ = ["REWARDS", "Ink", "NegMSE", "Reward", "get_reward"]
+__all__ = ["REWARDS", "Adversarial", "DigitClass", "DigitMatch", "Ink", "NegMSE", "Reward", "Style", "get_reward"]
 
 
 def get_reward(spec: "str | Reward", **context) -> Reward:
-    """A reward from ``name`` or ``name:arg``; ``context`` (e.g. ``shape``) goes to builders that use it."""
+    """A reward from ``name`` or ``name:arg``.
+
+    ``context`` goes to the builders that use it: ``shape`` (the image shape), ``model`` (the
+    loaded model; the testbed rewards take its classifier).
+    """
     if callable(spec) and not isinstance(spec, str):
         return spec
     name, _, arg = str(spec).partition(":")

@@ -1,0 +1,162 @@
+"""``sdo latent`` and ``sdo demo``: a latent-optimization run and its run directory.
+
+The run directory holds ``config.json`` (everything needed to reproduce, seeds included),
+``metrics.jsonl`` (one line per iteration: iter, reward, loss, seconds, saved_bytes, ...),
+``reward_curve.png``, ``grid_XXXX.png`` (start row vs current row every ``grid_every``
+iterations), ``before_after.png`` and ``final.safetensors`` (``latents`` and ``images``, NCHW in
+[-1, 1]; also ``start_images``, ``rewards``, ``labels``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from . import reporting
+from .errors import UsageError
+from .estimators import get_estimator
+from .images import read_image
+from .inversion import ddim_invert
+from .models import load_model
+from .optimize import PRECISIONS, LatentResult, check_latent_options, optimize_latent
+from .rewards import get_reward
+from .schedulers import SCHEDULERS, make_scheduler
+
+
+@dataclass
+class LatentConfig:
+    model: str = field(default="digits", metadata={"help": "built-in model name or a saved model directory"})
+    reward: str = field(default="digit-class:7", metadata={"help": "reward name[:arg]"})
+    cond: list[int] = field(default_factory=lambda: [1], metadata={"help": "conditioning classes, cycled over the batch"})
+    batch: int = field(default=8, metadata={"help": "latents optimized at once"})
+    steps: int = field(default=50, metadata={"help": "sampling steps"})
+    warmup: int = field(default=0, metadata={"help": "steps run without grad before the optimized latent"})
+    init: str = field(default="noise", metadata={"help": "noise, or invert:REF (DDIM inversion of a data-set index or an image file)"})
+    estimator: str = field(default="sdo", metadata={"help": "gradient estimator spec"})
+    scheduler: str = field(default="ddim", metadata={"help": "scheduler", "choices": list(SCHEDULERS)})
+    eta: Optional[float] = field(default=None, metadata={"help": "DDIM eta (stochastic DDIM when > 0)"})
+    guidance: Optional[float] = field(default=None, metadata={"help": "classifier-free guidance scale (default: the model's)"})
+    iters: int = field(default=30, metadata={"help": "optimization iterations"})
+    lr: float = field(default=0.05, metadata={"help": "Adam learning rate"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "Adam betas"})
+    clip_grad: Optional[float] = field(default=None, metadata={"help": "clip the gradient norm to this value"})
+    prior_weight: float = field(default=0.0, metadata={"help": "weight of the Gaussian (chi) prior on the initial noise"})
+    proximity_weight: float = field(default=0.0, metadata={"help": "weight of the pixel distance to the starting samples"})
+    precision: str = field(default="fp32", metadata={"help": "network precision", "choices": list(PRECISIONS)})
+    seed: int = field(default=0, metadata={"help": "seed of the noise and the estimator"})
+    grid_every: int = field(default=10, metadata={"help": "write a start-vs-current grid every k iterations (0: never)"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
+    out: str = field(default="runs/latent", metadata={"help": "run directory"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+def _labels(config: LatentConfig, num_classes: int) -> torch.Tensor:
+    if not config.cond:
+        raise UsageError("--cond needs at least one class")
+    for c in config.cond:
+        if not 0 <= c < num_classes:
+            raise UsageError(f"conditioning class {c} is out of range 0..{num_classes - 1}")
+    return torch.tensor([config.cond[i % len(config.cond)] for i in range(config.batch)])
+
+
+def _init_image(ref: str, model: Any, batch: int) -> torch.Tensor:
+    """The image to invert: a data-set index (testbed) or an image file of the model's size."""
+    channels, height, width = model.sample_shape
+    if ref.isdigit():
+        from .testbed import data
+
+        images = data.load("all").images
+        if int(ref) >= len(images):
+            raise UsageError(f"data-set index {ref} is out of range 0..{len(images) - 1}")
+        image = images[int(ref)]
+    else:
+        image = read_image(ref, channels=channels, size=(height, width))
+    return image[None].expand(batch, -1, -1, -1)
+
+
+def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
+    # Validate everything that can be validated before loading or sampling anything.
+    check_latent_options(steps=config.steps, warmup=config.warmup, iters=config.iters, lr=config.lr,
+                         batch=config.batch, prior_weight=config.prior_weight,
+                         proximity_weight=config.proximity_weight,
+                         optimizes_noise=config.warmup == 0 and config.init == "noise")
+    if config.init != "noise" and not config.init.startswith("invert:"):
+        raise UsageError(f"--init must be noise or invert:REF, got {config.init!r}")
+    if len(config.betas) != 2:
+        raise UsageError(f"--betas needs two values, got {config.betas}")
+    estimator = get_estimator(config.estimator, seed=config.seed)
+    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if config.device == "auto" else config.device))
+    model = load_model(config.model).to(device)
+    labels = _labels(config, model.num_classes)
+    reward = get_reward(config.reward, shape=model.sample_shape, model=model)
+    scheduler = make_scheduler(config.scheduler, like=model.scheduler)
+    step_kwargs = {} if config.eta is None else {"eta": config.eta}
+    init = None
+    if config.init.startswith("invert:"):
+        image = _init_image(config.init.partition(":")[2], model, config.batch).to(device)
+        init = ddim_invert(model.guided(config.guidance), model.scheduler, model.encode(image),
+                           steps=config.steps, start=config.warmup, cond=model.cond(labels.to(device)))
+
+    out = Path(config.out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    reporting.write_json(out / "config.json", {**asdict(config), "estimator_spec": estimator.spec,
+                                               "device": str(device)})
+    metrics_path = out / "metrics.jsonl"
+    grid_start: dict[str, torch.Tensor] = {}
+
+    def on_iteration(row: dict, latents: torch.Tensor, images: torch.Tensor) -> None:
+        reporting.append_jsonl(metrics_path, row)
+        grid_start.setdefault("images", images.clone())
+        if config.grid_every and row["iter"] % config.grid_every == 0:
+            reporting.save_grid(out / f"grid_{row['iter']:04d}.png", [grid_start["images"], images])
+
+    result = optimize_latent(
+        model, reward, labels, estimator=estimator, scheduler=scheduler, steps=config.steps,
+        warmup=config.warmup, iters=config.iters, lr=config.lr, betas=config.betas,
+        clip_grad=config.clip_grad, prior_weight=config.prior_weight,
+        proximity_weight=config.proximity_weight, init=init, batch=config.batch, seed=config.seed,
+        step_kwargs=step_kwargs, guidance=config.guidance, precision=config.precision,
+        progress=config.progress, callback=on_iteration,
+    )
+    reporting.save_tensors(out / "final.safetensors", {
+        "latents": result.latents, "images": result.images, "start_images": result.start_images,
+        "rewards": result.rewards, "labels": labels,
+    })
+    reporting.save_grid(out / "before_after.png", [result.start_images, result.images])
+    iters = [row["iter"] for row in result.history]
+    reporting.plot_curves(out / "reward_curve.png", {estimator.spec: (iters, [r["reward"] for r in result.history])},
+                          xlabel="iteration", ylabel=f"reward ({config.reward})", title="latent optimization")
+    summary = {
+        "start_reward": float(result.start_rewards.mean()),
+        "final_reward": float(result.rewards.mean()),
+        "stopped": result.stopped,
+        "seconds_per_iter": (sum(r["seconds"] for r in result.history) / len(result.history)) if result.history else None,
+    }
+    if hasattr(model, "classifier"):
+        summary["final_predicted"] = model.classifier(result.images.to(device)).argmax(1).tolist()
+        summary["start_predicted"] = model.classifier(result.start_images.to(device)).argmax(1).tolist()
+    reporting.write_json(out / "summary.json", summary)
+    return result, out
+
+
+def describe(result: LatentResult, out: Path) -> str:
+    summary = json.loads((out / "summary.json").read_text())
+    lines = [f"reward {summary['start_reward']:.3f} -> {summary['final_reward']:.3f}"]
+    if "final_predicted" in summary:
+        lines.append(f"classifier: before {summary['start_predicted']} after {summary['final_predicted']}")
+    if result.stopped:
+        lines.append(f"stopped early: {result.stopped}")
+    lines += [f"run directory: {out}",
+              f"  before/after grid: {out / 'before_after.png'}",
+              f"  reward curve:      {out / 'reward_curve.png'}",
+              f"  metrics:           {out / 'metrics.jsonl'}",
+              f"  final samples:     {out / 'final.safetensors'}"]
+    return "\n".join(lines)

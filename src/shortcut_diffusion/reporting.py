@@ -1,0 +1,102 @@
+"""Run-directory artefacts: image grids, curves, JSON lines, safetensors (atomic writes)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+PathLike = Union[str, Path]
+
+
+def atomic_write_bytes(path: PathLike, payload: bytes) -> None:
+    """Write to a temporary file in the same directory, then rename: no half-written file survives."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: PathLike, value: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
+
+
+def append_jsonl(path: PathLike, row: dict[str, Any]) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def save_tensors(path: PathLike, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save
+
+    payload = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    atomic_write_bytes(path, payload)
+
+
+def grid_image(rows: Sequence[torch.Tensor], scale: int = 1, pad: int = 1) -> np.ndarray:
+    """Rows of NCHW images in [-1, 1] as one uint8 picture (grey or RGB), padded, upscaled."""
+    tiles = []
+    for row in rows:
+        row = row.detach().float().cpu().clamp(-1, 1)
+        row = ((row + 1) * 127.5).round().to(torch.uint8)
+        if row.shape[1] == 1:
+            row = row.expand(-1, 3, -1, -1)
+        tiles.append(row[:, :3])
+    n, (c, h, w) = max(len(r) for r in tiles), tiles[0].shape[1:]
+    canvas = torch.full((c, len(tiles) * (h + pad) + pad, n * (w + pad) + pad), 40, dtype=torch.uint8)
+    for i, row in enumerate(tiles):
+        for j, image in enumerate(row):
+            top, left = pad + i * (h + pad), pad + j * (w + pad)
+            canvas[:, top : top + h, left : left + w] = image
+    picture = canvas.permute(1, 2, 0).numpy()
+    return picture.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else picture
+
+
+def save_grid(path: PathLike, rows: Sequence[torch.Tensor], scale: Optional[int] = None) -> Path:
+    from PIL import Image
+
+    if scale is None:  # tiny images (the 8x8 digits) are upscaled so they can be seen
+        scale = max(1, math.ceil(64 / rows[0].shape[-1]))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid_image(rows, scale=scale)).save(path)
+    return path
+
+
+def plot_curves(path: PathLike, curves: dict[str, tuple[Iterable[float], Iterable[float]]],
+                xlabel: str, ylabel: str, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, (xs, ys) in curves.items():
+        ax.plot(list(xs), list(ys), label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if len(curves) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
