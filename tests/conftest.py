@@ -56,3 +56,15 @@ def latent(batch: int = 2, seed: int = 0, shape=(1, 16, 16)) -> torch.Tensor:
 
 def class_cond(model, batch: int = 2) -> torch.Tensor:
     return model.embeddings(torch.arange(batch) % 10).detach()
+
+
+@pytest.fixture(scope="session")
+def tiny_testbed_dir(tmp_path_factory):
+    """A digits testbed trained for a few steps (the training code path, end to end)."""
+    from shortcut_diffusion.testbed.train import TrainTestbedConfig, train_testbed
+
+    out = tmp_path_factory.mktemp("testbed")
+    config = TrainTestbedConfig(out=str(out), steps=15, batch=32, channels=[8, 16], warmup=5,
+                                classifier_epochs=1, eval_per_class=3)
+    train_testbed(config, progress=False, log=None)
+    return out

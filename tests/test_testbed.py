@@ -1,0 +1,67 @@
+"""The digits testbed: data split, training (a few steps), saving/loading, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+from shortcut_diffusion.testbed import data, load_digits_model, metrics
+from shortcut_diffusion.testbed.classifier import augment
+from shortcut_diffusion import UsageError
+
+
+def test_split_is_a_stratified_partition():
+    everything, train, held = data.load("all"), data.load("train"), data.load("held_out")
+    assert len(everything.labels) == 1797 == len(train.labels) + len(held.labels)
+    assert everything.images.shape[1:] == (1, 8, 8)
+    assert float(everything.images.min()) == -1.0 and float(everything.images.max()) == 1.0
+    counts = torch.bincount(held.labels, minlength=10).float() / torch.bincount(everything.labels).float()
+    assert torch.allclose(counts, torch.full((10,), 0.2), atol=0.01)
+    # disjoint: no held-out image equals a training image at the same index set
+    train_set = {tuple(x.flatten().tolist()) + (int(y),) for x, y in zip(train.images, train.labels)}
+    overlap = sum(tuple(x.flatten().tolist()) + (int(y),) in train_set for x, y in zip(held.images, held.labels))
+    assert overlap < 5  # only genuine duplicate digits in the data set itself
+    with pytest.raises(ValueError, match="unknown split"):
+        data.load("test")
+
+
+def test_augment_shifts_and_keeps_range():
+    images = data.load("train").images[:16]
+    out = augment(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.min() >= -1 and out.max() <= 1
+    assert not torch.allclose(out, images)
+
+
+def test_training_a_few_steps_saves_a_loadable_model(tiny_testbed_dir):
+    d = tiny_testbed_dir
+    for name in ["unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
+                 "embeddings.safetensors", "classifier.safetensors", "testbed.json"]:
+        assert (d / name).is_file(), name
+    info = json.loads((d / "testbed.json").read_text())
+    assert {"classifier_held_out_accuracy", "metrics", "training", "guidance_scale"} <= set(info)
+    unet = UNet2DModel.from_pretrained(d / "unet")  # the ordinary diffusers loader
+    assert unet.config.class_embed_type == "identity"
+    model = load_digits_model(d)
+    assert model.embeddings.weight.shape == (11, 32)
+    images = model.generate(torch.tensor([0, 1, 2]), steps=3)
+    assert images.shape == (3, 1, 8, 8) and torch.isfinite(images).all()
+
+
+def test_missing_testbed_is_a_clear_error(tmp_path):
+    with pytest.raises(UsageError, match="no digits testbed at"):
+        load_digits_model(tmp_path)
+
+
+def test_frechet_distance_properties():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 5))
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shifted = a + np.array([1.0, 2.0, 0, 0, 0])
+    assert metrics.frechet_distance(a, shifted) == pytest.approx(5.0, rel=1e-6)
+    scaled = a * 2  # covariance 4S: tr(S) + tr(4S) - 2 tr(2S) = tr(S); means differ by mean(a)
+    expected = np.trace(np.cov(a, rowvar=False)) + (a.mean(0) ** 2).sum()
+    assert metrics.frechet_distance(a, scaled) == pytest.approx(expected, rel=1e-3)
