@@ -48,7 +48,7 @@ class TrainTestbedConfig:
     layers_per_block: int = field(default=1, metadata={"help": "UNet layers per block"})
     cond_dropout: float = field(default=0.15, metadata={"help": "probability of the null condition"})
     ema: float = field(default=0.999, metadata={"help": "EMA decay of the saved weights"})
-    guidance: float = field(default=2.0, metadata={"help": "classifier-free guidance scale saved with the model"})
+    guidance: float = field(default=1.5, metadata={"help": "classifier-free guidance scale saved with the model"})
     classifier_epochs: int = field(default=60, metadata={"help": "classifier training epochs"})
     eval_per_class: int = field(default=100, metadata={"help": "samples per class for the final metrics (0: skip)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
