@@ -38,13 +38,13 @@ TARGETS = ("latent", "cond", "weights")
 
 @dataclass
 class GradcheckConfig:
-    model: str = field(default="toy", metadata={"help": "model to check"})
+    model: str = field(default="digits", metadata={"help": "model to check: digits (the bundled testbed), toy (random, built in code) or a saved testbed directory"})
     scheduler: str = field(default="ddim", metadata={"help": "scheduler", "choices": list(SCHEDULERS)})
     eta: Optional[float] = field(default=None, metadata={"help": "DDIM eta (stochastic DDIM when > 0)"})
     steps: int = field(default=50, metadata={"help": "sampling steps"})
     batch: int = field(default=2, metadata={"help": "samples per batch"})
     target: str = field(default="latent", metadata={"help": "what the gradient is taken for", "choices": list(TARGETS)})
-    reward: str = field(default="neg-mse", metadata={"help": "differentiable reward (name[:arg])"})
+    reward: str = field(default="auto", metadata={"help": "differentiable reward (name[:arg]); auto: digit-match on the testbed, neg-mse otherwise"})
     estimators: list[str] = field(
         default_factory=lambda: list(DEFAULT_ESTIMATORS),
         metadata={"help": "estimator specs, name[:key=value,...]; full is always included first"},
@@ -128,7 +128,10 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
     model.to(device)
     scheduler = make_scheduler(config.scheduler, like=model.scheduler)
     step_kwargs = {} if config.eta is None else {"eta": config.eta}
-    reward = get_reward(config.reward, shape=model.sample_shape, model=model)
+    reward_spec = config.reward
+    if reward_spec == "auto":
+        reward_spec = "digit-match" if hasattr(model, "classifier") else "neg-mse"
+    reward = get_reward(reward_spec, shape=model.sample_shape, model=model)
 
     results, reference = [], None
     for spec, estimator in zip(specs, estimators):
@@ -144,7 +147,7 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
         results.append({"estimator": spec, "cosine": cosine,
                         "rel_norm": float(norm / ref_norm) if ref_norm > 0 else None, **r})
     return {"steps": config.steps, "target": config.target, "model": config.model,
-            "scheduler": config.scheduler, "reward": config.reward, "batch": config.batch,
+            "scheduler": config.scheduler, "reward": reward_spec, "batch": config.batch,
             "device": str(device), "results": results}
 
 

@@ -23,7 +23,7 @@ from .estimators import get_estimator
 from .images import read_image
 from .inversion import ddim_invert
 from .models import load_model
-from .optimize import PRECISIONS, LatentResult, check_latent_options, optimize_latent
+from .optimize import PRECISIONS, LatentResult, check_latent_options, default_prior_weight, optimize_latent
 from .rewards import get_reward
 from .schedulers import SCHEDULERS, make_scheduler
 
@@ -42,10 +42,10 @@ class LatentConfig:
     eta: Optional[float] = field(default=None, metadata={"help": "DDIM eta (stochastic DDIM when > 0)"})
     guidance: Optional[float] = field(default=None, metadata={"help": "classifier-free guidance scale (default: the model's)"})
     iters: int = field(default=30, metadata={"help": "optimization iterations"})
-    lr: float = field(default=0.05, metadata={"help": "Adam learning rate"})
+    lr: float = field(default=0.15, metadata={"help": "Adam learning rate"})
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "Adam betas"})
     clip_grad: Optional[float] = field(default=None, metadata={"help": "clip the gradient norm to this value"})
-    prior_weight: float = field(default=0.0, metadata={"help": "weight of the Gaussian (chi) prior on the initial noise"})
+    prior_weight: Optional[float] = field(default=None, metadata={"help": "weight of the Gaussian (chi) prior on the initial noise (default: 100 when the initial noise is optimized, else 0)"})
     proximity_weight: float = field(default=0.0, metadata={"help": "weight of the pixel distance to the starting samples"})
     precision: str = field(default="fp32", metadata={"help": "network precision", "choices": list(PRECISIONS)})
     seed: int = field(default=0, metadata={"help": "seed of the noise and the estimator"})
@@ -81,10 +81,10 @@ def _init_image(ref: str, model: Any, batch: int) -> torch.Tensor:
 
 def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
     # Validate everything that can be validated before loading or sampling anything.
+    optimizes_noise = config.warmup == 0 and config.init == "noise"
     check_latent_options(steps=config.steps, warmup=config.warmup, iters=config.iters, lr=config.lr,
-                         batch=config.batch, prior_weight=config.prior_weight,
-                         proximity_weight=config.proximity_weight,
-                         optimizes_noise=config.warmup == 0 and config.init == "noise")
+                         batch=config.batch, prior_weight=default_prior_weight(config.prior_weight, optimizes_noise),
+                         proximity_weight=config.proximity_weight, optimizes_noise=optimizes_noise)
     if config.init != "noise" and not config.init.startswith("invert:"):
         raise UsageError(f"--init must be noise or invert:REF, got {config.init!r}")
     if len(config.betas) != 2:
