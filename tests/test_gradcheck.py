@@ -16,7 +16,7 @@ def run_json(capsys, *argv):
 
 
 def test_json_report(capsys):
-    report = run_json(capsys, "--steps", "6")
+    report = run_json(capsys, "--steps", "6", "--model", "toy")
     assert report["steps"] == 6 and report["target"] == "latent"
     results = {r["estimator"]: r for r in report["results"]}
     assert list(results)[0] == "full"
@@ -37,7 +37,7 @@ def test_json_report(capsys):
 
 def test_sdo_saved_bytes_do_not_grow_with_steps():
     def sdo_bytes(steps):
-        config = GradcheckConfig(steps=steps, estimators=["sdo"], batch=1)
+        config = GradcheckConfig(steps=steps, estimators=["sdo"], batch=1, model="toy")
         return {r["estimator"]: r["saved_bytes"] for r in run_gradcheck(config)["results"]}
 
     few, many = sdo_bytes(4), sdo_bytes(16)
@@ -47,7 +47,7 @@ def test_sdo_saved_bytes_do_not_grow_with_steps():
 
 @pytest.mark.parametrize("target", ["cond", "weights"])
 def test_other_targets(target, capsys):
-    report = run_json(capsys, "--steps", "4", "--target", target, "--estimators",
+    report = run_json(capsys, "--steps", "4", "--target", target, "--model", "toy", "--estimators",
                       "truncated:k=1", "sdo:keep=random", "refl")
     results = {r["estimator"]: r for r in report["results"]}
     for name in ["truncated:k=1", "sdo:keep=random", "refl"]:
@@ -55,6 +55,14 @@ def test_other_targets(target, capsys):
 
 
 def test_table_output(capsys):
-    assert main(["gradcheck", "--steps", "3", "--estimators", "sdo"]) == 0
+    assert main(["gradcheck", "--steps", "3", "--estimators", "sdo", "--model", "toy"]) == 0
     out = capsys.readouterr().out
     assert "estimator" in out and "\nsdo " in out and "\nfull " in out
+
+
+def test_default_is_the_digits_testbed(capsys):
+    report = run_json(capsys, "--steps", "5", "--estimators", "truncated:k=all", "sdo")
+    assert report["model"] == "digits" and report["reward"] == "digit-match"
+    results = {r["estimator"]: r for r in report["results"]}
+    assert results["truncated:k=all"]["cosine"] >= 0.9999
+    assert results["sdo"]["nfe_backward"] == 1 and results["sdo"]["saved_bytes"] < results["full"]["saved_bytes"] / 2

@@ -147,3 +147,13 @@ def test_cli_latent_with_inversion(tiny_testbed_dir, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "run directory" in printed and (out / "final.safetensors").is_file()
+
+
+def test_bf16_autocast_keeps_the_latent_in_fp32(model):
+    result = optimize_latent(model, get_reward("ink"), torch.tensor([4, 5]), steps=4, iters=2,
+                             precision="bf16", progress=False)
+    assert result.latents.dtype == torch.float32 and torch.isfinite(result.latents).all()
+    assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
+    with pytest.raises(UsageError, match="unknown precision 'fp8'"):
+        optimize_latent(model, get_reward("ink"), torch.tensor([4]), steps=2, iters=1, precision="fp8",
+                        progress=False)

@@ -35,6 +35,21 @@ def _train_testbed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_testbed(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .testbed.train import EvalTestbedConfig, evaluate_model
+
+    config = from_args(EvalTestbedConfig, args)
+    model = load_model(config.model)
+    if not hasattr(model, "classifier"):
+        raise UsageError(f"model {config.model!r} is not a digits testbed")
+    report = evaluate_model(model, config.per_class, seed=config.seed, steps=config.steps, guidance=config.guidance)
+    report["classifier_held_out_accuracy"] = model.info.get("classifier_held_out_accuracy")
+    report["guidance"] = model.guidance_scale if config.guidance is None else config.guidance
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _add(commands, name: str, config_cls: type, run: Callable, help: str, **defaults) -> None:
     parser = commands.add_parser(name, help=help, description=help)
     add_arguments(parser, config_cls)
@@ -44,7 +59,7 @@ def _add(commands, name: str, config_cls: type, run: Callable, help: str, **defa
 def build_parser() -> argparse.ArgumentParser:
     from .gradcheck import GradcheckConfig
     from .latent import LatentConfig
-    from .testbed.train import TrainTestbedConfig
+    from .testbed.train import EvalTestbedConfig, TrainTestbedConfig
 
     parser = argparse.ArgumentParser(prog="sdo", description="Shortcut Diffusion Optimization")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
          "relative norm, network evaluations, bytes saved for backward, seconds")
     _add(commands, "train-testbed", TrainTestbedConfig, _train_testbed,
          "train the digits testbed (classifier and diffusion model) from a seed")
+    _add(commands, "eval-testbed", EvalTestbedConfig, _eval_testbed,
+         "digits-FD, conditional accuracy and diversity of a testbed's samples (DDIM)")
     return parser
 
 

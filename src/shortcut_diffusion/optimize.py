@@ -72,8 +72,6 @@ def chi_prior(z: torch.Tensor) -> torch.Tensor:
 
 
 def _autocast(device: torch.device, precision: str):
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()
@@ -82,8 +80,10 @@ def _autocast(device: torch.device, precision: str):
 
 def check_latent_options(*, steps: int, warmup: int, iters: int, lr: float, batch: int,
                          prior_weight: float = 0.0, proximity_weight: float = 0.0,
-                         optimizes_noise: bool = True) -> None:
+                         optimizes_noise: bool = True, precision: str = "fp32") -> None:
     """Every range check of a latent run, before any work starts."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if steps < 1:
         raise UsageError(f"steps must be positive, got {steps}")
     if not 0 <= warmup < steps:
@@ -147,7 +147,7 @@ def optimize_latent(
     prior_weight = default_prior_weight(prior_weight, warmup == 0 and init is None)
     check_latent_options(steps=steps, warmup=warmup, iters=iters, lr=lr, batch=batch,
                          prior_weight=prior_weight, proximity_weight=proximity_weight,
-                         optimizes_noise=warmup == 0 and init is None)
+                         optimizes_noise=warmup == 0 and init is None, precision=precision)
     if len(labels) != batch:
         raise UsageError(f"{len(labels)} labels for a batch of {batch}")
     if init is not None and tuple(init.shape) != (batch, *model.sample_shape):

@@ -143,9 +143,20 @@ def train_diffusion(config: TrainTestbedConfig, progress: bool = True) -> tuple[
     return ema_unet.eval(), ema_emb, losses
 
 
-def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0) -> dict[str, dict[str, float]]:
+@dataclass
+class EvalTestbedConfig:
+    model: str = field(default="digits", metadata={"help": "digits (bundled) or a saved testbed directory"})
+    per_class: int = field(default=100, metadata={"help": "samples per class"})
+    steps: int = field(default=50, metadata={"help": "DDIM steps"})
+    guidance: Optional[float] = field(default=None, metadata={"help": "guidance scale (default: the model's)"})
+    seed: int = field(default=0, metadata={"help": "seed of the noise"})
+
+
+def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int = 50,
+                   guidance: Optional[float] = None) -> dict[str, dict[str, float]]:
+    """The README's testbed numbers: samples of every class vs the held-out digits."""
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
-    images = model.generate(labels, steps=50, seed=seed)
+    images = model.generate(labels, steps=steps, seed=seed, guidance=guidance)
     train = data.load("train")
     return {
         "model_ddim50": metrics.evaluate(model.classifier, images, labels),
