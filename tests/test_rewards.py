@@ -61,7 +61,7 @@ def test_style_reference_from_a_file(model, tmp_path):
     ("digit-class", "needs a class index"),
     ("style:/no/such/file.png", "cannot read image"),
     ("style", "needs a reference"),
-    ("style:99999", "index 99999 is out of range"),
+    ("style:99999", "index 99999 is out of range 0..1796"),
     ("adversarial:3,strength=2", "unknown option"),
     ("ink:3", "takes no argument"),
 ])

@@ -70,10 +70,7 @@ def _init_image(ref: str, model: Any, batch: int) -> torch.Tensor:
     if ref.isdigit():
         from .testbed import data
 
-        images = data.load("all").images
-        if int(ref) >= len(images):
-            raise UsageError(f"data-set index {ref} is out of range 0..{len(images) - 1}")
-        image = images[int(ref)]
+        image = data.digit_image(int(ref))
     else:
         image = read_image(ref, channels=channels, size=(height, width))
     return image[None].expand(batch, -1, -1, -1)

@@ -142,11 +142,7 @@ def load_reference(ref: str) -> torch.Tensor:
     from ..testbed import data
 
     if ref.isdigit():
-        images = data.load("all").images
-        index = int(ref)
-        if index >= len(images):
-            raise UsageError(f"reward style: index {index} is out of range 0..{len(images) - 1}")
-        return images[index : index + 1]
+        return data.digit_image(int(ref))[None]
     from ..images import read_image
 
     # Digits are light strokes on a dark background, as in the data set.

@@ -62,3 +62,13 @@ def load(split: str = "all") -> Digits:
         raise ValueError(f"unknown split {split!r}; choose all, train or held_out")
     idx = torch.from_numpy(_split_indices()[0 if split == "train" else 1])
     return Digits(data.images[idx], data.labels[idx])
+
+
+def digit_image(index: int) -> torch.Tensor:
+    """Digit number ``index`` of the whole data set (1 x 8 x 8), with a clear error when out of range."""
+    from ..errors import UsageError
+
+    images = _all().images
+    if not 0 <= index < len(images):
+        raise UsageError(f"data-set index {index} is out of range 0..{len(images) - 1}")
+    return images[index]
