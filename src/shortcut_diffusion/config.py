@@ -49,6 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(_option(f.name), default=default, **kwargs)
 
 
+def resolve_device(name: str) -> "torch.device":
+    """A ``--device`` value: ``auto`` is CUDA when available, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def from_args(cls: type[T], namespace: argparse.Namespace) -> T:
     values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)}
     return cls(**values)  # type: ignore[call-arg]

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import torch
 
+from .config import resolve_device
 from .diagnostics import CountingDenoiser, SavedTensorMeter
 from .errors import UsageError
 from .estimators import get_estimator
@@ -52,12 +53,6 @@ class GradcheckConfig:
     seed: int = field(default=0, metadata={"help": "seed of the latent, the noise and the estimators"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of a table"})
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _flat(grads: list[Optional[torch.Tensor]], like: list[torch.Tensor]) -> torch.Tensor:
@@ -123,7 +118,7 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
         raise UsageError(f"steps and batch must be positive, got steps={config.steps}, batch={config.batch}")
     specs = ["full"] + [s for s in config.estimators if s != "full"]
     estimators = [get_estimator(s, seed=config.seed) for s in specs]  # validate all before work
-    device = _device(config.device)
+    device = resolve_device(config.device)
     model = load_model(config.model)
     model.to(device)
     scheduler = make_scheduler(config.scheduler, like=model.scheduler)

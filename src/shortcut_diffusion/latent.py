@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from . import reporting
+from .config import resolve_device
 from .errors import UsageError
 from .estimators import get_estimator
 from .images import read_image
@@ -87,8 +88,7 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
     if len(config.betas) != 2:
         raise UsageError(f"--betas needs two values, got {config.betas}")
     estimator = get_estimator(config.estimator, seed=config.seed)
-    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if config.device == "auto" else config.device))
+    device = resolve_device(config.device)
     model = load_model(config.model).to(device)
     labels = _labels(config, model.num_classes)
     reward = get_reward(config.reward, shape=model.sample_shape, model=model)
