@@ -50,6 +50,15 @@ def _eval_testbed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, run_bench
+
+    config = from_args(BenchConfig, args)
+    run_bench(config, command="sdo " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "sdo bench")
+    print(f"results: {config.out}/results.csv, report: {config.out}/report.md, plot: {config.out}/cost_vs_steps.png")
+    return 0
+
+
 def _add(commands, name: str, config_cls: type, run: Callable, help: str, **defaults) -> None:
     parser = commands.add_parser(name, help=help, description=help)
     add_arguments(parser, config_cls)
@@ -57,6 +66,7 @@ def _add(commands, name: str, config_cls: type, run: Callable, help: str, **defa
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import BenchConfig
     from .gradcheck import GradcheckConfig
     from .latent import LatentConfig
     from .testbed.train import EvalTestbedConfig, TrainTestbedConfig
@@ -71,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(commands, "gradcheck", GradcheckConfig, _gradcheck,
          "compare every estimator's gradient with full backpropagation on the same noise: cosine, "
          "relative norm, network evaluations, bytes saved for backward, seconds")
+    _add(commands, "bench", BenchConfig, _bench,
+         "cost per optimization iteration vs sampling steps for every estimator and plain sampling "
+         "(one process per configuration): results.csv, report.md, cost_vs_steps.png")
     _add(commands, "train-testbed", TrainTestbedConfig, _train_testbed,
          "train the digits testbed (classifier and diffusion model) from a seed")
     _add(commands, "eval-testbed", EvalTestbedConfig, _eval_testbed,

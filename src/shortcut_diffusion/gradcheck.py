@@ -72,7 +72,16 @@ def estimator_gradient(
     device: torch.device,
     step_kwargs: Optional[dict] = None,
 ) -> dict[str, Any]:
-    """One estimator's gradient of ``reward`` w.r.t. ``target``, with its measured cost."""
+    """One estimator's gradient of ``reward`` w.r.t. ``target``, with its measured cost.
+
+    ``estimator=None`` measures plain sampling without grad (the floor every estimator pays).
+    """
+    with torch.set_grad_enabled(estimator is not None):
+        return _estimator_gradient(model, scheduler, estimator, reward, target=target, steps=steps,
+                                   batch=batch, seed=seed, device=device, step_kwargs=step_kwargs)
+
+
+def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, batch, seed, device, step_kwargs):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((batch, *model.sample_shape), generator=gen).to(device)
     labels = torch.arange(batch) % model.num_classes
@@ -105,7 +114,7 @@ def estimator_gradient(
         "reward": float(reward(images.detach(), labels).mean()),
         "nfe_forward": counter.forward_count,
         "nfe_backward": counter.backward_count,
-        "grad_steps": out.plan.count(Mode.GRAD, Mode.CHECKPOINT),
+        "grad_steps": out.plan.count(Mode.GRAD, Mode.CHECKPOINT) if estimator is not None else 0,
         "saved_bytes": meter.bytes,
         "seconds": seconds,
     }

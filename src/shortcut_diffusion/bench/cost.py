@@ -1,0 +1,176 @@
+"""``sdo bench``: the cost of one optimization iteration vs the number of sampling steps.
+
+For every estimator and for plain no-grad sampling (``sampling``, the floor: every iteration must
+at least sample), at every N: seconds per iteration (median of repeats, after one warm-up run),
+network forward/backward evaluations, bytes saved for backward by the sampling graph, and peak
+memory of the process (peak RSS on the CPU, ``max_memory_allocated`` on CUDA). Each
+configuration runs in its own process so that peak memory is its own; all run in one invocation
+so that ratios are side by side. One iteration = sample with the estimator, score with the reward,
+backpropagate to the initial latent.
+
+Outputs in ``--out``: ``results.csv``, ``report.md`` (tables, ratios, the targets of the cost
+claim and whether they are met, the exact command), ``cost_vs_steps.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import reporting
+from ..errors import UsageError
+
+COLUMNS = ["model", "task", "estimator", "steps", "batch", "seconds_per_iter", "nfe_forward", "nfe_backward",
+           "saved_bytes", "peak_mem_mb", "device"]
+DEFAULT_ESTIMATORS = ["full", "checkpointed", "truncated:k=1", "alignprop", "refl", "sdo"]
+
+
+@dataclass
+class BenchConfig:
+    model: str = field(default="digits", metadata={"help": "model: digits, toy or a saved testbed directory"})
+    steps: list[int] = field(default_factory=lambda: [10, 25, 50, 100], metadata={"help": "numbers of sampling steps N"})
+    estimators: list[str] = field(default_factory=lambda: list(DEFAULT_ESTIMATORS),
+                                  metadata={"help": "estimator specs (plain sampling is always measured)"})
+    batch: int = field(default=8, metadata={"help": "latents per iteration"})
+    repeats: int = field(default=3, metadata={"help": "timed iterations per configuration (median reported)"})
+    reward: str = field(default="auto", metadata={"help": "reward (auto: digit-match on the testbed, neg-mse otherwise)"})
+    seed: int = field(default=0, metadata={"help": "seed"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
+    out: str = field(default="runs/bench", metadata={"help": "output directory"})
+    quick: bool = field(default=False, metadata={"help": "tiny run that checks the harness (steps 2 and 4, toy model, 1 repeat)"})
+
+
+def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeats: int, reward_spec: str,
+            seed: int, device_name: str) -> dict[str, Any]:
+    """One configuration, in this process: the median over ``repeats`` timed iterations."""
+    import resource
+
+    import torch
+
+    from ..config import resolve_device
+    from ..estimators import get_estimator
+    from ..gradcheck import estimator_gradient
+    from ..models import load_model
+    from ..rewards import get_reward
+
+    device = resolve_device(device_name)
+    model = load_model(model_name).to(device)
+    if reward_spec == "auto":
+        reward_spec = "digit-match" if hasattr(model, "classifier") else "neg-mse"
+    reward = get_reward(reward_spec, shape=model.sample_shape, model=model)
+    estimator = None if spec is None else get_estimator(spec, seed=seed)
+    runs = []
+    for i in range(repeats + 1):  # the first run warms up allocators and caches
+        r = estimator_gradient(model, model.scheduler, estimator, reward, target="latent", steps=steps,
+                               batch=batch, seed=seed, device=device)
+        if i:
+            runs.append(r)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    last = runs[-1]
+    return {
+        "model": model_name, "task": "latent", "estimator": spec or "sampling", "steps": steps, "batch": batch,
+        "seconds_per_iter": statistics.median(r["seconds"] for r in runs),
+        "nfe_forward": last["nfe_forward"], "nfe_backward": last["nfe_backward"],
+        "saved_bytes": last["saved_bytes"], "peak_mem_mb": round(peak, 1), "device": str(device),
+    }
+
+
+def _run_worker(args: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "shortcut_diffusion.bench.worker", json.dumps(args)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench worker failed for {args}:\n{proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> list[dict[str, Any]]:
+    if config.quick:
+        config = BenchConfig(**{**asdict(config), "model": "toy", "steps": [2, 4], "repeats": 1, "batch": 2})
+    if not config.steps or min(config.steps) < 1:
+        raise UsageError(f"--steps needs positive numbers, got {config.steps}")
+    if config.batch < 1 or config.repeats < 1:
+        raise UsageError("batch and repeats must be positive")
+    from ..estimators import get_estimator
+    from ..models import load_model
+
+    specs = [get_estimator(s).spec for s in config.estimators]  # validate before any work
+    load_model(config.model)
+    rows = []
+    for steps in config.steps:
+        for spec in [None, *specs]:
+            for s in specs:  # range errors (k > steps) before spending time
+                get_estimator(s).plan(steps)
+            row = _run_worker({"model_name": config.model, "spec": spec, "steps": steps, "batch": config.batch,
+                               "repeats": config.repeats, "reward_spec": config.reward, "seed": config.seed,
+                               "device_name": config.device})
+            rows.append(row)
+            if log:
+                log(f"N={steps:4d} {row['estimator']:>14}: {row['seconds_per_iter']:.3f} s/iter, "
+                    f"saved {row['saved_bytes'] / 2**20:.1f} MiB, peak {row['peak_mem_mb']:.0f} MB")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    by = {(r["estimator"], r["steps"]): r for r in rows}
+    curves = {}
+    for est in ["sampling", *specs]:
+        points = [(n, by[(est, n)]["seconds_per_iter"]) for n in config.steps]
+        curves[est] = ([p[0] for p in points], [p[1] for p in points])
+    reporting.plot_curves(out / "cost_vs_steps.png", curves, xlabel="sampling steps N",
+                          ylabel="seconds per iteration", title=f"cost per iteration ({config.model}, batch {config.batch})")
+    (out / "report.md").write_text(report(rows, config, command))
+    return rows
+
+
+def _targets(by: dict, steps: list[int]) -> list[str]:
+    lines = []
+    if ("sdo", 50) in by and ("full", 50) in by:
+        sdo, full, floor = by[("sdo", 50)], by[("full", 50)], by[("sampling", 50)]
+        ratio_floor = sdo["seconds_per_iter"] / floor["seconds_per_iter"]
+        ratio_full = sdo["seconds_per_iter"] / full["seconds_per_iter"]
+        lines.append(f"- sdo seconds per iteration at N=50: {ratio_floor:.2f}x sampling (target <= 1.15x: "
+                     f"{'met' if ratio_floor <= 1.15 else f'missed by {ratio_floor - 1.15:.2f}x'}), "
+                     f"{ratio_full:.2f}x full (target <= 0.40x: "
+                     f"{'met' if ratio_full <= 0.40 else f'missed by {ratio_full - 0.40:.2f}x'})")
+        budget = 1.5 / 50 * full["saved_bytes"]
+        lines.append(f"- sdo saved bytes at N=50: {sdo['saved_bytes'] / full['saved_bytes']:.4f} of full "
+                     f"(target <= 1.5/N = 0.0300: {'met' if sdo['saved_bytes'] <= budget else 'missed'})")
+    if ("sdo", 10) in by and ("sdo", 100) in by:
+        growth = by[("sdo", 100)]["saved_bytes"] / by[("sdo", 10)]["saved_bytes"] - 1
+        lines.append(f"- sdo saved bytes N=100 vs N=10: {growth:+.2%} (target within 10%: "
+                     f"{'met' if abs(growth) <= 0.10 else 'missed'})")
+    return lines or ["- (the targets are stated at N = 10, 50 and 100; this run has other N)"]
+
+
+def report(rows: list[dict[str, Any]], config: BenchConfig, command: str) -> str:
+    by = {(r["estimator"], r["steps"]): r for r in rows}
+    device = rows[0]["device"] if rows else "?"
+    parts = [f"# Cost per optimization iteration\n\nCommand: `{command}`\n\nModel `{config.model}`, batch "
+             f"{config.batch}, latent target, median of {config.repeats} timed iterations, device {device}. "
+             "Ratios are to plain no-grad sampling (`sampling`) and to `full` at the same N.\n"]
+    for steps in config.steps:
+        floor, full = by[("sampling", steps)], by.get(("full", steps))
+        parts.append(f"\n## N = {steps}\n\n| estimator | s/iter | x sampling | x full | NFE fwd/bwd | saved MiB | x full saved | peak MB |\n"
+                     "|---|---|---|---|---|---|---|---|")
+        for (est, n), r in by.items():
+            if n != steps:
+                continue
+            x_full = f"{r['seconds_per_iter'] / full['seconds_per_iter']:.2f}" if full else "-"
+            saved_full = (f"{r['saved_bytes'] / full['saved_bytes']:.4f}" if full and full["saved_bytes"] else "-")
+            parts.append(f"| {est} | {r['seconds_per_iter']:.3f} | {r['seconds_per_iter'] / floor['seconds_per_iter']:.2f} | "
+                         f"{x_full} | {r['nfe_forward']}/{r['nfe_backward']} | {r['saved_bytes'] / 2**20:.2f} | "
+                         f"{saved_full} | {r['peak_mem_mb']:.0f} |")
+    parts.append("\n## Targets\n")
+    parts.extend(_targets(by, config.steps))
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,39 @@
+"""``sdo bench``: the harness runs and writes its outputs (not the numbers)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from shortcut_diffusion import UsageError
+from shortcut_diffusion.bench import BenchConfig, run_bench
+from shortcut_diffusion.bench.cost import COLUMNS, measure
+from shortcut_diffusion.cli import main
+
+
+def test_measure_counts_one_configuration():
+    sdo = measure("toy", "sdo", steps=3, batch=1, repeats=1, reward_spec="auto", seed=0, device_name="cpu")
+    floor = measure("toy", None, steps=3, batch=1, repeats=1, reward_spec="auto", seed=0, device_name="cpu")
+    assert (sdo["estimator"], sdo["nfe_forward"], sdo["nfe_backward"]) == ("sdo", 3, 1)
+    assert (floor["estimator"], floor["nfe_forward"], floor["nfe_backward"], floor["saved_bytes"]) == ("sampling", 3, 0, 0)
+    assert sdo["saved_bytes"] > 0 and sdo["peak_mem_mb"] > 0 and sdo["seconds_per_iter"] > 0
+
+
+def test_quick_run_writes_csv_report_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--estimators", "sdo", "--out", str(out)]) == 0
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == COLUMNS
+    assert {(r["estimator"], r["steps"]) for r in rows} == {("sampling", "2"), ("sdo", "2"), ("sampling", "4"), ("sdo", "4")}
+    report = (out / "report.md").read_text()
+    assert "## N = 2" in report and "## Targets" in report and "sdo bench" in report
+    assert (out / "cost_vs_steps.png").stat().st_size > 0
+
+
+def test_bad_bench_options(tmp_path):
+    with pytest.raises(UsageError, match="unknown estimator"):
+        run_bench(BenchConfig(estimators=["fast"], out=str(tmp_path)), log=None)
+    with pytest.raises(UsageError, match="k=9 is out of range 1..4"):
+        run_bench(BenchConfig(model="toy", steps=[4], estimators=["truncated:k=9"], out=str(tmp_path)), log=None)
