@@ -20,7 +20,7 @@ from .diagnostics import CountingDenoiser, SavedTensorMeter
 from .errors import UsageError
 from .estimators import get_estimator
 from .models import load_model
-from .rewards import get_reward
+from .rewards import get_reward, resolve_reward_spec
 from .sampling import Mode, sample
 from .schedulers import SCHEDULERS, make_scheduler
 
@@ -132,9 +132,7 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
     model.to(device)
     scheduler = make_scheduler(config.scheduler, like=model.scheduler)
     step_kwargs = {} if config.eta is None else {"eta": config.eta}
-    reward_spec = config.reward
-    if reward_spec == "auto":
-        reward_spec = "digit-match" if hasattr(model, "classifier") else "neg-mse"
+    reward_spec = resolve_reward_spec(config.reward, model)
     reward = get_reward(reward_spec, shape=model.sample_shape, model=model)
 
     results, reference = [], None

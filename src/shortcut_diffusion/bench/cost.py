@@ -57,13 +57,11 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     from ..estimators import get_estimator
     from ..gradcheck import estimator_gradient
     from ..models import load_model
-    from ..rewards import get_reward
+    from ..rewards import get_reward, resolve_reward_spec
 
     device = resolve_device(device_name)
     model = load_model(model_name).to(device)
-    if reward_spec == "auto":
-        reward_spec = "digit-match" if hasattr(model, "classifier") else "neg-mse"
-    reward = get_reward(reward_spec, shape=model.sample_shape, model=model)
+    reward = get_reward(resolve_reward_spec(reward_spec, model), shape=model.sample_shape, model=model)
     estimator = None if spec is None else get_estimator(spec, seed=seed)
 
     def once(est):
@@ -112,12 +110,13 @@ def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> lis
     from ..models import load_model
 
     specs = [get_estimator(s).spec for s in config.estimators]  # validate before any work
+    for steps in config.steps:  # range errors (k > steps) too
+        for s in specs:
+            get_estimator(s).plan(steps)
     load_model(config.model)
     rows = []
     for steps in config.steps:
         for spec in [None, *specs]:
-            for s in specs:  # range errors (k > steps) before spending time
-                get_estimator(s).plan(steps)
             row = _run_worker({"model_name": config.model, "spec": spec, "steps": steps, "batch": config.batch,
                                "repeats": config.repeats, "reward_spec": config.reward, "seed": config.seed,
                                "device_name": config.device})

@@ -24,7 +24,14 @@ REWARDS: dict[str, Callable[..., Reward]] = {
     "style": Style,
 }
 
-__all__ = ["REWARDS", "Adversarial", "DigitClass", "DigitMatch", "Ink", "NegMSE", "Reward", "Style", "get_reward"]
+__all__ = ["REWARDS", "Adversarial", "DigitClass", "DigitMatch", "Ink", "NegMSE", "Reward", "Style", "get_reward", "resolve_reward_spec"]
+
+
+def resolve_reward_spec(spec: str, model: object) -> str:
+    """``auto`` is ``digit-match`` on a model with the testbed's classifier, ``neg-mse`` otherwise."""
+    if spec != "auto":
+        return spec
+    return "digit-match" if hasattr(model, "classifier") else "neg-mse"
 
 
 def get_reward(spec: "str | Reward", **context) -> Reward:
