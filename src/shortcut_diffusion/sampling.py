@@ -19,6 +19,11 @@ one :class:`Mode` per step:
 A plan may also end sampling early at a step (``x0_at``) and return that step's predicted clean
 sample, as ReFL does.
 
+Plans can differ per sample (``per_sample=True``, or a list of plans, one per row): a batch then
+mixes, at one step, rows whose network graph is kept and rows computed without grad (the network
+is called once per group of rows). Fine-tuning uses this to keep a different random step for
+every sample of a batch.
+
 Randomness comes in as arguments: the scheduler's per-step noise (DDPM, DDIM with eta > 0,
 ancestral and SDE solvers) is drawn from ``generator`` only, and the estimators draw their own
 choices from their own generators, so two estimators given the same seed see identical noise.
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Protocol, Union
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -85,7 +90,10 @@ class SampleOutput:
     sample: torch.Tensor
     """The final sample (or, for a plan with ``x0_at``, that step's predicted x0)."""
     plan: Plan
-    """The plan that was run (random estimators draw a new one per call)."""
+    """The plan that was run (random estimators draw a new one per call); with per-sample plans,
+    the first row's."""
+    plans: Optional[tuple[Plan, ...]] = None
+    """One plan per row when the plans differed between rows, else None."""
 
 
 def _as_generator(generator: Union[torch.Generator, int, None]) -> Optional[torch.Generator]:
@@ -105,6 +113,46 @@ def _call_network(
         return checkpoint(denoiser, x_in, t, cond, use_reentrant=False)
     with torch.no_grad():  # DETACH and STOP: the output is a constant
         return denoiser(x_in, t, cond)
+
+
+def _rows(value: Any, index: torch.Tensor, batch: int) -> Any:
+    """The rows ``index`` of a batched conditioning (tensors, dicts, lists); broadcast values pass."""
+    if isinstance(value, torch.Tensor):
+        return value[index.to(value.device)] if value.dim() and value.shape[0] == batch else value
+    if isinstance(value, Mapping):
+        return {k: _rows(v, index, batch) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and len(value) == batch:
+        return type(value)(value[i] for i in index.tolist())
+    return value
+
+
+def _call_network_rows(
+    denoiser: Denoiser, x_in: torch.Tensor, t: torch.Tensor, cond: Any, modes: list[Mode]
+) -> torch.Tensor:
+    """One network call per group of rows sharing a mode; the outputs back in row order."""
+    kind = {Mode.GRAD: Mode.GRAD, Mode.CHECKPOINT: Mode.CHECKPOINT, Mode.DETACH: Mode.DETACH, Mode.STOP: Mode.DETACH}
+    groups: dict[Mode, list[int]] = {}
+    for row, mode in enumerate(modes):
+        groups.setdefault(kind[mode], []).append(row)
+    if len(groups) == 1 or not torch.is_grad_enabled():
+        return _call_network(denoiser, x_in, t, cond, next(iter(groups)))
+    order, parts = [], []
+    for mode, rows in groups.items():
+        index = torch.tensor(rows, device=x_in.device)
+        parts.append(_call_network(denoiser, x_in[index], t, _rows(cond, index, len(modes)), mode))
+        order += rows
+    inverse = torch.empty(len(order), dtype=torch.long, device=x_in.device)
+    inverse[torch.tensor(order, device=x_in.device)] = torch.arange(len(order), device=x_in.device)
+    return torch.cat(parts)[inverse]
+
+
+def _detach_rows(x: torch.Tensor, stopped: list[bool]) -> torch.Tensor:
+    if all(stopped):
+        return x.detach()
+    if not any(stopped) or not x.requires_grad:
+        return x
+    mask = torch.tensor(stopped, device=x.device).view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(mask, x.detach(), x)
 
 
 def _check_output(output: Any, x: torch.Tensor, scheduler: Any) -> None:
@@ -148,13 +196,25 @@ def _check_differentiable(denoiser: Denoiser, x: torch.Tensor, cond: Any) -> Non
         )
 
 
-def _resolve_plan(estimator: Union[Estimator, Plan, None], steps: int) -> Plan:
+PlanSource = Union[Estimator, Plan, Sequence[Plan], None]
+
+
+def _resolve_plans(estimator: PlanSource, steps: int, batch: int, per_sample: bool) -> tuple[Plan, ...]:
+    """One plan per row, or a single plan shared by every row."""
     if estimator is None:
-        return Plan.uniform(Mode.GRAD, steps)
-    plan = estimator if isinstance(estimator, Plan) else estimator.plan(steps)
-    if len(plan.modes) != steps:
-        raise UsageError(f"the plan has {len(plan.modes)} steps but {steps} steps are sampled")
-    return plan
+        plans: tuple[Plan, ...] = (Plan.uniform(Mode.GRAD, steps),)
+    elif isinstance(estimator, Plan):
+        plans = (estimator,)
+    elif isinstance(estimator, (list, tuple)):
+        plans = tuple(estimator)
+        if len(plans) != batch or not all(isinstance(p, Plan) for p in plans):
+            raise UsageError(f"a list of plans needs one Plan per sample: {batch} rows, got {len(plans)} items")
+    else:
+        plans = tuple(estimator.plan(steps) for _ in range(batch if per_sample else 1))
+    for plan in plans:
+        if len(plan.modes) != steps:
+            raise UsageError(f"the plan has {len(plan.modes)} steps but {steps} steps are sampled")
+    return plans if len(set(plans)) > 1 else plans[:1]
 
 
 def sample(
@@ -163,7 +223,7 @@ def sample(
     x: torch.Tensor,
     *,
     steps: int,
-    estimator: Union[Estimator, Plan, None] = None,
+    estimator: PlanSource = None,
     cond: Any = None,
     generator: Union[torch.Generator, int, None] = None,
     start: int = 0,
@@ -172,6 +232,7 @@ def sample(
     set_timesteps_kwargs: Optional[dict[str, Any]] = None,
     callback: Optional[Callable[[dict[str, Any]], None]] = None,
     progress: bool = False,
+    per_sample: bool = False,
 ) -> SampleOutput:
     """Sample from ``x`` with ``steps`` scheduler steps; autograd records what ``estimator`` plans.
 
@@ -182,8 +243,9 @@ def sample(
         x: the starting latent; it may require grad (it is the optimized variable for latent
             targets). For ``start > 0`` it is the latent at step ``start``.
         steps: number of inference steps of the full schedule.
-        estimator: an estimator (``.plan(n)``), a :class:`Plan`, or ``None`` for full
-            backpropagation. The plan covers the steps actually run (``start`` to ``stop``).
+        estimator: an estimator (``.plan(n)``), a :class:`Plan`, a list of plans (one per row),
+            or ``None`` for full backpropagation. Plans cover the steps actually run (``start``
+            to ``stop``).
         cond: conditioning passed unchanged to the denoiser (it may require grad).
         generator: seed or generator for the scheduler's per-step noise.
         start, stop: run only steps ``start <= i < stop`` of the schedule (warm-up, split runs).
@@ -193,6 +255,8 @@ def sample(
         set_timesteps_kwargs: extra arguments of ``scheduler.set_timesteps`` (e.g. ``mu``).
         callback: called after every step with ``{"i", "t", "x", "mode"}``.
         progress: show a progress bar.
+        per_sample: draw one plan per row from ``estimator`` (random estimators then keep a
+            different step for each sample).
     """
     sched = fresh_scheduler(scheduler, steps, device=x.device, **(set_timesteps_kwargs or {}))
     stop = steps if stop is None else stop
@@ -207,22 +271,35 @@ def sample(
         raise UsageError(f"{type(sched).__name__}.step does not accept {', '.join(unknown)}")
     if "generator" in accepted:
         step_kwargs["generator"] = _as_generator(generator)
-    plan = _resolve_plan(estimator, stop - start)
+    plans = _resolve_plans(estimator, stop - start, len(x), per_sample)
     if estimator is not None and torch.is_grad_enabled():
         _check_differentiable(denoiser, x, cond)
     timesteps = sched.timesteps[start:stop]
+    x0_rows: dict[int, torch.Tensor] = {}
 
-    for i, (t, mode) in enumerate(tqdm(list(zip(timesteps, plan.modes)), disable=not progress)):
-        if mode is Mode.STOP:
-            x = x.detach()
-        with torch.set_grad_enabled(torch.is_grad_enabled() and mode is not Mode.STOP):
+    def result(x: torch.Tensor) -> SampleOutput:
+        if x0_rows and len(plans) == 1:
+            x = x0_rows[0]
+        elif x0_rows:
+            x = torch.stack([x0_rows[r] if r in x0_rows else x[r] for r in range(len(x))])
+        return SampleOutput(x, plans[0], plans if len(plans) > 1 else None)
+
+    for i, t in enumerate(tqdm(timesteps, disable=not progress)):
+        # A row whose plan already returned its predicted x0 runs on without a graph.
+        modes = [p.modes[i] if p.x0_at is None or i <= p.x0_at else Mode.STOP for p in plans]
+        x = _detach_rows(x, [m is Mode.STOP for m in modes] * (len(x) if len(plans) == 1 else 1))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(m is not Mode.STOP for m in modes)):
             x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
-            output = _call_network(denoiser, x_in, t, cond, mode)
+            output = _call_network_rows(denoiser, x_in, t, cond, modes * (len(x) if len(plans) == 1 else 1))
             _check_output(output, x, sched)
             out = sched.step(output, t, x, return_dict=True, **step_kwargs)
-            if plan.x0_at == i:
-                return SampleOutput(predicted_x0(sched, out, x, output, t), plan)
+            rows = [r for r, p in enumerate(plans) if p.x0_at == i]
+            if rows:
+                x0 = predicted_x0(sched, out, x, output, t)
+                x0_rows.update({r: (x0 if len(plans) == 1 else x0[r]) for r in rows})
+                if len(x0_rows) == len(plans):
+                    return result(x)
         x = out.prev_sample
         if callback is not None:
-            callback({"i": start + i, "t": t, "x": x, "mode": mode})
-    return SampleOutput(x, plan)
+            callback({"i": start + i, "t": t, "x": x, "mode": modes[0]})
+    return result(x)
