@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .config import add_arguments, from_args
@@ -26,6 +27,16 @@ def _latent(args: argparse.Namespace) -> int:
     result, out = run_latent(from_args(LatentConfig, args))
     print(describe(result, out))
     return 0 if result.stopped is None else 1
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneConfig, describe, run_finetune
+
+    config = from_args(FinetuneConfig, args)
+    summary = run_finetune(config)
+    if summary:  # the main process prints; the others return empty summaries
+        print(describe(summary, Path(config.out)))
+    return 0
 
 
 def _train_testbed(args: argparse.Namespace) -> int:
@@ -67,6 +78,7 @@ def _add(commands, name: str, config_cls: type, run: Callable, help: str, **defa
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench import BenchConfig
+    from .finetune import FinetuneConfig
     from .gradcheck import GradcheckConfig
     from .latent import LatentConfig
     from .testbed.train import EvalTestbedConfig, TrainTestbedConfig
@@ -78,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
          "(sdo latent with its defaults, written to runs/demo)", out="runs/demo")
     _add(commands, "latent", LatentConfig, _latent,
          "optimize latents (initial noise, a warmed-up latent, or an inverted image) against a reward")
+    _add(commands, "finetune", FinetuneConfig, _finetune,
+         "align a model to a reward by fine-tuning LoRA adapters, all weights or the conditioning "
+         "embeddings through its sampler (any estimator; runs under accelerate launch)")
     _add(commands, "gradcheck", GradcheckConfig, _gradcheck,
          "compare every estimator's gradient with full backpropagation on the same noise: cosine, "
          "relative norm, network evaluations, bytes saved for backward, seconds")

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .diagnostics import SavedTensorMeter
 from .errors import UsageError
 from .estimators import GradientEstimator, get_estimator
+from .models import denoiser_of
 from .sampling import Mode, sample
 from .schedulers import make_scheduler
 
@@ -156,7 +157,7 @@ def optimize_latent(
     if scheduler is None or isinstance(scheduler, str):
         scheduler = make_scheduler(scheduler or "ddim", like=model.scheduler)
     device = model.embeddings.weight.device
-    denoiser = model.guided(guidance) if hasattr(model, "guided") else model.denoiser
+    denoiser = denoiser_of(model, guidance)
     cond = model.cond(labels.to(device)).detach()
     labels = labels.to(device)
     noise_seed = seed + 1

@@ -29,6 +29,11 @@ class GradientEstimator:
         else:
             self._generator.manual_seed(int(seed))
 
+    def reseed(self, seed: int) -> "GradientEstimator":
+        """Restart the estimator's random stream from ``seed`` (per-sample, resumable draws)."""
+        self._generator.manual_seed(int(seed))
+        return self
+
     @property
     def grad_mode(self) -> Mode:
         """The mode of the steps whose network graph is kept."""

@@ -20,10 +20,17 @@ __all__ = [
     "ToyModel",
     "UNet2DConditionDenoiser",
     "UNet2DDenoiser",
+    "denoiser_of",
     "load_model",
     "rescale_noise_cfg",
     "toy_model",
 ]
+
+
+def denoiser_of(model, guidance=None):
+    """The model's sampling denoiser: guided at ``guidance`` (default: the model's scale) where it
+    has classifier-free guidance, else its plain denoiser."""
+    return model.guided(guidance) if hasattr(model, "guided") else model.denoiser
 
 
 def load_model(name: str):

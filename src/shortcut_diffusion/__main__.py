@@ -1,0 +1,7 @@
+"""``python -m shortcut_diffusion`` is the ``sdo`` command (handy under ``accelerate launch -m``)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
