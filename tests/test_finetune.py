@@ -92,7 +92,7 @@ def test_base_context_gives_the_untrained_model(tiny_testbed_dir, target):
 
 
 def test_resume_is_exact(base_config, tmp_path):
-    config = replace(base_config, max_steps=4, ema=0.5, lr_schedule="cosine", kl_weight=0.1, eval_every=2,
+    config = replace(base_config, max_steps=4, ema=0.5, lr_schedule="constant_with_warmup", lr_warmup=3, kl_weight=0.1, eval_every=2,
                      checkpoint_every=2, reward="ink", lr=0.02)
     straight = run_finetune(replace(config, out=str(tmp_path / "straight")))
     split_out = str(tmp_path / "split")
@@ -132,19 +132,21 @@ def test_killed_run_resumes(base_config, tmp_path):
     run_finetune(replace(base_config, eval_every=0, eval_per_class=1, checkpoint_every=2, max_steps=killed_at + 2,
                          out=str(straight)))
     a, b = final_tensors(out), final_tensors(straight)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    for k in a:  # the killed run used one thread: equal up to float summation order
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
 def test_early_stopping_keeps_the_best_weights(base_config):
-    # A learning rate this large wrecks the model at once: the base model stays the best.
-    config = replace(base_config, max_steps=6, lr=5.0, early_stop=1, early_stop_metric="reward", reward="digit-match")
+    # A learning rate this large makes the evaluation reward fall within a few steps.
+    config = replace(base_config, max_steps=8, lr=5.0, early_stop=1, early_stop_metric="reward", reward="digit-match")
     summary = run_finetune(config)
     assert summary["stopped"].startswith("early stopping")
-    assert summary["steps"] < 6 and summary["best_step"] == 0
-    out = Path(config.out)
-    torch.testing.assert_close(load_file(out / "eval" / "after.safetensors")["images"],
-                               load_file(out / "eval" / "before.safetensors")["images"], rtol=0, atol=1e-6)
+    assert summary["steps"] == summary["best_step"] + 1 < 8
+    evals = {r["step"]: r for r in map(json.loads, (Path(config.out) / "eval.jsonl").read_text().splitlines()) if not r.get("final")}
+    assert evals[summary["steps"]]["reward"] < evals[summary["best_step"]]["reward"]
+    # The exported weights are the best step's: their evaluation repeats that step's.
+    assert summary["after"]["reward"] == pytest.approx(evals[summary["best_step"]]["reward"], abs=1e-6)
+    assert summary["after"]["reward"] == pytest.approx(max(r["reward"] for r in evals.values()), abs=1e-6)
 
 
 def test_time_budget_stops_training(base_config):

@@ -39,12 +39,13 @@ def generate(model: Any, scheduler: Any, noise: torch.Tensor, labels: Sequence[A
 
 
 def evaluate(model: Any, reward: Callable, images: torch.Tensor, labels: Sequence[Any]) -> dict[str, float]:
-    """Mean reward, and on the digits testbed digits-FD, conditional accuracy and diversity."""
+    """Mean reward, and on the digits testbed digits-FD, conditional accuracy and diversity
+    (from two samples up)."""
     device = model.embeddings.weight.device
     label_tensor = torch.as_tensor(labels)
     with torch.no_grad():
         row = {"reward": float(reward(images.to(device), label_tensor.to(device)).mean())}
-    if hasattr(model, "classifier"):
+    if hasattr(model, "classifier") and len(images) >= 2:  # a Frechet distance needs two samples
         from ..testbed import metrics
 
         row.update(metrics.evaluate(model.classifier, images, label_tensor))

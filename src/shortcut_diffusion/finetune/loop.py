@@ -404,7 +404,7 @@ def describe(summary: dict[str, Any], out: Path) -> str:
     lines = [f"evaluation reward {before['reward']:.4f} -> {after['reward']:.4f} "
              f"after {summary['steps']} steps ({summary['samples']} samples, {summary['wall_clock'] / 60:.1f} min; "
              f"stopped: {summary['stopped']})"]
-    if "digits_fd" in after:
+    if "digits_fd" in after and "digits_fd" in before:
         lines.append(f"digits-FD {before['digits_fd']:.2f} -> {after['digits_fd']:.2f}, "
                      f"accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, "
                      f"diversity {before['diversity']:.2f} -> {after['diversity']:.2f}")
