@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch; a plain `torch` requirement would pull a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install test demo gradcheck latent-table clean
+.PHONY: install test demo gradcheck latent-table finetune-table clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ gradcheck:
 # The README's latent-optimization table (about 12 minutes on 2 CPU cores).
 latent-table:
 	$(BIN)/python benchmarks/latent_table.py --out runs/latent_table
+
+# The README's fine-tuning table (about 45 minutes; one thread, so that timings are not shared).
+finetune-table:
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/finetune_table.py --out runs/finetune_table --docs docs/results
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
