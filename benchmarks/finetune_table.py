@@ -15,56 +15,22 @@ best improvement over the base model that any estimator reached.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from shortcut_diffusion import reporting
-from shortcut_diffusion.finetune import FinetuneConfig, run_finetune
+from shortcut_diffusion.bench.reward import finetune_time_to_reward
+from shortcut_diffusion.finetune import FinetuneConfig
 
 ESTIMATORS = ["checkpointed", "truncated:k=1", "alignprop", "refl", "sdo:keep=random"]
 REWARDS = {"digit-match": 4.0, "ink": 2.0}  # reward: minutes of training per estimator
 
 
-def rows_of(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-
-def time_to(history: list[dict], threshold: float) -> float | None:
-    for row in history:
-        if row["reward"] >= threshold:
-            return row["wall_clock"]
-    return None
-
-
 def run(out: Path, rewards: dict[str, float], estimators: list[str], base: FinetuneConfig) -> list[dict]:
     table = []
     for reward, minutes in rewards.items():
-        runs = {}
-        for spec in estimators:
-            run_dir = out / reward / spec.replace(":", "_").replace("=", "-")
-            config = replace(base, reward=reward, estimator=spec, minutes=minutes, out=str(run_dir))
-            summary = run_finetune(config)
-            history = [r for r in rows_of(run_dir / "eval.jsonl") if not r.get("final")]
-            steps = rows_of(run_dir / "metrics.jsonl")
-            runs[spec] = (summary, history, steps)
-        start = next(iter(runs.values()))[0]["before"]["reward"]
-        best = max(s["after"]["reward"] for s, _, _ in runs.values())
-        threshold = start + 0.95 * (best - start)
-        for spec, (summary, history, steps) in runs.items():
-            after = summary["after"]
-            table.append({
-                "reward": reward, "estimator": spec, "minutes": minutes,
-                "start_reward": start, "final_reward": after["reward"],
-                "start_digits_fd": summary["before"].get("digits_fd"), "digits_fd": after.get("digits_fd"),
-                "accuracy": after.get("accuracy"), "diversity": after.get("diversity"),
-                "start_diversity": summary["before"].get("diversity"),
-                "steps": summary["steps"], "seconds_per_step": statistics.median(r["seconds"] for r in steps),
-                "threshold": threshold, "seconds_to_95": time_to(history, threshold),
-                "curve": [(r["wall_clock"], r["reward"], r.get("digits_fd")) for r in history],
-            })
+        table += finetune_time_to_reward(reward, estimators=estimators, minutes=minutes, out=out, base=base)
     return table
 
 
@@ -73,7 +39,7 @@ def markdown(table: list[dict], command: str) -> str:
     for reward in dict.fromkeys(r["reward"] for r in table):
         rows = [r for r in table if r["reward"] == reward]
         first = rows[0]
-        lines += [f"### {reward}: {first['minutes']:g} min of training per estimator",
+        lines += [f"### {reward}: {first['budget_seconds'] / 60:g} min of training per estimator",
                   f"Base model: reward {first['start_reward']:.4f}, digits-FD {first['start_digits_fd']:.2f}, "
                   f"diversity {first['start_diversity']:.2f}. Time to 95% = to reach reward {first['threshold']:.4f} "
                   "(95% of the best improvement any estimator made).", "",
@@ -82,7 +48,7 @@ def markdown(table: list[dict], command: str) -> str:
         for r in rows:
             t95 = "not reached" if r["seconds_to_95"] is None else f"{r['seconds_to_95']:.0f} s"
             lines.append(f"| {r['estimator']} | {r['final_reward']:.4f} | {r['digits_fd']:.2f} | {r['accuracy']:.3f} | "
-                         f"{r['diversity']:.2f} | {r['steps']} | {r['seconds_per_step']:.2f} | {t95} |")
+                         f"{r['diversity']:.2f} | {r['iterations']} | {r['seconds_per_iter']:.2f} | {t95} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -97,9 +63,9 @@ def plot(table: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(2, len(rewards), figsize=(5 * len(rewards), 7), dpi=100, squeeze=False)
     for j, reward in enumerate(rewards):
         for r in (r for r in table if r["reward"] == reward):
-            minutes = [c[0] / 60 for c in r["curve"]]
-            axes[0][j].plot(minutes, [c[1] for c in r["curve"]], marker=".", label=r["estimator"])
-            axes[1][j].plot(minutes, [c[2] for c in r["curve"]], marker=".", label=r["estimator"])
+            minutes = [t / 60 for t, _ in r["curve"]]
+            axes[0][j].plot(minutes, [v for _, v in r["curve"]], marker=".", label=r["estimator"])
+            axes[1][j].plot(minutes, [v for _, v in r["fd_curve"]], marker=".", label=r["estimator"])
         axes[0][j].set_title(f"LoRA fine-tuning, reward {reward}")
         axes[0][j].set_ylabel("evaluation reward")
         axes[1][j].set_ylabel("digits-FD (lower is better)")

@@ -37,3 +37,27 @@ def test_bad_bench_options(tmp_path):
         run_bench(BenchConfig(estimators=["fast"], out=str(tmp_path)), log=None)
     with pytest.raises(UsageError, match="k=9 is out of range 1..4"):
         run_bench(BenchConfig(model="toy", steps=[4], estimators=["truncated:k=9"], out=str(tmp_path)), log=None)
+
+
+def test_cosine_to_full_is_reported_per_configuration():
+    row = measure("toy", "sdo:k=all", steps=3, batch=1, repeats=1, reward_spec="auto", seed=0, device_name="cpu")
+    assert row["cosine_to_full"] == pytest.approx(1.0, abs=1e-5)  # sdo keeping every step is full
+    truncated = measure("toy", "truncated:k=1", steps=3, batch=1, repeats=1, reward_spec="auto", seed=0, device_name="cpu")
+    assert truncated["cosine_to_full"] == 0.0  # no gradient reaches the initial noise
+
+
+def test_quick_time_to_reward_writes_its_tables(tmp_path):
+    import json
+
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--estimators", "sdo", "--time-to-reward", "--out", str(out)]) == 0
+    rows = json.loads((out / "time_to_reward.json").read_text())
+    assert {(r["task"], r["estimator"]) for r in rows} == {("latent", "full"), ("latent", "sdo"),
+                                                          ("finetune", "sdo:keep=random")}
+    for r in rows:
+        assert r["iterations"] >= 1 and r["curve"][0][0] >= 0
+        reached = [t for t, v in r["curve"] if v >= r["threshold"]]
+        assert r["seconds_to_95"] == (reached[0] if reached else None)
+    report = (out / "report.md").read_text()
+    assert "## Time to reward" in report and "## Gradient fidelity" in report
+    assert (out / "reward_vs_time.png").stat().st_size > 0

@@ -124,6 +124,7 @@ def optimize_latent(
     precision: str = "fp32",
     progress: bool = True,
     callback: Optional[Callable[[dict[str, Any], torch.Tensor, torch.Tensor], None]] = None,
+    max_seconds: Optional[float] = None,
 ) -> LatentResult:
     """Optimize latents of ``model`` so that ``reward(decode(sample), labels)`` increases.
 
@@ -142,6 +143,8 @@ def optimize_latent(
         proximity_weight: weight of the mean squared pixel distance to the starting samples.
         seed: seed of the initial noise and the scheduler's per-step noise (fixed across iterations).
         callback: called after every iteration with ``(row, latents, images)``.
+        max_seconds: also stop once the iterations have taken this long (a wall-clock budget;
+            the callback's time is not counted).
     """
     labels = torch.as_tensor(labels)
     batch = len(labels) if batch is None else batch
@@ -187,7 +190,12 @@ def optimize_latent(
     stopped = None
     last_good = z0.clone()
     bar = tqdm(range(iters), desc=f"latent[{estimator.spec}]", disable=not progress)
+    elapsed = 0.0
     for it in bar:
+        if max_seconds is not None and elapsed >= max_seconds:
+            if torch.isfinite(z.detach()).all():
+                last_good = z.detach().clone()
+            break
         began = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with SavedTensorMeter(exclude=unet_params) as meter, _autocast(device, precision):
@@ -221,6 +229,8 @@ def optimize_latent(
             "grad_norm": grad_norm,
             "grad_steps": out.plan.count(Mode.GRAD, Mode.CHECKPOINT),
         }
+        elapsed += row["seconds"]
+        row["wall_clock"] = elapsed
         history.append(row)
         bar.set_postfix(reward=f"{row['reward']:.3f}")
         if callback is not None:

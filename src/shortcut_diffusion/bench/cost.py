@@ -27,7 +27,7 @@ from .. import reporting
 from ..errors import UsageError
 
 COLUMNS = ["model", "task", "estimator", "steps", "batch", "seconds_per_iter", "paired_sampling_seconds",
-           "nfe_forward", "nfe_backward", "saved_bytes", "peak_mem_mb", "device"]
+           "nfe_forward", "nfe_backward", "saved_bytes", "peak_mem_mb", "cosine_to_full", "device"]
 DEFAULT_ESTIMATORS = ["full", "checkpointed", "truncated:k=1", "alignprop", "refl", "sdo"]
 
 
@@ -43,6 +43,9 @@ class BenchConfig:
     seed: int = field(default=0, metadata={"help": "seed"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
     out: str = field(default="runs/bench", metadata={"help": "output directory"})
+    time_to_reward: bool = field(default=False, metadata={"help": "also measure time-to-reward on the latent and the fine-tuning task (digits testbed)"})
+    latent_seconds: float = field(default=60.0, metadata={"help": "time-to-reward: seconds of latent optimization per estimator"})
+    finetune_minutes: float = field(default=2.0, metadata={"help": "time-to-reward: minutes of LoRA fine-tuning per estimator"})
     quick: bool = field(default=False, metadata={"help": "tiny run that checks the harness (steps 2 and 4, toy model, 1 repeat)"})
 
 
@@ -82,12 +85,20 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     last = runs[-1]
+    cosine = None
+    if estimator is not None:  # gradient fidelity: the last timed gradient against full's, same noise
+        g, ref = last["gradient"], once(get_estimator("full", seed=seed))["gradient"]
+        if g.norm() > 0 and ref.norm() > 0:
+            cosine = round(float(g @ ref / (g.norm() * ref.norm())), 6)
+        else:
+            cosine = 0.0
     return {
         "model": model_name, "task": "latent", "estimator": spec or "sampling", "steps": steps, "batch": batch,
         "seconds_per_iter": statistics.median(r["seconds"] for r in runs),
         "paired_sampling_seconds": statistics.median(floor),
         "nfe_forward": last["nfe_forward"], "nfe_backward": last["nfe_backward"],
-        "saved_bytes": last["saved_bytes"], "peak_mem_mb": round(peak, 1), "device": str(device),
+        "saved_bytes": last["saved_bytes"], "peak_mem_mb": round(peak, 1), "cosine_to_full": cosine,
+        "device": str(device),
     }
 
 
@@ -137,7 +148,35 @@ def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> lis
         curves[est] = ([p[0] for p in points], [p[1] for p in points])
     reporting.plot_curves(out / "cost_vs_steps.png", curves, xlabel="sampling steps N",
                           ylabel="seconds per iteration", title=f"cost per iteration ({config.model}, batch {config.batch})")
-    (out / "report.md").write_text(report(rows, config, command))
+    reward_rows = time_to_reward(config, out, log) if config.time_to_reward else []
+    (out / "report.md").write_text(report(rows, config, command, reward_rows))
+    return rows
+
+
+def time_to_reward(config: BenchConfig, out: Path, log=print) -> list[dict[str, Any]]:
+    """Latent (digit-class 1 -> 7) and fine-tuning (digit-match) time-to-reward, in this process."""
+    from ..models import load_model
+    from . import reward as rw
+
+    if config.quick:
+        from ..finetune import FinetuneConfig
+
+        model = load_model(config.model)
+        rows = rw.latent_time_to_reward(model, "neg-mse", 1, estimators=["full", "sdo"], seconds=0.5, steps=4, batch=2)
+        base = FinetuneConfig(model=config.model, steps=3, batch=2, eval_every=2, eval_per_class=1,
+                              checkpoint_every=0, progress=False, cond=["1", "2"])
+        rows += rw.finetune_time_to_reward("ink", estimators=["sdo:keep=random"], minutes=0.01,
+                                           out=out / "finetune", base=base)
+    else:
+        model = load_model(config.model)
+        rows = rw.latent_time_to_reward(model, "digit-class:7", 1, seconds=config.latent_seconds, batch=config.batch,
+                                        seed=config.seed)
+        rows += rw.finetune_time_to_reward("digit-match", minutes=config.finetune_minutes, out=out / "finetune")
+    with open(out / "time_to_reward.json", "w") as handle:
+        json.dump(rows, handle, indent=1)
+    rw.plot(rows, out / "reward_vs_time.png")
+    if log:
+        log(rw.markdown(rows, reference="full"))
     return rows
 
 
@@ -168,7 +207,8 @@ def _targets(by: dict, steps: list[int]) -> list[str]:
     return lines or ["- (the targets are stated at N = 10, 50 and 100; this run has other N)"]
 
 
-def report(rows: list[dict[str, Any]], config: BenchConfig, command: str) -> str:
+def report(rows: list[dict[str, Any]], config: BenchConfig, command: str,
+           reward_rows: Optional[list[dict[str, Any]]] = None) -> str:
     by = {(r["estimator"], r["steps"]): r for r in rows}
     device = rows[0]["device"] if rows else "?"
     parts = [f"# Cost per optimization iteration\n\nCommand: `{command}`\n\nModel `{config.model}`, batch "
@@ -188,6 +228,23 @@ def report(rows: list[dict[str, Any]], config: BenchConfig, command: str) -> str
             parts.append(f"| {est} | {r['seconds_per_iter']:.3f} | {r['seconds_per_iter'] / r['paired_sampling_seconds']:.2f} | "
                          f"{x_full} | {r['nfe_forward']}/{r['nfe_backward']} | {r['saved_bytes'] / 2**20:.2f} | "
                          f"{saved_full} | {r['peak_mem_mb']:.0f} |")
+    estimators = list(dict.fromkeys(r["estimator"] for r in rows if r["estimator"] != "sampling"))
+    parts.append("\n## Gradient fidelity: cosine to `full` on the same noise\n\n| estimator | "
+                 + " | ".join(f"N = {n}" for n in config.steps) + " |\n|---|" + "---|" * len(config.steps))
+    for est in estimators:
+        cells = [by.get((est, n), {}).get("cosine_to_full") for n in config.steps]
+        parts.append(f"| {est} | " + " | ".join("-" if c in (None, "") else f"{float(c):.3f}" for c in cells) + " |")
+    parts.append("\nA cosine of 0: the estimator's gradient for the initial noise is exactly zero "
+                 "(truncated:k=1 and refl stop gradients before the first step).")
+    if reward_rows:
+        from .reward import markdown, targets
+
+        parts.append("\n## Time to reward\n\nSame seeds, starting point and wall-clock budget for every "
+                     "estimator; rewards of plainly sampled images. Plot: `reward_vs_time.png`.\n")
+        parts.append(markdown([r for r in reward_rows if r["task"] == "latent"], reference="full"))
+        parts.append(markdown([r for r in reward_rows if r["task"] == "finetune"], reference="checkpointed"))
     parts.append("\n## Targets\n")
     parts.extend(_targets(by, config.steps))
+    if reward_rows:
+        parts.extend(targets(reward_rows))
     return "\n".join(parts) + "\n"

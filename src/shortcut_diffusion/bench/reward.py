@@ -1,0 +1,178 @@
+"""Time-to-reward: the wall-clock each estimator needs, on the latent and the fine-tuning task.
+
+Every estimator gets the same seeds, the same starting point and the same wall-clock budget.
+Rewards are measured the same way for all: on plainly sampled images (for latents, the iterates
+recorded during the run are re-sampled afterwards, outside the clock; for fine-tuning, the
+periodic evaluations on fixed noise). The threshold is 95% of the best improvement over the start
+that any estimator reached by the end of its budget; ``seconds_to_95`` is the training wall-clock
+at which an estimator first reached it (None: never).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+LATENT_ESTIMATORS = ["full", "checkpointed", "truncated:k=1", "alignprop", "refl", "sdo"]
+FINETUNE_ESTIMATORS = ["checkpointed", "truncated:k=1", "alignprop", "refl", "sdo:keep=random"]
+
+
+def _time_to(curve: Sequence[tuple[float, float]], threshold: float) -> Optional[float]:
+    return next((t for t, r in curve if r >= threshold), None)
+
+
+def _finish(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add the shared threshold and each row's time to reach it."""
+    start = rows[0]["start_reward"]
+    best = max(r["final_reward"] for r in rows)
+    threshold = start + 0.95 * (best - start)
+    for r in rows:
+        r["threshold"] = threshold
+        r["seconds_to_95"] = _time_to(r["curve"], threshold)
+    return rows
+
+
+def latent_time_to_reward(model: Any, reward_spec: str, cond: int, *, estimators: Sequence[str] = LATENT_ESTIMATORS,
+                          seconds: float = 60.0, steps: int = 50, batch: int = 8, lr: float = 0.15,
+                          seed: int = 0) -> list[dict[str, Any]]:
+    """Latent optimization of the initial noise for ``seconds`` per estimator."""
+    from ..models import denoiser_of
+    from ..optimize import optimize_latent
+    from ..rewards import get_reward
+    from ..sampling import sample
+    from ..testbed import metrics
+
+    reward = get_reward(reward_spec, model=model, shape=model.sample_shape)
+    labels = torch.full((batch,), cond)
+    device = model.embeddings.weight.device
+    rows = []
+    for spec in estimators:
+        iterates: list[tuple[float, torch.Tensor]] = []
+        result = optimize_latent(model, reward, labels, estimator=spec, steps=steps, iters=10**6, lr=lr, seed=seed,
+                                 progress=False, max_seconds=seconds,
+                                 callback=lambda row, z, images: iterates.append((row["wall_clock"], z.clone())))
+        # Re-sample every recorded iterate without grad, in one batch, outside the clock.
+        with torch.no_grad():
+            zs = torch.cat([z for _, z in iterates]).to(device)
+            cond_all = model.cond(labels.repeat(len(iterates)).to(device))
+            images = model.decode(sample(denoiser_of(model), model.scheduler, zs, steps=steps, cond=cond_all,
+                                         generator=seed + 1).sample).float().clamp(-1, 1)
+            per = reward(images, labels.repeat(len(iterates)).to(device)).view(len(iterates), batch).mean(1)
+        curve = [(0.0, float(result.start_rewards.mean()))] + [(t, float(r)) for (t, _), r in zip(iterates, per)]
+        row = {"task": "latent", "reward": reward_spec, "estimator": spec, "budget_seconds": seconds,
+               "start_reward": float(result.start_rewards.mean()), "final_reward": float(result.rewards.mean()),
+               "iterations": len(result.history),
+               "seconds_per_iter": statistics.median(r["seconds"] for r in result.history),
+               "curve": curve}
+        if hasattr(model, "classifier"):
+            row["digits_fd"] = metrics.digits_fd(model.classifier, result.images)
+            row["start_digits_fd"] = metrics.digits_fd(model.classifier, result.start_images)
+        rows.append(row)
+    return _finish(rows)
+
+
+def finetune_time_to_reward(reward_spec: str, *, estimators: Sequence[str] = FINETUNE_ESTIMATORS, minutes: float = 2.0,
+                            out: Path, base: Any = None) -> list[dict[str, Any]]:
+    """LoRA fine-tuning for ``minutes`` of training per estimator (evaluation excluded)."""
+    from ..finetune import FinetuneConfig, run_finetune
+
+    base = base or FinetuneConfig(target="lora", steps=25, batch=8, eval_every=10, eval_per_class=10,
+                                  checkpoint_every=0, progress=False, seed=0)
+    rows = []
+    for spec in estimators:
+        run_dir = Path(out) / reward_spec.replace(":", "_") / spec.replace(":", "_").replace("=", "-")
+        summary = run_finetune(replace(base, reward=reward_spec, estimator=spec, minutes=minutes, max_steps=None,
+                                       out=str(run_dir)))
+        evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines() if line]
+        evals = [e for e in evals if not e.get("final")]
+        steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        before, after = summary["before"], summary["after"]
+        rows.append({
+            "task": "finetune", "reward": reward_spec, "estimator": spec, "budget_seconds": minutes * 60,
+            "start_reward": before["reward"], "final_reward": after["reward"],
+            "start_digits_fd": before.get("digits_fd"), "digits_fd": after.get("digits_fd"),
+            "accuracy": after.get("accuracy"), "diversity": after.get("diversity"),
+            "start_diversity": before.get("diversity"),
+            "iterations": summary["steps"], "seconds_per_iter": statistics.median(r["seconds"] for r in steps),
+            "curve": [(e["wall_clock"], e["reward"]) for e in evals],
+            "fd_curve": [(e["wall_clock"], e.get("digits_fd")) for e in evals],
+        })
+    return _finish(rows)
+
+
+def markdown(rows: list[dict[str, Any]], reference: str) -> str:
+    """One table per (task, reward), with ratios of time-to-95% to ``reference``'s."""
+    lines = []
+    for task, reward in dict.fromkeys((r["task"], r["reward"]) for r in rows):
+        group = [r for r in rows if (r["task"], r["reward"]) == (task, reward)]
+        first = group[0]
+        ref = next((r for r in group if r["estimator"] == reference), None)
+        fd = first.get("start_digits_fd")
+        lines += [f"### {task}, reward {reward}: {first['budget_seconds']:g} s of optimization per estimator", "",
+                  f"Start: reward {first['start_reward']:.4f}" + (f", digits-FD {fd:.2f}" if fd is not None else "")
+                  + f". Threshold (95% of the best improvement): {first['threshold']:.4f}.", "",
+                  f"| estimator | final reward | digits-FD | iterations | s/iter | time to 95% | x {reference} |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in group:
+            t95 = r["seconds_to_95"]
+            ratio = (f"{t95 / ref['seconds_to_95']:.2f}" if t95 is not None and ref and ref["seconds_to_95"] else "-")
+            fd = f"{r['digits_fd']:.2f}" if r.get("digits_fd") is not None else "-"
+            lines.append(f"| {r['estimator']} | {r['final_reward']:.4f} | {fd} | {r['iterations']} | "
+                         f"{r['seconds_per_iter']:.2f} | {'not reached' if t95 is None else f'{t95:.1f} s'} | {ratio} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's latent-task targets: sdo <= 0.10x full's time to 95%, reward and digits-FD no worse."""
+    out = []
+    for reward in dict.fromkeys(r["reward"] for r in rows if r["task"] == "latent"):
+        by = {r["estimator"]: r for r in rows if r["task"] == "latent" and r["reward"] == reward}
+        sdo, full = by.get("sdo"), by.get("full")
+        if not (sdo and full):
+            continue
+        if sdo["seconds_to_95"] is None:
+            out.append(f"- latent {reward}: sdo did not reach the threshold (target missed)")
+        elif full["seconds_to_95"] is None:
+            out.append(f"- latent {reward}: sdo reached the threshold in {sdo['seconds_to_95']:.1f} s; full never did "
+                       f"within {full['budget_seconds']:g} s (ratio below {sdo['seconds_to_95'] / full['budget_seconds']:.2f}x: "
+                       f"{'met' if sdo['seconds_to_95'] / full['budget_seconds'] <= 0.10 else 'not shown'})")
+        else:
+            ratio = sdo["seconds_to_95"] / full["seconds_to_95"]
+            out.append(f"- latent {reward}: time to 95% sdo/full = {ratio:.2f}x (target <= 0.10x: "
+                       f"{'met' if ratio <= 0.10 else f'missed by {ratio - 0.10:.2f}x'})")
+        out.append(f"- latent {reward}: final reward sdo {sdo['final_reward']:.4f} vs full {full['final_reward']:.4f} "
+                   f"({'met' if sdo['final_reward'] >= full['final_reward'] else 'missed'})")
+        if sdo.get("digits_fd") is not None:
+            out.append(f"- latent {reward}: digits-FD sdo {sdo['digits_fd']:.2f} vs full {full['digits_fd']:.2f} "
+                       f"({'met' if sdo['digits_fd'] <= full['digits_fd'] else 'missed'})")
+    return out
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r["task"], r["reward"]) for r in rows))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), dpi=100, squeeze=False)
+    for ax, (task, reward) in zip(axes[0], groups):
+        for r in (r for r in rows if (r["task"], r["reward"]) == (task, reward)):
+            ax.plot([t for t, _ in r["curve"]], [v for _, v in r["curve"]], marker="." if task == "finetune" else None,
+                    label=r["estimator"])
+        threshold = next(r for r in rows if (r["task"], r["reward"]) == (task, reward))["threshold"]
+        ax.axhline(threshold, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{task}: {reward}")
+        ax.set_xlabel("wall-clock (s)")
+        ax.set_ylabel("reward (plain sampling)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
