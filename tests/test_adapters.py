@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 
-from shortcut_diffusion import get_estimator, make_scheduler, sample
+from shortcut_diffusion import UsageError, get_estimator, make_scheduler, sample
 from shortcut_diffusion.models import ClassifierFreeGuidance, UNet2DConditionDenoiser, UNet2DDenoiser
 
 
@@ -72,3 +72,22 @@ def test_unet2d_with_integer_class_labels():
                  cond=torch.tensor([0, 2]), generator=0)
     out.sample.sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_sd15_shaped_model_has_the_real_configuration():
+    from diffusers import UNet2DConditionModel
+
+    from shortcut_diffusion.models.sd15 import SD15_UNET
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET)
+    assert round(sum(p.numel() for p in unet.parameters()) / 1e6) == 860  # Stable Diffusion 1.5's UNet
+
+
+def test_sd15_shaped_resolution_errors():
+    from shortcut_diffusion.models import load_model
+
+    with pytest.raises(UsageError, match="multiple of 64"):
+        load_model("sd15-random:100")
+    with pytest.raises(UsageError, match="integer resolution"):
+        load_model("sd15-random:big")

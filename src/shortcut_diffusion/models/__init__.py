@@ -34,13 +34,22 @@ def denoiser_of(model, guidance=None):
 
 
 def load_model(name: str):
-    """A built-in model by name, or a digits testbed saved in the directory ``name``."""
+    """A built-in model by name, ``sd15-random[:RESOLUTION]``, or a digits testbed saved in the
+    directory ``name``."""
     if name in MODELS:
         return MODELS[name]()
+    if name == "sd15-random" or name.startswith("sd15-random:"):
+        from .sd15 import sd15_shaped
+
+        size = name.partition(":")[2] or "512"
+        if not size.isdigit():
+            raise UsageError(f"sd15-random:RESOLUTION needs an integer resolution, got {size!r}")
+        return sd15_shaped(int(size))
     from pathlib import Path
 
     if (Path(name) / "testbed.json").is_file():
         from ..testbed import load_digits_model
 
         return load_digits_model(name)
-    raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} or a saved testbed directory")
+    raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, sd15-random[:RESOLUTION] "
+                     "or a saved testbed directory")

@@ -1,0 +1,81 @@
+"""An SD 1.5-shaped model with random weights, for measuring cost at real scale.
+
+The UNet is ``UNet2DConditionModel`` with Stable Diffusion 1.5's configuration (860M parameters,
+4-channel latents, 768-dimensional text conditioning of 77 tokens) and its scheduler settings;
+the weights are random because time and memory do not depend on their values. Conditions are
+class indices mapped to fixed random "prompt embeddings" (77 x 768), and ``decode`` is the
+identity (rewards see the latents), so the benchmark measures the sampling graph only.
+
+``load_model("sd15-random:256")`` builds it for 256 x 256 images (32 x 32 latents); the default is
+512 x 512.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from torch import nn
+
+from ..errors import UsageError
+from .denoisers import ClassifierFreeGuidance, UNet2DConditionDenoiser
+
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+)
+SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+TOKENS, WIDTH = 77, 768
+
+
+@dataclass
+class SD15Shaped:
+    unet: UNet2DConditionModel
+    embeddings: nn.Embedding
+    scheduler: DDIMScheduler
+    sample_shape: tuple[int, int, int]
+    guidance_scale: float = 7.5
+    num_classes: int = 10
+
+    def cond(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embeddings(labels.to(self.embeddings.weight.device)).view(-1, TOKENS, WIDTH)
+
+    @property
+    def uncond(self) -> torch.Tensor:
+        return self.embeddings.weight[self.num_classes :].detach().view(1, TOKENS, WIDTH)
+
+    def guided(self, scale=None) -> ClassifierFreeGuidance:
+        return ClassifierFreeGuidance(UNet2DConditionDenoiser(self.unet), self.uncond,
+                                      scale=self.guidance_scale if scale is None else scale)
+
+    @property
+    def denoiser(self) -> UNet2DConditionDenoiser:
+        return UNet2DConditionDenoiser(self.unet)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def to(self, device) -> "SD15Shaped":
+        self.unet.to(device)
+        self.embeddings.to(device)
+        return self
+
+
+def sd15_shaped(resolution: int = 512, seed: int = 0) -> SD15Shaped:
+    if resolution % 64:
+        raise UsageError(f"sd15-random: the resolution must be a multiple of 64, got {resolution}")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**SD15_UNET).eval().requires_grad_(False)
+    # 10 conditions and one null row (classifier-free guidance), each a 77 x 768 "prompt embedding".
+    table = torch.randn(11, TOKENS * WIDTH, generator=torch.Generator().manual_seed(seed))
+    embeddings = nn.Embedding.from_pretrained(table, freeze=True)
+    latent = resolution // 8
+    return SD15Shaped(unet, embeddings, DDIMScheduler(**SD15_SCHEDULER), (4, latent, latent))
