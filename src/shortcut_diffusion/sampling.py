@@ -241,7 +241,9 @@ def sample(
             input, ``t`` the scheduler's timestep).
         scheduler: a diffusers scheduler used as a template (copied, never stepped).
         x: the starting latent; it may require grad (it is the optimized variable for latent
-            targets). For ``start > 0`` it is the latent at step ``start``.
+            targets). For ``start == 0`` it is standard normal noise (multiplied by the
+            scheduler's ``init_noise_sigma``, as pipelines do); for ``start > 0`` the latent at
+            step ``start``.
         steps: number of inference steps of the full schedule.
         estimator: an estimator (``.plan(n)``), a :class:`Plan`, a list of plans (one per row),
             or ``None`` for full backpropagation. Plans cover the steps actually run (``start``
@@ -271,6 +273,10 @@ def sample(
         raise UsageError(f"{type(sched).__name__}.step does not accept {', '.join(unknown)}")
     if "generator" in accepted:
         step_kwargs["generator"] = _as_generator(generator)
+    if start == 0 and float(getattr(sched, "init_noise_sigma", 1.0)) != 1.0:
+        # ``x`` is standard normal noise; schedulers such as Euler start from sigma_max (as the
+        # pipelines' prepare_latents do). The scaling is part of the differentiable path.
+        x = x * sched.init_noise_sigma
     plans = _resolve_plans(estimator, stop - start, len(x), per_sample)
     if estimator is not None and torch.is_grad_enabled():
         _check_differentiable(denoiser, x, cond)
