@@ -20,11 +20,33 @@ __all__ = [
     "ToyModel",
     "UNet2DConditionDenoiser",
     "UNet2DDenoiser",
+    "conditioning",
     "denoiser_of",
+    "image_shape",
+    "model_device",
     "load_model",
     "rescale_noise_cfg",
     "toy_model",
 ]
+
+
+def model_device(model):
+    """The device a model's network lives on."""
+    return next(model.unet.parameters()).device
+
+
+def image_shape(model):
+    """The shape of one decoded image (pixel models: the sample itself)."""
+    return getattr(model, "image_shape", model.sample_shape)
+
+
+def conditioning(model, labels):
+    """The batched conditioning of ``labels``: class indices (testbed) or prompts (pipelines)."""
+    if labels is not None and len(labels) and isinstance(labels[0], str):
+        return model.cond(list(labels))
+    import torch
+
+    return model.cond(torch.as_tensor(labels).to(model_device(model)))
 
 
 def denoiser_of(model, guidance=None):
@@ -33,9 +55,10 @@ def denoiser_of(model, guidance=None):
     return model.guided(guidance) if hasattr(model, "guided") else model.denoiser
 
 
-def load_model(name: str):
-    """A built-in model by name, ``sd15-random[:RESOLUTION]``, or a digits testbed saved in the
-    directory ``name``."""
+def load_model(name: str, **pipeline_options):
+    """A built-in model by name, ``sd15-random[:RESOLUTION]``, a digits testbed saved in the
+    directory ``name``, or a diffusers pipeline (a ``save_pretrained`` directory or a hub id;
+    ``pipeline_options`` go to :class:`~shortcut_diffusion.pipelines.PipelineModel`)."""
     if name in MODELS:
         return MODELS[name]()
     if name == "sd15-random" or name.startswith("sd15-random:"):
@@ -51,5 +74,9 @@ def load_model(name: str):
         from ..testbed import load_digits_model
 
         return load_digits_model(name)
-    raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, sd15-random[:RESOLUTION] "
-                     "or a saved testbed directory")
+    from ..pipelines import load_pipeline_model, looks_like_pipeline
+
+    if looks_like_pipeline(name):
+        return load_pipeline_model(name, **{k: v for k, v in pipeline_options.items() if v is not None})
+    raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, sd15-random[:RESOLUTION], "
+                     "a saved testbed directory, or a diffusers pipeline (directory or hub id)")

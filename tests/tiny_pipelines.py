@@ -1,0 +1,139 @@
+"""Tiny randomly initialised diffusers pipelines, built in code and saved with save_pretrained.
+
+No downloads: the tokenizers are made from a small local vocabulary (every byte-level character,
+as CLIP's BPE sees it, with no merges; a character-level vocabulary for T5's slot), the models
+from tiny configs in the style of diffusers' own pipeline tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "flux", "ddpm")
+
+
+def _byte_chars() -> list[str]:
+    """The 256 printable characters byte-level BPE uses for the bytes (GPT-2's table)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def clip_tokenizer(directory: Path):
+    from transformers import CLIPTokenizer
+
+    chars = _byte_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+
+
+def t5_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)]
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=16)
+
+
+def clip_text(hidden: int = 32, projection: bool = False, vocab: int = 520):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=1, hidden_size=hidden,
+                            intermediate_size=37, layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2,
+                            vocab_size=vocab, projection_dim=hidden, max_position_embeddings=16)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def t5_text():
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+
+
+def tiny_vae(latent_channels: int = 4, **extra):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=latent_channels,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         norm_num_groups=2, sample_size=32, **extra)
+
+
+def build(family: str, directory: Path) -> Path:
+    """Build the tiny pipeline of ``family`` and save it to ``directory``."""
+    import diffusers
+
+    torch.manual_seed(0)
+    tok_dir = directory.parent / f"{directory.name}-tok"
+    if family in ("sd", "sd-v"):
+        unet = diffusers.UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8,
+                                              in_channels=4, out_channels=4, norm_num_groups=4,
+                                              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                              cross_attention_dim=32, attention_head_dim=2)
+        scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                            clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                            prediction_type="v_prediction" if family == "sd-v" else "epsilon")
+        pipe = diffusers.StableDiffusionPipeline(unet=unet, scheduler=scheduler, vae=tiny_vae(), text_encoder=clip_text(),
+                                                 tokenizer=clip_tokenizer(tok_dir), safety_checker=None,
+                                                 feature_extractor=None, requires_safety_checker=False)
+    elif family == "sdxl":
+        unet = diffusers.UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8,
+                                              in_channels=4, out_channels=4, norm_num_groups=4,
+                                              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                              attention_head_dim=(2, 4), use_linear_projection=True,
+                                              addition_embed_type="text_time", addition_time_embed_dim=8,
+                                              transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80,
+                                              cross_attention_dim=64)
+        scheduler = diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                     timestep_spacing="leading", steps_offset=1)
+        tokenizer = clip_tokenizer(tok_dir)
+        pipe = diffusers.StableDiffusionXLPipeline(unet=unet, scheduler=scheduler, vae=tiny_vae(),
+                                                   text_encoder=clip_text(), text_encoder_2=clip_text(projection=True),
+                                                   tokenizer=tokenizer, tokenizer_2=tokenizer)
+    elif family == "sd3":
+        transformer = diffusers.SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=1,
+                                                      attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                                      joint_attention_dim=32, pooled_projection_dim=64, out_channels=4)
+        tokenizer = clip_tokenizer(tok_dir)
+        pipe = diffusers.StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=tiny_vae(shift_factor=0.0609, scaling_factor=1.5035),
+            text_encoder=clip_text(projection=True), text_encoder_2=clip_text(projection=True), text_encoder_3=t5_text(),
+            tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=t5_tokenizer())
+    elif family == "flux":
+        transformer = diffusers.FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                                       attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                                       pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True)
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=256,
+                                                              max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+        pipe = diffusers.FluxPipeline(transformer=transformer, scheduler=scheduler,
+                                      vae=tiny_vae(latent_channels=4, shift_factor=0.0609, scaling_factor=1.5035),
+                                      text_encoder=clip_text(projection=False), text_encoder_2=t5_text(),
+                                      tokenizer=clip_tokenizer(tok_dir), tokenizer_2=t5_tokenizer())
+    elif family == "ddpm":
+        unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                     layers_per_block=1, norm_num_groups=4,
+                                     down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                     up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+        pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(clip_sample=False))
+    else:
+        raise ValueError(family)
+    pipe.save_pretrained(directory)
+    return directory
