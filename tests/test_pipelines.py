@@ -164,3 +164,66 @@ def test_missing_weights_and_bad_directories_are_clear_errors(tmp_path, monkeypa
 def test_bad_size_is_a_clear_error(pipeline_dirs):
     with pytest.raises(UsageError, match="multiples of"):
         load(pipeline_dirs, "flux", height=18)
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux", "ddpm"])
+def test_sdo_latent_on_a_saved_pipeline(pipeline_dirs, family, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from shortcut_diffusion.cli import main
+
+    out = tmp_path / "run"
+    args = ["latent", "--model", str(pipeline_dirs[family]), "--reward", "ink", "--steps", "4", "--iters", "2",
+            "--batch", "2", "--out", str(out), "--no-progress", "--device", "cpu"]
+    if family != "ddpm":
+        args += ["--prompt", "a red cube", "--height", "16", "--width", "16"]
+    assert main(args) == 0
+    for name in ("config.json", "metrics.jsonl", "reward_curve.png", "before_after.png", "summary.json", "final.safetensors"):
+        assert (out / name).is_file(), name
+    final = load_file(out / "final.safetensors")
+    assert final["images"].shape[1] == 3 and final["images"].abs().max() <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_reward"] != summary["start_reward"]
+
+
+def test_text_to_image_model_needs_a_prompt(pipeline_dirs, tmp_path):
+    from shortcut_diffusion.cli import main
+
+    assert main(["latent", "--model", str(pipeline_dirs["sd"]), "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+
+
+def test_scheduler_must_fit_the_parameterization(pipeline_dirs):
+    from shortcut_diffusion.schedulers import scheduler_for
+
+    flow = load(pipeline_dirs, "flux")
+    with pytest.raises(UsageError, match="does not fit a flow-matching model; choose flow-euler"):
+        scheduler_for(flow, "ddim")
+    sd = load(pipeline_dirs, "sd-v")
+    with pytest.raises(UsageError, match="v_prediction-prediction diffusion model"):
+        scheduler_for(sd, "flow-euler")
+    assert scheduler_for(sd, "unipc").config.prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("target", ["lora", "embedding", "full"])
+def test_finetune_on_a_pipeline_reloads(pipeline_dirs, tmp_path, target):
+    from safetensors.torch import load_file
+
+    from shortcut_diffusion.finetune import FinetuneConfig, load_finetuned, run_finetune
+    from shortcut_diffusion.finetune.evaluation import eval_noise, generate
+
+    config = FinetuneConfig(model=str(pipeline_dirs["sd"]), target=target, prompt=["a red cube", "a blue ball"],
+                            reward="ink", steps=3, batch=2, max_steps=2, eval_every=0, eval_per_class=1,
+                            checkpoint_every=0, lr=0.05 if target != "full" else 1e-3, height=16, width=16,
+                            device="cpu", progress=False, out=str(tmp_path / "ft"))
+    summary = run_finetune(config)
+    assert summary["steps"] == 2
+    after = load_file(tmp_path / "ft" / "eval" / "after.safetensors")
+    assert after["labels"].tolist() == [0, 1] and after["images"].shape == (2, 3, 16, 16)
+    model = load_finetuned(load(pipeline_dirs, "sd"), tmp_path / "ft" / "final")
+    labels = ["a red cube", "a blue ball"]
+    images = generate(model, model.scheduler, eval_noise(model, 2, config.eval_seed), labels, steps=3, seed=config.eval_seed)
+    torch.testing.assert_close(images, after["images"], rtol=0, atol=1e-5)
+    before = load_file(tmp_path / "ft" / "eval" / "before.safetensors")
+    assert not torch.equal(before["images"], after["images"])

@@ -27,6 +27,11 @@ def ddim_invert(denoiser: Any, scheduler: Any, image_latent: torch.Tensor, *, st
                 start: int = 0, cond: Any = None) -> torch.Tensor:
     if not 0 <= start < steps:
         raise UsageError(f"inversion needs 0 <= start < steps, got start={start}, steps={steps}")
+    from .schedulers import is_flow_matching
+
+    if is_flow_matching(scheduler):
+        raise UsageError("DDIM inversion needs a diffusion (epsilon or v-prediction) model; "
+                         "flow-matching models (SD3, Flux) are not supported")
     ddim = make_scheduler("ddim", like=scheduler)
     kind = ddim.config.prediction_type
     if kind not in ("epsilon", "v_prediction"):

@@ -23,23 +23,32 @@ from .errors import UsageError
 from .estimators import get_estimator
 from .images import read_image
 from .inversion import ddim_invert
-from .models import load_model
+from .models import conditioning, denoiser_of, image_shape, load_model
 from .optimize import PRECISIONS, LatentResult, check_latent_options, default_prior_weight, optimize_latent
 from .rewards import get_reward
-from .schedulers import SCHEDULERS, make_scheduler
+from .schedulers import SCHEDULERS, scheduler_for
 
 
 @dataclass
 class LatentConfig:
     model: str = field(default="digits", metadata={"help": "built-in model name or a saved model directory"})
     reward: str = field(default="digit-class:7", metadata={"help": "reward name[:arg]"})
-    cond: list[int] = field(default_factory=lambda: [1], metadata={"help": "conditioning classes, cycled over the batch"})
+    cond: list[int] = field(default_factory=lambda: [1], metadata={"help": "conditioning classes, cycled over the batch (class-conditional models)"})
+    prompt: list[str] = field(default_factory=list, metadata={"help": "prompts, cycled over the batch (text-to-image pipelines)"})
+    negative_prompt: Optional[str] = field(default=None, metadata={"help": "negative prompt (the unconditional branch of CFG)"})
+    height: Optional[int] = field(default=None, metadata={"help": "image height for pipelines (default: the model's)"})
+    width: Optional[int] = field(default=None, metadata={"help": "image width for pipelines (default: the model's)"})
+    dtype: str = field(default="fp32", metadata={"help": "pipeline weights' dtype (the optimized latent stays fp32)", "choices": ["fp32", "fp16", "bf16"]})
+    offload_text_encoders: bool = field(default=True, metadata={"help": "pipelines: move the text encoders to the CPU once the prompts are encoded"})
+    vae_slicing: bool = field(default=False, metadata={"help": "pipelines: decode one image at a time"})
+    vae_checkpointing: bool = field(default=False, metadata={"help": "pipelines: gradient checkpointing in the VAE decoder"})
+    attention_slicing: bool = field(default=False, metadata={"help": "pipelines: attention slicing (less memory, slower)"})
     batch: int = field(default=8, metadata={"help": "latents optimized at once"})
     steps: int = field(default=50, metadata={"help": "sampling steps"})
     warmup: int = field(default=0, metadata={"help": "steps run without grad before the optimized latent"})
     init: str = field(default="noise", metadata={"help": "noise, or invert:REF (DDIM inversion of a data-set index or an image file)"})
     estimator: str = field(default="sdo", metadata={"help": "gradient estimator spec"})
-    scheduler: str = field(default="ddim", metadata={"help": "scheduler", "choices": list(SCHEDULERS)})
+    scheduler: str = field(default="auto", metadata={"help": "scheduler (auto: the model's own)", "choices": ["auto", *SCHEDULERS]})
     eta: Optional[float] = field(default=None, metadata={"help": "DDIM eta (stochastic DDIM when > 0)"})
     guidance: Optional[float] = field(default=None, metadata={"help": "classifier-free guidance scale (default: the model's)"})
     iters: int = field(default=30, metadata={"help": "optimization iterations"})
@@ -56,7 +65,15 @@ class LatentConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
-def _labels(config: LatentConfig, num_classes: int) -> torch.Tensor:
+def _labels(config: LatentConfig, model: Any):
+    """Class indices (class-conditional models) or prompts (pipelines), cycled over the batch."""
+    if getattr(model, "family", None) == "pixel":
+        return [""] * config.batch
+    if not hasattr(model, "num_classes"):
+        if not config.prompt:
+            raise UsageError("--prompt is required for a text-to-image model")
+        return [config.prompt[i % len(config.prompt)] for i in range(config.batch)]
+    num_classes = model.num_classes
     if not config.cond:
         raise UsageError("--cond needs at least one class")
     for c in config.cond:
@@ -89,16 +106,24 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
         raise UsageError(f"--betas needs two values, got {config.betas}")
     estimator = get_estimator(config.estimator, seed=config.seed)
     device = resolve_device(config.device)
-    model = load_model(config.model).to(device)
-    labels = _labels(config, model.num_classes)
-    reward = get_reward(config.reward, shape=model.sample_shape, model=model)
-    scheduler = make_scheduler(config.scheduler, like=model.scheduler)
+    model = load_model(config.model, height=config.height, width=config.width, guidance_scale=config.guidance,
+                       negative_prompt=config.negative_prompt, dtype=config.dtype).to(device)
+    labels = _labels(config, model)
+    reward = get_reward(config.reward, shape=image_shape(model), model=model)
+    scheduler = scheduler_for(model, config.scheduler)
+    if hasattr(model, "pipe"):
+        model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
+                             attention_slicing=config.attention_slicing)
+        if labels and labels[0]:
+            model.encode_prompts(labels)
+            if config.offload_text_encoders and device.type != "cpu":
+                model.offload_text_encoders()
     step_kwargs = {} if config.eta is None else {"eta": config.eta}
     init = None
     if config.init.startswith("invert:"):
         image = _init_image(config.init.partition(":")[2], model, config.batch).to(device)
-        init = ddim_invert(model.guided(config.guidance), model.scheduler, model.encode(image),
-                           steps=config.steps, start=config.warmup, cond=model.cond(labels.to(device)))
+        init = ddim_invert(denoiser_of(model, config.guidance), model.scheduler, model.encode(image),
+                           steps=config.steps, start=config.warmup, cond=conditioning(model, labels))
 
     out = Path(config.out)
     if out.exists():
@@ -123,10 +148,11 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
         step_kwargs=step_kwargs, guidance=config.guidance, precision=config.precision,
         progress=config.progress, callback=on_iteration,
     )
-    reporting.save_tensors(out / "final.safetensors", {
-        "latents": result.latents, "images": result.images, "start_images": result.start_images,
-        "rewards": result.rewards, "labels": labels,
-    })
+    tensors = {"latents": result.latents, "images": result.images, "start_images": result.start_images,
+               "rewards": result.rewards}
+    if isinstance(labels, torch.Tensor):
+        tensors["labels"] = labels
+    reporting.save_tensors(out / "final.safetensors", tensors)
     reporting.save_grid(out / "before_after.png", [result.start_images, result.images])
     iters = [row["iter"] for row in result.history]
     reporting.plot_curves(out / "reward_curve.png", {estimator.spec: (iters, [r["reward"] for r in result.history])},
@@ -137,6 +163,8 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
         "stopped": result.stopped,
         "seconds_per_iter": (sum(r["seconds"] for r in result.history) / len(result.history)) if result.history else None,
     }
+    if not isinstance(labels, torch.Tensor):
+        summary["prompts"] = labels
     if hasattr(model, "classifier"):
         summary["final_predicted"] = model.classifier(result.images.to(device)).argmax(1).tolist()
         summary["start_predicted"] = model.classifier(result.start_images.to(device)).argmax(1).tolist()

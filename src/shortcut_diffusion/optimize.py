@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .diagnostics import SavedTensorMeter
 from .errors import UsageError
 from .estimators import GradientEstimator, get_estimator
-from .models import denoiser_of
+from .models import conditioning, denoiser_of, model_device, timestep_kwargs
 from .sampling import Mode, sample
 from .schedulers import make_scheduler
 
@@ -59,6 +59,22 @@ class LatentResult:
     """One row per iteration: iter, reward, loss, seconds, saved_bytes."""
     stopped: Optional[str] = None
     """Why the run stopped early (a non-finite objective), or None."""
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+def _modules(model: Any) -> list[torch.nn.Module]:
+    """The model's networks (their weights are not activations of the sampling graph)."""
+    pipe = getattr(model, "pipe", None)
+    if pipe is not None:
+        return [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    return [model.unet]
 
 
 def chi_prior(z: torch.Tensor) -> torch.Tensor:
@@ -146,7 +162,8 @@ def optimize_latent(
         max_seconds: also stop once the iterations have taken this long (a wall-clock budget;
             the callback's time is not counted).
     """
-    labels = torch.as_tensor(labels)
+    text = bool(len(labels)) and isinstance(labels[0], str)
+    labels = list(labels) if text else torch.as_tensor(labels)
     batch = len(labels) if batch is None else batch
     prior_weight = default_prior_weight(prior_weight, warmup == 0 and init is None)
     check_latent_options(steps=steps, warmup=warmup, iters=iters, lr=lr, batch=batch,
@@ -157,14 +174,17 @@ def optimize_latent(
     if init is not None and tuple(init.shape) != (batch, *model.sample_shape):
         raise UsageError(f"init latent has shape {tuple(init.shape)}, expected {(batch, *model.sample_shape)}")
     estimator = get_estimator(estimator, seed=seed) if isinstance(estimator, str) else estimator
-    if scheduler is None or isinstance(scheduler, str):
-        scheduler = make_scheduler(scheduler or "ddim", like=model.scheduler)
-    device = model.embeddings.weight.device
+    if scheduler is None:
+        scheduler = model.scheduler
+    elif isinstance(scheduler, str):
+        scheduler = make_scheduler(scheduler, like=model.scheduler)
+    device = model_device(model)
     denoiser = denoiser_of(model, guidance)
-    cond = model.cond(labels.to(device)).detach()
-    labels = labels.to(device)
+    cond = _detach(conditioning(model, labels))
+    labels = labels if text else labels.to(device)
     noise_seed = seed + 1
-    kwargs = dict(cond=cond, steps=steps, start=warmup, step_kwargs=step_kwargs)
+    timesteps = timestep_kwargs(model, steps)
+    kwargs = dict(cond=cond, steps=steps, start=warmup, step_kwargs=step_kwargs, set_timesteps_kwargs=timesteps)
 
     with torch.no_grad():
         if init is None:
@@ -172,7 +192,7 @@ def optimize_latent(
             z0 = torch.randn((batch, *model.sample_shape), generator=gen).to(device)
             if warmup:
                 z0 = sample(denoiser, scheduler, z0, cond=cond, steps=steps, stop=warmup,
-                            generator=noise_seed, step_kwargs=step_kwargs).sample
+                            generator=noise_seed, step_kwargs=step_kwargs, set_timesteps_kwargs=timesteps).sample
         else:
             z0 = init.to(device)
         z0 = z0.float()
@@ -185,7 +205,7 @@ def optimize_latent(
     start_rewards = reward(start_images, labels).detach()
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr, betas=tuple(betas))
-    unet_params = list(model.unet.parameters())
+    frozen = [p for m in _modules(model) for p in m.parameters()]
     history: list[dict[str, Any]] = []
     stopped = None
     last_good = z0.clone()
@@ -198,7 +218,7 @@ def optimize_latent(
             break
         began = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        with SavedTensorMeter(exclude=unet_params) as meter, _autocast(device, precision):
+        with SavedTensorMeter(exclude=frozen) as meter, _autocast(device, precision):
             out = sample(denoiser, scheduler, z, estimator=estimator, generator=noise_seed, **kwargs)
         # The reward sees what the user will see: the image clamped to [-1, 1]. (Unclamped pixels
         # beyond the range are an easy reward hack that disappears on display.)

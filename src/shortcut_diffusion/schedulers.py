@@ -113,3 +113,20 @@ def predicted_x0(
     if kind == "sample":
         return model_output
     raise UsageError(f"cannot predict x0 for prediction_type {kind!r}")
+
+
+def scheduler_for(model: Any, name: str) -> SchedulerMixin:
+    """Scheduler ``name`` configured like ``model``'s, where the model's parameterization allows it.
+
+    ``auto`` is the model's own scheduler. Flow-matching models (SD3, Flux) sample only with
+    ``flow-euler``; diffusion models (epsilon or v-prediction) with every other scheduler.
+    """
+    own = model.scheduler
+    if name == "auto":
+        return own
+    flow = is_flow_matching(own)
+    if flow != (name == "flow-euler"):
+        kind = "a flow-matching model" if flow else f"a {own.config.get('prediction_type', 'epsilon')}-prediction diffusion model"
+        allowed = "flow-euler" if flow else ", ".join(n for n in SCHEDULERS if n != "flow-euler")
+        raise UsageError(f"scheduler {name!r} does not fit {kind}; choose {allowed}")
+    return make_scheduler(name, like=own)

@@ -19,7 +19,7 @@ PRECISIONS = ("fp32", "bf16")
 
 # What a checkpoint must agree on to be resumed: the options that change the training itself.
 RESUME_KEYS = ("model", "target", "lora_rank", "lora_alpha", "lora_modules", "reward", "estimator",
-               "scheduler", "steps", "guidance", "cond", "prompts_file", "lr", "weight_decay", "betas",
+               "scheduler", "steps", "guidance", "cond", "prompt", "prompts_file", "negative_prompt", "height", "width", "lr", "weight_decay", "betas",
                "lr_schedule", "lr_warmup", "clip_grad", "ema", "kl_weight", "precision", "seed")
 
 
@@ -29,11 +29,16 @@ class FinetuneConfig:
     target: str = field(default="lora", metadata={"help": "what is trained", "choices": list(TARGETS)})
     reward: str = field(default="digit-match", metadata={"help": "reward name[:arg]"})
     estimator: str = field(default="sdo:keep=random", metadata={"help": "gradient estimator spec (random estimators draw per sample)"})
-    scheduler: str = field(default="ddim", metadata={"help": "scheduler", "choices": list(SCHEDULERS)})
+    scheduler: str = field(default="auto", metadata={"help": "scheduler (auto: the model's own)", "choices": ["auto", *SCHEDULERS]})
     steps: int = field(default=25, metadata={"help": "sampling steps per generated sample"})
     guidance: Optional[float] = field(default=None, metadata={"help": "classifier-free guidance scale (default: the model's)"})
     cond: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "conditions to train on: class indices, or all"})
-    prompts_file: Optional[str] = field(default=None, metadata={"help": "file with one condition per line (replaces --cond)"})
+    prompt: list[str] = field(default_factory=list, metadata={"help": "prompts to train on (text-to-image pipelines)"})
+    prompts_file: Optional[str] = field(default=None, metadata={"help": "file with one condition (class or prompt) per line (replaces --cond / --prompt)"})
+    negative_prompt: Optional[str] = field(default=None, metadata={"help": "negative prompt (pipelines)"})
+    height: Optional[int] = field(default=None, metadata={"help": "image height for pipelines (default: the model's)"})
+    width: Optional[int] = field(default=None, metadata={"help": "image width for pipelines (default: the model's)"})
+    dtype: str = field(default="fp32", metadata={"help": "frozen weights' dtype for pipelines (trained tensors stay fp32)", "choices": ["fp32", "fp16", "bf16"]})
     batch: int = field(default=8, metadata={"help": "samples per process per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     lr: Optional[float] = field(default=None, metadata={"help": "AdamW learning rate (default: 1e-3 lora, 2e-5 full, 5e-3 embedding)"})

@@ -6,8 +6,15 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from ..models import denoiser_of
+from ..models import conditioning, denoiser_of, model_device, timestep_kwargs
 from ..sampling import sample
+
+
+def reward_labels(labels: Sequence[Any], device: torch.device) -> Any:
+    """What rewards receive: prompts as a list, class indices as a tensor on ``device``."""
+    if len(labels) and isinstance(labels[0], str):
+        return list(labels)
+    return torch.as_tensor(labels, device=device)
 
 
 def eval_labels(conditions: Sequence[Any], per_class: int) -> list[Any]:
@@ -27,13 +34,14 @@ def generate(model: Any, scheduler: Any, noise: torch.Tensor, labels: Sequence[A
     """Samples on ``noise`` (no grad), clamped to [-1, 1], on the CPU."""
     import contextlib
 
-    device = model.embeddings.weight.device
+    device = model_device(model)
     denoiser = denoiser_of(model, guidance)
     images = []
     for i in range(0, len(noise), batch):
-        cond = model.cond(torch.as_tensor(labels[i : i + batch], device=device))
+        cond = conditioning(model, labels[i : i + batch])
         with (autocast() if autocast else contextlib.nullcontext()):
-            x = sample(denoiser, scheduler, noise[i : i + batch].to(device), steps=steps, cond=cond, generator=seed).sample
+            x = sample(denoiser, scheduler, noise[i : i + batch].to(device), steps=steps, cond=cond, generator=seed,
+                       set_timesteps_kwargs=timestep_kwargs(model, steps)).sample
         images.append(model.decode(x).float().clamp(-1, 1).cpu())
     return torch.cat(images)
 
@@ -41,12 +49,11 @@ def generate(model: Any, scheduler: Any, noise: torch.Tensor, labels: Sequence[A
 def evaluate(model: Any, reward: Callable, images: torch.Tensor, labels: Sequence[Any]) -> dict[str, float]:
     """Mean reward, and on the digits testbed digits-FD, conditional accuracy and diversity
     (from two samples up)."""
-    device = model.embeddings.weight.device
-    label_tensor = torch.as_tensor(labels)
+    device = model_device(model)
     with torch.no_grad():
-        row = {"reward": float(reward(images.to(device), label_tensor.to(device)).mean())}
+        row = {"reward": float(reward(images.to(device), reward_labels(labels, device)).mean())}
     if hasattr(model, "classifier") and len(images) >= 2:  # a Frechet distance needs two samples
         from ..testbed import metrics
 
-        row.update(metrics.evaluate(model.classifier, images, label_tensor))
+        row.update(metrics.evaluate(model.classifier, images, torch.as_tensor(labels)))
     return row

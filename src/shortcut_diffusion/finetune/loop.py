@@ -33,13 +33,13 @@ import torch
 from .. import reporting
 from ..errors import UsageError
 from ..estimators import get_estimator
-from ..models import denoiser_of, load_model
+from ..models import conditioning, denoiser_of, image_shape, load_model, timestep_kwargs
 from ..rewards import get_reward
 from ..sampling import Mode, sample
-from ..schedulers import fresh_scheduler, make_scheduler
+from ..schedulers import fresh_scheduler, scheduler_for
 from . import checkpoint as ckpt
 from .config import EARLY_STOP_METRICS, RESUME_KEYS, FinetuneConfig
-from .evaluation import eval_labels, eval_noise, evaluate, generate
+from .evaluation import eval_labels, eval_noise, evaluate, generate, reward_labels
 from .targets import make_target
 
 # Separate streams derived from the seed: conditions/noise and estimator draws.
@@ -51,8 +51,16 @@ def _stream(seed: int, kind: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
 
 
-def conditions(config: FinetuneConfig, model: Any) -> list[int]:
-    """The training conditions: class indices from ``--cond`` / ``--prompts-file``, checked."""
+def conditions(config: FinetuneConfig, model: Any) -> list:
+    """The training conditions, checked: class indices (``--cond``, ``--prompts-file``) on
+    class-conditional models, prompts (``--prompt``, ``--prompts-file``) on text-to-image pipelines."""
+    if getattr(model, "family", None) == "pixel":
+        return [""]
+    text = not hasattr(model, "num_classes")
+    if text and config.prompts_file is None:
+        if not config.prompt:
+            raise UsageError("--prompt (or --prompts-file) gives no conditions to train on")
+        return list(config.prompt)
     if config.prompts_file:
         path = Path(config.prompts_file)
         if not path.is_file():
@@ -64,7 +72,9 @@ def conditions(config: FinetuneConfig, model: Any) -> list[int]:
         source = "--cond"
     if not items:
         raise UsageError(f"{source} gives no conditions to train on")
-    num = getattr(model, "num_classes", None)
+    if text:
+        return items
+    num = model.num_classes
     if items == ["all"]:
         return list(range(num))
     out = []
@@ -77,6 +87,14 @@ def conditions(config: FinetuneConfig, model: Any) -> list[int]:
             raise UsageError(f"{source}: class {c} is out of range 0..{num - 1}")
         out.append(c)
     return out
+
+
+def label_index(labels: list) -> list[int]:
+    """Class indices as they are; prompts as their index in order of first appearance."""
+    if labels and isinstance(labels[0], str):
+        order = list(dict.fromkeys(labels))
+        return [order.index(label) for label in labels]
+    return list(labels)
 
 
 def _digest(tensors: list[torch.Tensor]) -> str:
@@ -142,14 +160,15 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
         raise UsageError(f"{out} already holds a fine-tuning run (checkpoints/{latest.name}); "
                          "pass --resume to continue it or choose another --out")
 
-    model = load_model(config.model).to(device)
+    model = load_model(config.model, height=config.height, width=config.width, guidance_scale=config.guidance,
+                       negative_prompt=config.negative_prompt, dtype=config.dtype).to(device)
     labels_source = conditions(config, model)
-    reward = get_reward(config.reward, shape=model.sample_shape, model=model)
-    scheduler = make_scheduler(config.scheduler, like=model.scheduler)
+    reward = get_reward(config.reward, shape=image_shape(model), model=model)
+    scheduler = scheduler_for(model, config.scheduler)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # LoRA's random initialisation: the same on every rank and run
         target = make_target(config.target, model, rank=config.lora_rank, alpha=config.lora_alpha,
-                             modules=config.lora_modules)
+                             modules=config.lora_modules, prompts=labels_source)
     params = target.parameters()
     if world > 1:  # start every rank from the main process's weights, whatever happened before
         from accelerate.utils import broadcast
@@ -226,7 +245,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
         reporting.save_grid(out / "eval" / f"grid_step_{step:06d}.png", rows)
         if name:
             reporting.save_tensors(out / "eval" / f"{name}.safetensors",
-                                   {"images": images, "labels": torch.as_tensor(ev_labels)})
+                                   {"images": images, "labels": torch.as_tensor(label_index(ev_labels))})
         reporting.append_jsonl(out / "eval.jsonl", row)
         return row
 
@@ -261,13 +280,13 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     def kl_penalty(states: list[tuple[int, torch.Tensor]], labels: torch.Tensor, first: int) -> torch.Tensor:
         """Squared difference of the tuned and the base network outputs at one random visited step."""
         i, x = states[int(torch.randint(len(states), (1,), generator=_stream(config.seed, _KL, first)))]
-        sched = fresh_scheduler(scheduler, config.steps, device=device)
+        sched = fresh_scheduler(scheduler, config.steps, device=device, **timestep_kwargs(model, config.steps))
         t = sched.timesteps[i]
         x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
         with torch.no_grad(), target.base(), autocast():
-            reference = denoiser_of(model, config.guidance)(x_in, t, model.cond(labels))
+            reference = denoiser_of(model, config.guidance)(x_in, t, conditioning(model, labels))
         with autocast():
-            tuned = denoiser_of(model, config.guidance)(x_in, t, model.cond(labels))
+            tuned = denoiser_of(model, config.guidance)(x_in, t, conditioning(model, labels))
         return (tuned.float() - reference.float()).square().mean()
 
     limit = config.total_steps
@@ -290,7 +309,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
         for micro in range(config.grad_accum):
             first = step * global_batch + (micro * world + accelerator.process_index) * config.batch
             noise, labels, plans = micro_batch(first)
-            label_tensor = torch.as_tensor(labels, device=device)
+            label_tensor = reward_labels(labels, device)
             states: list[tuple[int, torch.Tensor]] = [(0, noise)]
 
             def keep_state(info: dict[str, Any]) -> None:
@@ -299,13 +318,14 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
 
             with autocast():
                 result = sample(denoiser_of(model, config.guidance), scheduler, noise, steps=config.steps,
-                                estimator=plans, cond=model.cond(label_tensor), generator=config.seed + first,
+                                estimator=plans, cond=conditioning(model, labels), generator=config.seed + first,
+                                set_timesteps_kwargs=timestep_kwargs(model, config.steps),
                                 callback=keep_state if config.kl_weight else None)
             images = model.decode(result.sample).float().clamp(-1, 1)
             r = reward(images, label_tensor)
             loss = -r.sum() / global_batch
             if config.kl_weight:
-                kl = kl_penalty(states, label_tensor, first)
+                kl = kl_penalty(states, labels, first)
                 loss = loss + config.kl_weight * kl / (world * config.grad_accum)
                 totals[1] += kl.detach()
             if loss.requires_grad:

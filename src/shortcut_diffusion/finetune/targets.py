@@ -159,13 +159,80 @@ class EmbeddingTarget(Target):
         return directory
 
 
+def _flatten(value: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return {prefix: value}
+    out = {}
+    for k, v in value.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def _assign(value: dict, path: str, tensor: torch.Tensor) -> None:
+    *head, last = path.split(".")
+    for key in head:
+        value = value[key]
+    value[last] = tensor
+
+
+class PromptEmbeddingTarget(Target):
+    """The encoded prompt embeddings of a text-to-image pipeline, one trainable set per prompt
+    (every tensor the prompt's conditioning holds: token embeddings, pooled embeddings)."""
+
+    name = "embedding"
+    TRAINED = ("encoder_hidden_states", "pooled_projections", "added_cond_kwargs.text_embeds")
+
+    def __init__(self, model: Any, prompts: Sequence[str]):
+        super().__init__(model)
+        prompts = list(dict.fromkeys(prompts))
+        if not prompts or not prompts[0]:
+            raise UsageError("target embedding needs prompts (this model is not prompt-conditioned)")
+        model.encode_prompts(prompts)
+        self.prompts = prompts
+        self._params: dict[str, nn.Parameter] = {}
+        self._base: dict[str, torch.Tensor] = {}
+        for i, prompt in enumerate(prompts):
+            for path, tensor in _flatten(model._cache[prompt]).items():
+                if path in self.TRAINED:
+                    param = nn.Parameter(tensor.detach().float().clone())
+                    _assign(model._cache[prompt], path, param)
+                    self._params[f"{i}.{path}"] = param
+                    self._base[f"{i}.{path}"] = tensor.detach().float().clone()
+
+    def named_parameters(self) -> dict[str, nn.Parameter]:
+        return dict(self._params)
+
+    @contextlib.contextmanager
+    def base(self) -> Iterator[None]:
+        saved = {k: p.detach().clone() for k, p in self._params.items()}
+        with torch.no_grad():
+            for k, p in self._params.items():
+                p.copy_(self._base[k])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, p in self._params.items():
+                    p.copy_(saved[k])
+
+    def export(self, directory: Union[str, Path]) -> Path:
+        from ..reporting import save_tensors
+
+        directory = Path(directory)
+        save_tensors(directory / "embeddings.safetensors", self._params)
+        self._manifest(directory, prompts=self.prompts)
+        return directory
+
+
 def make_target(name: str, model: Any, *, rank: int = 4, alpha: Union[float, None] = None,
-                modules: Sequence[str] = lora.DEFAULT_TARGETS) -> Target:
+                modules: Sequence[str] = lora.DEFAULT_TARGETS, prompts: Sequence[Any] = ()) -> Target:
     if name == "lora":
         return LoraTarget(model, rank=rank, alpha=alpha, modules=modules)
     if name == "full":
         return FullTarget(model)
     if name == "embedding":
+        if hasattr(model, "encode_prompts"):
+            return PromptEmbeddingTarget(model, prompts)
         return EmbeddingTarget(model)
     raise UsageError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
 
@@ -184,6 +251,14 @@ def load_finetuned(model: Any, directory: Union[str, Path]) -> Any:
     elif target == "full":
         tuned = type(model.unet).from_pretrained(directory / "unet", low_cpu_mem_usage=False)
         model.unet.load_state_dict(tuned.state_dict())
+    elif target == "embedding" and hasattr(model, "encode_prompts"):
+        tensors = load_file(directory / "embeddings.safetensors")
+        prompts = json.loads(manifest.read_text())["prompts"]
+        model.encode_prompts(prompts)
+        for key, tensor in tensors.items():
+            index, _, path = key.partition(".")
+            cond = model._cache[prompts[int(index)]]
+            _assign(cond, path, tensor.to(model.device, model.dtype))
     elif target == "embedding":
         weight = load_file(directory / "embeddings.safetensors")["weight"]
         if weight.shape != model.embeddings.weight.shape:

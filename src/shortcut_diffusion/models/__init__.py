@@ -24,6 +24,7 @@ __all__ = [
     "denoiser_of",
     "image_shape",
     "model_device",
+    "timestep_kwargs",
     "load_model",
     "rescale_noise_cfg",
     "toy_model",
@@ -47,6 +48,12 @@ def conditioning(model, labels):
     import torch
 
     return model.cond(torch.as_tensor(labels).to(model_device(model)))
+
+
+def timestep_kwargs(model, steps):
+    """Extra ``set_timesteps`` arguments the model's pipeline passes (Flux/SD3 shifts), else ``{}``."""
+    hook = getattr(model, "timestep_kwargs", None)
+    return hook(steps) if hook is not None else {}
 
 
 def denoiser_of(model, guidance=None):

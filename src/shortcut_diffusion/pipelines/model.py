@@ -183,7 +183,7 @@ class PipelineModel:
         if isinstance(prompts, str) or isinstance(prompts, torch.Tensor):
             raise UsageError("prompts must be a list of strings, one per sample")
         self.encode_prompts(prompts)
-        return _stack([self._cache[p] for p in prompts])
+        return _stack([self._cache[p] for p in prompts], self.dtype)
 
     @property
     def uncond(self) -> Any:
@@ -280,11 +280,13 @@ class PipelineModel:
         return self
 
 
-def _stack(items: list[Any]) -> Any:
+def _stack(items: list[Any], dtype: torch.dtype) -> Any:
+    """Batch the per-prompt conditionings (trained fp32 embeddings are cast to the network's dtype)."""
     first = items[0]
     if isinstance(first, torch.Tensor):
-        return torch.cat(items)
-    return {k: _stack([item[k] for item in items]) for k in first}
+        out = torch.cat(items)
+        return out.to(dtype) if out.is_floating_point() else out
+    return {k: _stack([item[k] for item in items], dtype) for k in first}
 
 
 def _to(value: Any, device) -> Any:
