@@ -227,3 +227,15 @@ def test_finetune_on_a_pipeline_reloads(pipeline_dirs, tmp_path, target):
     torch.testing.assert_close(images, after["images"], rtol=0, atol=1e-5)
     before = load_file(tmp_path / "ft" / "eval" / "before.safetensors")
     assert not torch.equal(before["images"], after["images"])
+
+
+def test_memory_options_keep_the_gradient(pipeline_dirs):
+    grads = []
+    for options in ({}, {"vae_checkpointing": True, "vae_slicing": True, "attention_slicing": True}):
+        model = load(pipeline_dirs, "sd", guidance_scale=2.0).memory_options(**options)
+        x = torch.randn((2, *model.sample_shape), generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        out = sample(model.guided(), model.scheduler, x, steps=STEPS, cond=model.cond([PROMPT] * 2),
+                     estimator=get_estimator("sdo"))
+        (grad,) = torch.autograd.grad(model.decode(out.sample).square().mean(), x)
+        grads.append(grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
