@@ -68,3 +68,12 @@ def tiny_testbed_dir(tmp_path_factory):
                                 classifier_epochs=1, eval_per_class=3)
     train_testbed(config, progress=False, log=None)
     return out
+
+
+@pytest.fixture(scope="session")
+def pipeline_dirs(tmp_path_factory):
+    """Tiny random pipelines of every supported family, saved with save_pretrained."""
+    import tiny_pipelines
+
+    root = tmp_path_factory.mktemp("pipelines")
+    return {family: tiny_pipelines.build(family, root / family) for family in tiny_pipelines.FAMILIES}

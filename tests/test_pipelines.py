@@ -15,17 +15,9 @@ from shortcut_diffusion import UsageError, get_estimator, make_scheduler, sample
 from shortcut_diffusion.finetune.lora import add_lora
 from shortcut_diffusion.models import load_model
 
-import tiny_pipelines
-
 STEPS = 3
 PROMPT = "a photo of a cat"
 SIZE = 16
-
-
-@pytest.fixture(scope="session")
-def pipeline_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipelines")
-    return {family: tiny_pipelines.build(family, root / family) for family in tiny_pipelines.FAMILIES}
 
 
 def load(pipeline_dirs, family, **options):

@@ -55,7 +55,7 @@ def test_style_reference_from_a_file(model, tmp_path):
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("aesthetic", "unknown reward 'aesthetic'"),
+    ("beauty", "unknown reward 'beauty'"),
     ("digit-class:12", "class 12 is out of range 0..9"),
     ("digit-class:seven", "needs a class index"),
     ("digit-class", "needs a class index"),

@@ -49,6 +49,8 @@ class LatentConfig:
     init: str = field(default="noise", metadata={"help": "noise, or invert:REF (DDIM inversion of a data-set index or an image file)"})
     estimator: str = field(default="sdo", metadata={"help": "gradient estimator spec"})
     scheduler: str = field(default="auto", metadata={"help": "scheduler (auto: the model's own)", "choices": ["auto", *SCHEDULERS]})
+    reward_augment: list[str] = field(default_factory=list, metadata={"help": "average the reward over random views: crop, cutout, translation, color"})
+    reward_views: int = field(default=4, metadata={"help": "views per image with --reward-augment"})
     eta: Optional[float] = field(default=None, metadata={"help": "DDIM eta (stochastic DDIM when > 0)"})
     guidance: Optional[float] = field(default=None, metadata={"help": "classifier-free guidance scale (default: the model's)"})
     iters: int = field(default=30, metadata={"help": "optimization iterations"})
@@ -109,7 +111,8 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
     model = load_model(config.model, height=config.height, width=config.width, guidance_scale=config.guidance,
                        negative_prompt=config.negative_prompt, dtype=config.dtype).to(device)
     labels = _labels(config, model)
-    reward = get_reward(config.reward, shape=image_shape(model), model=model)
+    reward = get_reward(config.reward, shape=image_shape(model), model=model, augment=config.reward_augment,
+                        views=config.reward_views, seed=config.seed)
     scheduler = scheduler_for(model, config.scheduler)
     if hasattr(model, "pipe"):
         model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,

@@ -18,7 +18,8 @@ EARLY_STOP_METRICS = {"reward": 1, "accuracy": 1, "diversity": 1, "digits_fd": -
 PRECISIONS = ("fp32", "bf16")
 
 # What a checkpoint must agree on to be resumed: the options that change the training itself.
-RESUME_KEYS = ("model", "target", "lora_rank", "lora_alpha", "lora_modules", "reward", "estimator",
+RESUME_KEYS = ("model", "target", "lora_rank", "lora_alpha", "lora_modules", "reward", "reward_augment",
+               "reward_views", "estimator",
                "scheduler", "steps", "guidance", "cond", "prompt", "prompts_file", "negative_prompt", "height", "width", "lr", "weight_decay", "betas",
                "lr_schedule", "lr_warmup", "clip_grad", "ema", "kl_weight", "precision", "seed")
 
@@ -28,6 +29,8 @@ class FinetuneConfig:
     model: str = field(default="digits", metadata={"help": "built-in model name or a saved model directory"})
     target: str = field(default="lora", metadata={"help": "what is trained", "choices": list(TARGETS)})
     reward: str = field(default="digit-match", metadata={"help": "reward name[:arg]"})
+    reward_augment: list[str] = field(default_factory=list, metadata={"help": "average the reward over random views: crop, cutout, translation, color"})
+    reward_views: int = field(default=4, metadata={"help": "views per image with --reward-augment"})
     estimator: str = field(default="sdo:keep=random", metadata={"help": "gradient estimator spec (random estimators draw per sample)"})
     scheduler: str = field(default="auto", metadata={"help": "scheduler (auto: the model's own)", "choices": ["auto", *SCHEDULERS]})
     steps: int = field(default=25, metadata={"help": "sampling steps per generated sample"})

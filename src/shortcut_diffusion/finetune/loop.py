@@ -163,7 +163,10 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     model = load_model(config.model, height=config.height, width=config.width, guidance_scale=config.guidance,
                        negative_prompt=config.negative_prompt, dtype=config.dtype).to(device)
     labels_source = conditions(config, model)
+    # Training may average the reward over augmented views; evaluation scores the plain images.
     reward = get_reward(config.reward, shape=image_shape(model), model=model)
+    train_reward = (get_reward(config.reward, shape=image_shape(model), model=model, augment=config.reward_augment,
+                               views=config.reward_views, seed=config.seed) if config.reward_augment else reward)
     scheduler = scheduler_for(model, config.scheduler)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # LoRA's random initialisation: the same on every rank and run
@@ -322,7 +325,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
                                 set_timesteps_kwargs=timestep_kwargs(model, config.steps),
                                 callback=keep_state if config.kl_weight else None)
             images = model.decode(result.sample).float().clamp(-1, 1)
-            r = reward(images, label_tensor)
+            r = train_reward(images, label_tensor)
             loss = -r.sum() / global_batch
             if config.kl_weight:
                 kl = kl_penalty(states, labels, first)

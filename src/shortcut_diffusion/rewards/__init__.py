@@ -1,6 +1,13 @@
 """Rewards: differentiable callables ``reward(images, prompts=None) -> tensor[batch]``.
 
-Higher is better. ``images`` are NCHW in [-1, 1]. ``get_reward("name[:arg]")`` builds one by name.
+Higher is better. ``images`` are NCHW in [-1, 1]; ``prompts`` are the samples' conditions (class
+indices on the testbed, prompt strings on text-to-image models). ``get_reward(spec)`` builds one:
+
+- ``name[:arg]``: a reward of :data:`REWARDS`;
+- ``SPEC=W,SPEC=W[,normalize=running]``: a weighted sum (:mod:`.combine`);
+- ``PATH.py:NAME``: a reward from the user's file (:mod:`.external`).
+
+``augment=[...]`` (with ``views``) averages the reward over random differentiable views.
 """
 
 from __future__ import annotations
@@ -11,7 +18,12 @@ import torch
 
 from ..errors import UsageError
 from .basic import Ink, NegMSE
+from .classifier import ClassifierReward
+from .clip import Aesthetic, ClipScore, ClipStyle, PickScore
+from .combine import AUGMENTATIONS, Augmented, WeightedSum, parse_weighted
+from .compress import Compressibility
 from .digits import Adversarial, DigitClass, DigitMatch, Style
+from .external import HPSv2, ImageReward, load_user_reward
 
 Reward = Callable[[torch.Tensor, Optional[list]], torch.Tensor]
 
@@ -22,9 +34,19 @@ REWARDS: dict[str, Callable[..., Reward]] = {
     "digit-match": DigitMatch,
     "adversarial": Adversarial,
     "style": Style,
+    "clip": ClipScore,
+    "aesthetic": Aesthetic,
+    "pickscore": PickScore,
+    "hpsv2": HPSv2,
+    "imagereward": ImageReward,
+    "clip-style": ClipStyle,
+    "compressibility": Compressibility,
+    "classifier": ClassifierReward,
 }
 
-__all__ = ["REWARDS", "Adversarial", "DigitClass", "DigitMatch", "Ink", "NegMSE", "Reward", "Style", "get_reward", "resolve_reward_spec"]
+__all__ = ["AUGMENTATIONS", "REWARDS", "Adversarial", "Aesthetic", "Augmented", "ClassifierReward", "ClipScore",
+           "ClipStyle", "Compressibility", "DigitClass", "DigitMatch", "HPSv2", "ImageReward", "Ink", "NegMSE",
+           "PickScore", "Reward", "Style", "WeightedSum", "get_reward", "resolve_reward_spec"]
 
 
 def resolve_reward_spec(spec: str, model: object) -> str:
@@ -34,15 +56,31 @@ def resolve_reward_spec(spec: str, model: object) -> str:
     return "digit-match" if hasattr(model, "classifier") else "neg-mse"
 
 
-def get_reward(spec: "str | Reward", **context) -> Reward:
-    """A reward from ``name`` or ``name:arg``.
+def get_reward(spec: "str | Reward", augment: Optional[list] = None, views: int = 4, seed: int = 0, **context) -> Reward:
+    """A reward from a spec (see the module docstring).
 
     ``context`` goes to the builders that use it: ``shape`` (the image shape), ``model`` (the
-    loaded model; the testbed rewards take its classifier).
+    loaded model; the testbed rewards take its classifier). ``augment`` (names from
+    :data:`AUGMENTATIONS`) wraps the result in :class:`Augmented` with ``views`` views.
     """
+    reward = _build(spec, **context)
+    if augment:
+        reward = Augmented(reward, augment, views=views, seed=seed)
+    return reward
+
+
+def _build(spec: "str | Reward", **context) -> Reward:
     if callable(spec) and not isinstance(spec, str):
         return spec
-    name, _, arg = str(spec).partition(":")
+    spec = str(spec)
+    weighted = parse_weighted(spec)
+    if weighted is not None:
+        terms, normalize = weighted
+        return WeightedSum([(w, _build(s, **context)) for s, w in terms], normalize=normalize)
+    if ".py:" in spec:
+        return load_user_reward(spec)
+    name, _, arg = spec.partition(":")
     if name not in REWARDS:
-        raise UsageError(f"unknown reward {name!r}; choose one of {', '.join(REWARDS)}")
+        raise UsageError(f"unknown reward {name!r}; choose one of {', '.join(REWARDS)}, a weighted sum "
+                         "SPEC=W,SPEC=W, or FILE.py:NAME")
     return REWARDS[name].from_spec(arg, **context)

@@ -1,0 +1,269 @@
+"""CLIP-based rewards through transformers: ``clip``, ``aesthetic``, ``pickscore``, ``clip-style``.
+
+Images come in NCHW in [-1, 1] (checked); the preprocessing of each model's published image
+processor (resize of the shortest edge, centre crop, normalisation with its mean and std) is
+redone in torch so that gradients flow, reading the sizes and statistics from the model's own
+``preprocessor_config.json``. Models load from a local directory or a hub id with
+``CLIPModel.from_pretrained`` (transformers is installed with diffusers' text encoders; no
+open_clip or torchvision needed).
+
+- ``clip[:MODEL]``: cosine similarity between the image and its prompt (default
+  ``openai/clip-vit-large-patch14``).
+- ``aesthetic[:head=PATH,clip=MODEL]``: the LAION aesthetic predictor: the L2-normalised CLIP
+  ViT-L/14 image embedding through its head; ``head`` is the head's weights (a ``.pth`` or
+  ``.safetensors`` state dict of the linear head, ``weight``/``bias``, or of the MLP of the
+  "improved aesthetic predictor", ``layers.*``), read with ``weights_only``.
+- ``pickscore[:MODEL]``: PickScore (``yuvalkirstain/PickScore_v1``; processor
+  ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``): ``logit_scale * cos(image, prompt)``.
+- ``clip-style:REF[,model=MODEL,layers=4+8]``: minus the distance between Gram matrices of CLIP
+  vision hidden states of the image and of a reference image file (the paper's style task).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UsageError
+
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+PICKSCORE = "yuvalkirstain/PickScore_v1"
+PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+
+def check_images(images: torch.Tensor, name: str) -> None:
+    """Rewards take NCHW images in [-1, 1] (RGB or grey)."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise UsageError(f"reward {name} takes NCHW images with 1 or 3 channels, got shape {tuple(images.shape)}")
+    if images.detach().abs().max() > 1.01:
+        raise UsageError(f"reward {name} takes images in [-1, 1]; got values up to {float(images.detach().abs().max()):.2f} "
+                         "(clamp them, or convert from [0, 1] with x * 2 - 1)")
+
+
+def parse_options(name: str, arg: str, allowed: Sequence[str], positional: Optional[str] = None) -> dict[str, str]:
+    """``a=1,b=2`` (and one leading positional value) into a dict, with clear errors."""
+    options: dict[str, str] = {}
+    for i, item in enumerate(filter(None, arg.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep and i == 0 and positional:
+            options[positional] = item
+            continue
+        if not sep or key not in allowed:
+            raise UsageError(f"reward {name}: unknown option {item!r}; options: {', '.join(allowed)}")
+        options[key] = value
+    return options
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as error:  # pragma: no cover - installed with the pipelines
+        raise UsageError("this reward needs transformers: pip install transformers") from error
+    return transformers
+
+
+def _load(cls_name: str, source: str, what: str):
+    cls = getattr(_transformers(), cls_name)
+    try:
+        return cls.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"could not load the {what} from {source!r}: {str(error).splitlines()[0]} "
+                         "(give a local directory or a hub id; HF_HUB_OFFLINE=1 reads only the cache)") from error
+
+
+class ClipPreprocess(nn.Module):
+    """The image processor's transform in torch: [-1, 1] -> resize shortest edge (bicubic,
+    antialiased) -> centre crop -> normalise. Differentiable."""
+
+    def __init__(self, shortest_edge: int, crop: tuple[int, int], mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.shortest_edge, self.crop = shortest_edge, crop
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    @classmethod
+    def from_processor(cls, processor: Any) -> "ClipPreprocess":
+        size, crop = processor.size, processor.crop_size
+        edge = size.get("shortest_edge") if hasattr(size, "get") else getattr(size, "shortest_edge", None)
+        edge = edge or (size["height"] if hasattr(size, "__getitem__") else size.height)
+        crop_hw = (crop["height"], crop["width"]) if hasattr(crop, "__getitem__") else (crop.height, crop.width)
+        return cls(int(edge), (int(crop_hw[0]), int(crop_hw[1])), processor.image_mean, processor.image_std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() + 1) / 2
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        h, w = x.shape[-2:]
+        scale = self.shortest_edge / min(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+        top, left = (size[0] - self.crop[0]) // 2, (size[1] - self.crop[1]) // 2
+        x = x[..., max(top, 0) : max(top, 0) + self.crop[0], max(left, 0) : max(left, 0) + self.crop[1]]
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class _ClipBase:
+    """A transformers CLIPModel with its processor's transform and tokenizer, frozen."""
+
+    def __init__(self, model: Any, processor: Any, name: str):
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = ClipPreprocess.from_processor(processor.image_processor if hasattr(processor, "image_processor") else processor)
+        self.tokenizer = getattr(processor, "tokenizer", None)
+        self.name = name
+        self._text: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def load(source: str, processor_source: Optional[str] = None):
+        model = _load("CLIPModel", source, "CLIP model")
+        processor = _load("CLIPProcessor", processor_source or source, "CLIP processor")
+        return model, processor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images, self.name)
+        pixels = self.preprocess(images.to(self.device)).to(next(self.model.parameters()).dtype)
+        out = self.model.get_image_features(pixel_values=pixels)
+        out = getattr(out, "pooler_output", out)
+        return F.normalize(out.float(), dim=-1)
+
+    def text_embeds(self, prompts: Sequence[str]) -> torch.Tensor:
+        if prompts is None or not len(prompts) or not isinstance(prompts[0], str):
+            raise UsageError(f"reward {self.name} needs the prompt of each sample (a text-to-image model)")
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text]
+        if missing:
+            tokens = self.tokenizer(missing, padding="max_length", truncation=True, return_tensors="pt").to(self.device)
+            with torch.no_grad():
+                out = self.model.get_text_features(**tokens)
+                out = getattr(out, "pooler_output", out)
+            for p, e in zip(missing, F.normalize(out.float(), dim=-1)):
+                self._text[p] = e
+        return torch.stack([self._text[p] for p in prompts])
+
+    def to(self, device) -> "_ClipBase":
+        self.model.to(device)
+        return self
+
+
+class ClipScore(_ClipBase):
+    @classmethod
+    def from_spec(cls, arg: str = "", **context) -> "ClipScore":
+        options = parse_options("clip", arg, ["model"], positional="model")
+        source = options.get("model", DEFAULT_CLIP)
+        return cls(*cls.load(source), name="clip")
+
+    def __call__(self, images: torch.Tensor, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:
+        return (self.image_embeds(images) * self.text_embeds(prompts)).sum(-1)
+
+
+class PickScore(_ClipBase):
+    @classmethod
+    def from_spec(cls, arg: str = "", **context) -> "PickScore":
+        options = parse_options("pickscore", arg, ["model", "processor"], positional="model")
+        model, _ = cls.load(options.get("model", PICKSCORE), options.get("processor", PICKSCORE_PROCESSOR))
+        processor = _load("CLIPProcessor", options.get("processor", PICKSCORE_PROCESSOR), "CLIP processor")
+        return cls(model, processor, name="pickscore")
+
+    def __call__(self, images: torch.Tensor, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:
+        scale = self.model.logit_scale.exp().float()
+        return scale * (self.image_embeds(images) * self.text_embeds(prompts)).sum(-1)
+
+
+class AestheticHead(nn.Module):
+    """The LAION aesthetic heads: linear (``weight``, ``bias``) or the improved predictor's MLP
+    (``layers.0/2/4/6/7``: 1024, 128, 64, 16, 1 with dropout between, which is inactive here)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        super().__init__()
+        if "weight" in state:
+            self.net = nn.Linear(state["weight"].shape[1], 1)
+            self.net.load_state_dict(state)
+        elif "layers.0.weight" in state:
+            dims = [state["layers.0.weight"].shape[1]] + [state[f"layers.{i}.weight"].shape[0] for i in (0, 2, 4, 6, 7)]
+            self.net = nn.Sequential(
+                nn.Linear(dims[0], dims[1]), nn.Dropout(0.2), nn.Linear(dims[1], dims[2]), nn.Dropout(0.2),
+                nn.Linear(dims[2], dims[3]), nn.Dropout(0.1), nn.Linear(dims[3], dims[4]), nn.Linear(dims[4], dims[5]))
+            self.net.load_state_dict({k.removeprefix("layers."): v for k, v in state.items()})
+        else:
+            raise UsageError("the aesthetic head must be a linear head (weight, bias) or the MLP head (layers.*)")
+        self.eval().requires_grad_(False)
+
+    @classmethod
+    def from_file(cls, path: str) -> "AestheticHead":
+        file = Path(path)
+        if not file.is_file():
+            raise UsageError(f"aesthetic head weights not found at {path}: download the LAION aesthetic predictor "
+                             "head (e.g. sa_0_4_vit_l_14_linear.pth) and pass head=PATH")
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return cls(load_file(file))
+        return cls(torch.load(file, map_location="cpu", weights_only=True))
+
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        return self.net(embeds).squeeze(-1)
+
+
+class Aesthetic(_ClipBase):
+    def __init__(self, model: Any, processor: Any, head: AestheticHead):
+        super().__init__(model, processor, name="aesthetic")
+        self.head = head
+
+    @classmethod
+    def from_spec(cls, arg: str = "", **context) -> "Aesthetic":
+        options = parse_options("aesthetic", arg, ["head", "clip"], positional="head")
+        if "head" not in options:
+            raise UsageError("reward aesthetic needs head=PATH (the LAION aesthetic predictor's head weights)")
+        head = AestheticHead.from_file(options["head"])
+        return cls(*cls.load(options.get("clip", DEFAULT_CLIP)), head)
+
+    def __call__(self, images: torch.Tensor, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:
+        embeds = self.image_embeds(images)
+        return self.head.to(embeds.device)(embeds)
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrix of token features ``(B, T, C) -> (B, C, C)``, normalised by ``T * C``."""
+    b, t, c = features.shape
+    return features.transpose(1, 2) @ features / (t * c)
+
+
+class ClipStyle(_ClipBase):
+    def __init__(self, model: Any, processor: Any, reference: torch.Tensor, layers: Sequence[int]):
+        super().__init__(model, processor, name="clip-style")
+        self.layers = list(layers)
+        with torch.no_grad():
+            self.target = [g.detach() for g in self.grams(reference)]
+
+    @classmethod
+    def from_spec(cls, arg: str = "", **context) -> "ClipStyle":
+        from ..images import read_image
+
+        options = parse_options("clip-style", arg, ["ref", "model", "layers"], positional="ref")
+        if "ref" not in options:
+            raise UsageError("reward clip-style needs a reference image: clip-style:PATH")
+        model, processor = cls.load(options.get("model", DEFAULT_CLIP))
+        reference = read_image(options["ref"], channels=3, size=None)[None]
+        layers = [int(v) for v in options.get("layers", "4+8").split("+")]
+        depth = model.config.vision_config.num_hidden_layers
+        if not all(0 <= layer <= depth for layer in layers):
+            raise UsageError(f"reward clip-style: layers must be in 0..{depth}, got {layers}")
+        return cls(model, processor, reference, layers)
+
+    def grams(self, images: torch.Tensor) -> list[torch.Tensor]:
+        check_images(images, self.name)
+        pixels = self.preprocess(images.to(self.device))
+        hidden = self.model.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states
+        return [gram(hidden[layer].float()) for layer in self.layers]
+
+    def __call__(self, images: torch.Tensor, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:
+        loss = sum((g - t.to(g.device)).square().flatten(1).sum(1) for g, t in zip(self.grams(images), self.target))
+        return -loss / math.sqrt(len(self.layers))
