@@ -231,3 +231,17 @@ def test_memory_options_keep_the_gradient(pipeline_dirs):
         (grad,) = torch.autograd.grad(model.decode(out.sample).square().mean(), x)
         grads.append(grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_low_precision_weights_with_fp32_latents(pipeline_dirs, family):
+    model = load(pipeline_dirs, family, dtype="bf16", guidance_scale=2.0)
+    assert model.dtype == torch.bfloat16
+    x = torch.randn((2, *model.sample_shape), generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    out = sample(model.guided(), model.scheduler, x, steps=STEPS, cond=model.cond([PROMPT] * 2),
+                 estimator=get_estimator("sdo"), set_timesteps_kwargs=model.timestep_kwargs(STEPS))
+    assert out.sample.dtype == torch.float32
+    images = model.decode(out.sample)
+    assert images.dtype == torch.float32
+    (grad,) = torch.autograd.grad(images.square().mean(), x)
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..models.denoisers import ClassifierFreeGuidance, UNet2DConditionDenoiser, UNet2DDenoiser
-from .denoisers import FluxDenoiser, SD3Denoiser
+from .denoisers import CastDenoiser, FluxDenoiser, SD3Denoiser
 
 FAMILIES = {
     "StableDiffusionPipeline": "sd",
@@ -202,22 +202,25 @@ class PipelineModel:
     @property
     def denoiser(self) -> nn.Module:
         if self.family == "pixel":
-            return UNet2DDenoiser(self.network)
-        if self.family == "sd3":
-            return SD3Denoiser(self.network)
-        if self.family == "flux":
+            denoiser: nn.Module = UNet2DDenoiser(self.network)
+        elif self.family == "sd3":
+            denoiser = SD3Denoiser(self.network)
+        elif self.family == "flux":
             if not hasattr(self, "_txt_ids"):
                 self.encode_prompts([""])
-            return FluxDenoiser(self.network, self._img_ids.to(self.device), self._txt_ids.to(self.device),
-                                guidance=self.guidance_scale)
-        return UNet2DConditionDenoiser(self.network)
+            denoiser = FluxDenoiser(self.network, self._img_ids.to(self.device), self._txt_ids.to(self.device),
+                                    guidance=self.guidance_scale)
+        else:
+            denoiser = UNet2DConditionDenoiser(self.network)
+        return denoiser if self.dtype == torch.float32 else CastDenoiser(denoiser, self.dtype)
 
     def guided(self, scale: Optional[float] = None) -> nn.Module:
         """The denoiser with the pipeline's guidance: CFG on [uncond, cond] (Flux: the guidance input)."""
         scale = self.guidance_scale if scale is None else float(scale)
         if self.family == "flux":
             denoiser = self.denoiser
-            denoiser.guidance = scale
+            inner = denoiser.denoiser if isinstance(denoiser, CastDenoiser) else denoiser
+            inner.guidance = scale
             return denoiser
         if self.family == "pixel" or scale <= 1.0:
             return self.denoiser
@@ -242,7 +245,7 @@ class PipelineModel:
             latents = latents / vae.config.scaling_factor
         if getattr(vae.config, "shift_factor", None) is not None and self.family in ("sd3", "flux"):
             latents = latents + vae.config.shift_factor
-        return vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        return vae.decode(latents.to(vae.dtype), return_dict=False)[0].float()
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] to the latents ``decode`` inverts (the VAE posterior's mean)."""
