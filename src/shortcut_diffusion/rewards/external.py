@@ -1,8 +1,9 @@
 """Rewards defined by other packages or by the user's own file.
 
-- ``hpsv2[:VERSION]``: Human Preference Score v2 through the ``hpsv2`` package (open_clip
-  ViT-H-14 with the published HPS weights). Install: ``pip install hpsv2`` (it brings open_clip
-  and torchvision; install them against your torch build).
+- ``hpsv2[:VERSION,checkpoint=PATH]``: Human Preference Score v2 (v2.0 or v2.1, default) through
+  the ``hpsv2`` package's open_clip ViT-H-14 with the published HPS weights (``xswu/HPSv2`` on the
+  hub, or a local checkpoint). Install: ``pip install hpsv2`` (it brings torchvision; install one
+  built for your torch).
 - ``imagereward``: ImageReward through the ``image-reward`` package (BLIP with the published
   head). Install: ``pip install image-reward``.
 - ``PATH.py:NAME``: ``NAME`` from a Python file: a callable ``reward(images, prompts)`` or a class
@@ -40,19 +41,33 @@ class HPSv2:
         self.model, self.tokenizer = model.eval().requires_grad_(False), tokenizer
         self.preprocess = ClipPreprocess(224, (224, 224), OPENAI_MEAN, OPENAI_STD)
 
+    CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
+
     @classmethod
     def from_spec(cls, arg: str = "", **context) -> "HPSv2":
-        _require("hpsv2", "hpsv2")
-        open_clip = _require("open_clip", "open_clip_torch")
-        from hpsv2.utils import hps_version_map, root_path  # type: ignore[import-not-found]
+        from .clip import parse_options
 
-        version = arg or "v2.1"
-        model, _, _ = open_clip.create_model_and_transforms("ViT-H-14", "laion2B-s32B-b79K", precision="amp")
-        checkpoint = Path(root_path) / hps_version_map[version]
-        if not checkpoint.is_file():
-            raise UsageError(f"HPS {version} weights not found at {checkpoint}: run hpsv2's download once")
-        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
-        return cls(model, open_clip.get_tokenizer("ViT-H-14"))
+        options = parse_options("hpsv2", arg, ["version", "checkpoint"], positional="version")
+        version = options.get("version", "v2.1")
+        if version not in cls.CHECKPOINTS:
+            raise UsageError(f"reward hpsv2: version must be one of {', '.join(cls.CHECKPOINTS)}, got {version!r}")
+        _require("hpsv2", "hpsv2")
+        from hpsv2.src.open_clip import create_model_and_transforms, get_tokenizer  # type: ignore[import-not-found]
+
+        checkpoint = options.get("checkpoint")
+        if checkpoint is None:  # the published weights, through the hub cache (HF_HUB_OFFLINE respected)
+            from huggingface_hub import hf_hub_download
+
+            try:
+                checkpoint = hf_hub_download("xswu/HPSv2", cls.CHECKPOINTS[version])
+            except Exception as error:
+                raise UsageError(f"HPS {version} weights are not available ({error}); pass checkpoint=PATH") from error
+        if not Path(checkpoint).is_file():
+            raise UsageError(f"HPS checkpoint not found at {checkpoint}")
+        model, _, _ = create_model_and_transforms("ViT-H-14", "laion2B-s32B-b79K", precision="fp32", device="cpu",
+                                                  jit=False, output_dict=True)
+        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+        return cls(model, get_tokenizer("ViT-H-14"))
 
     def __call__(self, images: torch.Tensor, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:
         check_images(images, "hpsv2")
