@@ -219,3 +219,13 @@ def test_disk_full_while_checkpointing_leaves_the_last_good_checkpoint(base_conf
 def test_bad_options(base_config, kwargs, message):
     with pytest.raises(UsageError, match=message):
         run_finetune(replace(base_config, **kwargs))
+
+
+def test_gradient_accumulation_equals_the_larger_batch(base_config, tmp_path):
+    config = replace(base_config, reward="ink", lr=0.05, eval_every=0, checkpoint_every=2, max_steps=2)
+    run_finetune(replace(config, batch=4, grad_accum=1, out=str(tmp_path / "big")))
+    summary = run_finetune(replace(config, batch=2, grad_accum=2, out=str(tmp_path / "accum")))
+    assert summary["global_batch"] == 4
+    a, b = final_tensors(tmp_path / "big"), final_tensors(tmp_path / "accum")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0.05 / 100, msg=k)
