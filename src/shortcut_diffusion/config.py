@@ -52,6 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(_option(f.name), default=default, **kwargs)
 
 
+def parse_scalar(text: str) -> Any:
+    """An option value from a spec string: int, float, true/false/none, or the string itself."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
 def resolve_device(name: str) -> "torch.device":
     """A ``--device`` value: ``auto`` is CUDA when available, else the CPU."""
     import torch

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Union
 
+from ..config import parse_scalar
 from ..errors import UsageError
 from .alignprop import AlignProp
 from .base import GradientEstimator
@@ -36,15 +37,6 @@ __all__ = [
 ]
 
 
-def _parse_value(text: str) -> Union[int, float, str]:
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
-
-
 def get_estimator(spec: Union[str, GradientEstimator], **overrides) -> GradientEstimator:
     """An estimator from ``name`` or ``name:key=value,...`` (an estimator passes through)."""
     if isinstance(spec, GradientEstimator):
@@ -58,7 +50,7 @@ def get_estimator(spec: Union[str, GradientEstimator], **overrides) -> GradientE
         key, sep, value = item.partition("=")
         if not sep:
             raise UsageError(f"estimator option {item!r} in {spec!r} must look like key=value")
-        kwargs[key.strip()] = _parse_value(value.strip())
+        kwargs[key.strip()] = parse_scalar(value.strip())
     kwargs.update(overrides)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(kwargs) - accepted)

@@ -17,8 +17,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..config import parse_scalar
 from ..errors import UsageError
-from .clip import check_images
+from .spec import check_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,16 +34,6 @@ def import_callable(module: str, name: str):
     if not hasattr(mod, name):
         raise UsageError(f"{module} has no {name!r}")
     return getattr(mod, name)
-
-
-def _value(text: str):
-    """A factory argument: int, float, true/false/none, or the string itself (``weights=DEFAULT``)."""
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -74,7 +65,7 @@ class ClassifierReward:
             if key in ("target", "avoid", "size", "mean", "std"):
                 options[key] = value
             else:
-                factory_kwargs[key] = _value(value)
+                factory_kwargs[key] = parse_scalar(value)
         model = import_callable(module, name)(**factory_kwargs)
         if not isinstance(model, torch.nn.Module):
             raise UsageError(f"{module}:{name} returned {type(model).__name__}, not an nn.Module")

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from ..errors import UsageError
-from .clip import check_images, parse_options
+from .spec import check_images, parse_options
 
 # ITU T.81 Annex K tables (quality 50).
 LUMA = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,

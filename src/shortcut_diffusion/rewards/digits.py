@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from .spec import parse_options
 
 Labels = Union[torch.Tensor, Sequence[int], None]
 
@@ -52,17 +53,16 @@ def _labels(name: str, prompts: Labels, batch: int, device: torch.device) -> tor
 
 
 def _options(name: str, arg: str, allowed: set[str]) -> tuple[str, dict[str, float]]:
-    head, *rest = arg.split(",")
-    options = {}
-    for item in rest:
-        key, sep, value = item.partition("=")
-        if not sep or key not in allowed:
-            raise UsageError(f"reward {name}: unknown option {item!r}; options: {', '.join(sorted(allowed))}")
+    """``HEAD[,key=number,...]``: the head and the numeric options."""
+    options = parse_options(name, arg, ["head", *sorted(allowed)], positional="head")
+    head = options.pop("head", "")
+    numbers = {}
+    for key, value in options.items():
         try:
-            options[key] = float(value)
+            numbers[key] = float(value)
         except ValueError:
             raise UsageError(f"reward {name}: option {key} needs a number, got {value!r}") from None
-    return head, options
+    return head, numbers
 
 
 class DigitClass:

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .clip import ClipPreprocess, check_images
+from .clip import ClipPreprocess
+from .spec import check_images, parse_options
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -45,8 +46,6 @@ class HPSv2:
 
     @classmethod
     def from_spec(cls, arg: str = "", **context) -> "HPSv2":
-        from .clip import parse_options
-
         options = parse_options("hpsv2", arg, ["version", "checkpoint"], positional="version")
         version = options.get("version", "v2.1")
         if version not in cls.CHECKPOINTS:
