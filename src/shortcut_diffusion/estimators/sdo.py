@@ -40,6 +40,8 @@ class SDO(GradientEstimator):
 
     def __init__(self, keep: "str | int" = "first", k: "int | str" = 1, seed=0, checkpoint: bool = False):
         super().__init__(seed=seed, checkpoint=checkpoint)
+        if keep is None or isinstance(keep, (bool, float)):
+            raise UsageError(f"sdo: keep={keep!r} must be first, last, random or a step index")
         if isinstance(keep, str) and keep not in KEEP_CHOICES:
             try:
                 keep = int(keep)
