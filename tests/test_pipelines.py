@@ -37,13 +37,9 @@ def pipeline_call(model, noise, output_type, scheduler=None, **extra):
         # DDPMPipeline draws its own starting noise from the generator: hand it the same stream.
         gen = torch.Generator().manual_seed(0)
         return pipe(num_inference_steps=STEPS, generator=gen, output_type="np" if output_type == "pt" else output_type).images
-    kwargs = dict(prompt=PROMPT, num_inference_steps=STEPS, latents=noise.clone(), height=SIZE, width=SIZE,
-                  output_type=output_type, generator=torch.Generator().manual_seed(1), **extra)
-    if model.family != "flux":
-        kwargs["guidance_scale"] = model.guidance_scale
-    else:
-        kwargs["guidance_scale"] = model.guidance_scale
-    return pipe(**kwargs).images
+    return pipe(prompt=PROMPT, num_inference_steps=STEPS, latents=noise.clone(), height=SIZE, width=SIZE,
+                output_type=output_type, generator=torch.Generator().manual_seed(1),
+                guidance_scale=model.guidance_scale, **extra).images
 
 
 @pytest.mark.parametrize("family", ["sd", "sd-v", "sdxl", "sd3", "flux"])
