@@ -293,10 +293,11 @@ def sample(
     for i, t in enumerate(tqdm(timesteps, disable=not progress)):
         # A row whose plan already returned its predicted x0 runs on without a graph.
         modes = [p.modes[i] if p.x0_at is None or i <= p.x0_at else Mode.STOP for p in plans]
-        x = _detach_rows(x, [m is Mode.STOP for m in modes] * (len(x) if len(plans) == 1 else 1))
+        row_modes = modes * len(x) if len(plans) == 1 else modes
+        x = _detach_rows(x, [m is Mode.STOP for m in row_modes])
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(m is not Mode.STOP for m in modes)):
             x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
-            output = _call_network_rows(denoiser, x_in, t, cond, modes * (len(x) if len(plans) == 1 else 1))
+            output = _call_network_rows(denoiser, x_in, t, cond, row_modes)
             _check_output(output, x, sched)
             out = sched.step(output, t, x, return_dict=True, **step_kwargs)
             rows = [r for r, p in enumerate(plans) if p.x0_at == i]
