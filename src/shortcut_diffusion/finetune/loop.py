@@ -225,20 +225,8 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     ev_labels = eval_labels(labels_source, config.eval_per_class)
     ev_noise = eval_noise(model, len(ev_labels), config.eval_seed)
 
-    @contextlib.contextmanager
-    def evaluation_weights():
-        if ema is None:
-            yield
-            return
-        current = target.state()
-        target.load_state(ema)
-        try:
-            yield
-        finally:
-            target.load_state(current)
-
     def run_eval(name: Optional[str] = None, final: bool = False) -> dict[str, Any]:
-        with evaluation_weights():
+        with target.swapped(ema) if ema is not None else contextlib.nullcontext():
             images = generate(model, scheduler, ev_noise, ev_labels, steps=config.steps,
                               guidance=config.guidance, seed=config.eval_seed, autocast=autocast)
         row = {"step": step, "wall_clock": wall, "samples": samples_seen, **evaluate(model, reward, images, ev_labels)}

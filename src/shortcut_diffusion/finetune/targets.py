@@ -54,6 +54,16 @@ class Target:
                     raise UsageError(f"{k}: saved shape {tuple(state[k].shape)} != {tuple(p.shape)}")
                 p.copy_(state[k])
 
+    @contextlib.contextmanager
+    def swapped(self, values: dict[str, torch.Tensor]) -> Iterator[None]:
+        """The trained tensors temporarily replaced by ``values`` (EMA weights, the base values)."""
+        current = self.state()
+        self.load_state(values)
+        try:
+            yield
+        finally:
+            self.load_state(current)
+
     def signature(self) -> dict[str, list[int]]:
         """Names and shapes of the trainable tensors: what a checkpoint must match to resume."""
         return {k: list(p.shape) for k, p in self.named_parameters().items()}
@@ -132,23 +142,14 @@ class EmbeddingTarget(Target):
         super().__init__(model)
         if not isinstance(getattr(model, "embeddings", None), nn.Embedding):
             raise UsageError(f"target embedding needs a model with a conditioning table; {type(model).__name__} has none")
-        self._base = model.embeddings.weight.detach().clone()
+        self._base = {"embeddings.weight": model.embeddings.weight.detach().clone()}
         model.embeddings.weight.requires_grad_(True)
 
     def named_parameters(self) -> dict[str, nn.Parameter]:
         return {"embeddings.weight": self.model.embeddings.weight}
 
-    @contextlib.contextmanager
-    def base(self) -> Iterator[None]:
-        weight = self.model.embeddings.weight
-        saved = weight.detach().clone()
-        with torch.no_grad():
-            weight.copy_(self._base)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                weight.copy_(saved)
+    def base(self) -> contextlib.AbstractContextManager:
+        return self.swapped(self._base)
 
     def export(self, directory: Union[str, Path]) -> Path:
         from ..reporting import save_tensors
@@ -202,18 +203,8 @@ class PromptEmbeddingTarget(Target):
     def named_parameters(self) -> dict[str, nn.Parameter]:
         return dict(self._params)
 
-    @contextlib.contextmanager
-    def base(self) -> Iterator[None]:
-        saved = {k: p.detach().clone() for k, p in self._params.items()}
-        with torch.no_grad():
-            for k, p in self._params.items():
-                p.copy_(self._base[k])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for k, p in self._params.items():
-                    p.copy_(saved[k])
+    def base(self) -> contextlib.AbstractContextManager:
+        return self.swapped(self._base)
 
     def export(self, directory: Union[str, Path]) -> Path:
         from ..reporting import save_tensors
