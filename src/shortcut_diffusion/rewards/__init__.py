@@ -5,7 +5,7 @@ indices on the testbed, prompt strings on text-to-image models). ``get_reward(sp
 
 - ``name[:arg]``: a reward of :data:`REWARDS`;
 - ``SPEC=W,SPEC=W[,normalize=running]``: a weighted sum (:mod:`.combine`);
-- ``PATH.py:NAME``: a reward from the user's file (:mod:`.external`).
+- ``PATH.py:NAME``: a reward from the user's file (:mod:`.user`).
 
 ``augment=[...]`` (with ``views``) averages the reward over random differentiable views.
 """
@@ -23,7 +23,9 @@ from .clip import Aesthetic, ClipScore, ClipStyle, PickScore
 from .combine import AUGMENTATIONS, Augmented, WeightedSum, parse_weighted
 from .compress import Compressibility
 from .digits import Adversarial, DigitClass, DigitMatch, Style
-from .external import HPSv2, ImageReward, load_user_reward
+from .hps import HPSv2
+from .imagereward import ImageReward
+from .user import load_user_reward
 
 Reward = Callable[[torch.Tensor, Optional[list]], torch.Tensor]
 

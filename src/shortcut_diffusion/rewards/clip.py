@@ -56,11 +56,19 @@ def _load(cls_name: str, source: str, what: str):
 
 class ClipPreprocess(nn.Module):
     """The image processor's transform in torch: [-1, 1] -> resize shortest edge (bicubic,
-    antialiased) -> centre crop -> normalise. Differentiable."""
+    antialiased; the long edge truncated to an integer, as both transformers and torchvision do) ->
+    centre crop -> normalise. Differentiable.
 
-    def __init__(self, shortest_edge: int, crop: tuple[int, int], mean: Sequence[float], std: Sequence[float]):
+    ``crop_offset`` is where an odd margin goes: ``"floor"`` as transformers' image processors,
+    ``"round"`` as torchvision's ``CenterCrop`` (open_clip, BLIP).
+    """
+
+    def __init__(self, shortest_edge: int, crop: tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                 crop_offset: str = "floor"):
         super().__init__()
-        self.shortest_edge, self.crop = shortest_edge, crop
+        if crop_offset not in ("floor", "round"):
+            raise ValueError(f"crop_offset must be 'floor' or 'round', got {crop_offset!r}")
+        self.shortest_edge, self.crop, self.crop_offset = shortest_edge, crop, crop_offset
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
@@ -77,11 +85,15 @@ class ClipPreprocess(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         h, w = x.shape[-2:]
-        scale = self.shortest_edge / min(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        short, long = sorted((h, w))
+        new_long = max(1, int(self.shortest_edge * long / short))
+        size = (self.shortest_edge, new_long) if h <= w else (new_long, self.shortest_edge)
         if size != (h, w):
             x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
-        top, left = (size[0] - self.crop[0]) // 2, (size[1] - self.crop[1]) // 2
+        if self.crop_offset == "round":
+            top, left = round((size[0] - self.crop[0]) / 2), round((size[1] - self.crop[1]) / 2)
+        else:
+            top, left = (size[0] - self.crop[0]) // 2, (size[1] - self.crop[1]) // 2
         x = x[..., max(top, 0) : max(top, 0) + self.crop[0], max(left, 0) : max(left, 0) + self.crop[1]]
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
@@ -89,10 +101,13 @@ class ClipPreprocess(nn.Module):
 class _ClipBase:
     """A transformers CLIPModel with its processor's transform and tokenizer, frozen."""
 
-    def __init__(self, model: Any, processor: Any, name: str):
+    def __init__(self, model: Any, processor: Any, name: str, preprocess: Optional[ClipPreprocess] = None):
+        """``processor``: a CLIPProcessor; or, with ``preprocess`` given, the tokenizer alone."""
         self.model = model.eval().requires_grad_(False)
-        self.preprocess = ClipPreprocess.from_processor(processor.image_processor if hasattr(processor, "image_processor") else processor)
-        self.tokenizer = getattr(processor, "tokenizer", None)
+        if preprocess is None:
+            preprocess = ClipPreprocess.from_processor(getattr(processor, "image_processor", processor))
+        self.preprocess = preprocess
+        self.tokenizer = getattr(processor, "tokenizer", processor)
         self.name = name
         self._text: dict[str, torch.Tensor] = {}
 

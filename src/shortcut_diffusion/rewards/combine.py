@@ -50,10 +50,11 @@ def parse_weighted(spec: str) -> Optional[tuple[list[tuple[str, float]], Optiona
     """``a=1,b:x=0.5[,normalize=running]`` into terms, or None when ``spec`` is a single reward.
 
     A weighted sum has at least two items, each ``SPEC=WEIGHT`` (a term whose own options hold
-    ``=`` keeps them: ``compressibility:quality=50=1``).
+    ``=`` keeps them: ``compressibility:quality=50=1``). Terms with several options of their own
+    are separated by ``;`` instead: ``hpsv2:v2.0,checkpoint=F=1;aesthetic:F=0.5;normalize=running``.
     """
     terms, normalize = [], None
-    items = spec.split(",")
+    items = spec.split(";") if ";" in spec else spec.split(",")
     if len(items) < 2:
         return None
     for item in items:

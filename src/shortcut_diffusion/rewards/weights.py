@@ -1,0 +1,83 @@
+"""Published reward checkpoints into transformers modules: find the file, read it, load it.
+
+The human-preference rewards ship as raw state dicts of their authors' code (open_clip, BLIP).
+We rename their keys onto transformers' equivalent modules; these helpers do the parts that do not
+depend on the architecture.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+
+
+def checkpoint_file(path: Optional[str], repo: str, filename: str, what: str) -> Path:
+    """``path`` if given, else ``filename`` from the hub repository ``repo`` (through the hub cache;
+    ``HF_HUB_OFFLINE=1`` reads only the cache). A clear error when neither is there."""
+    if path is None:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = hf_hub_download(repo, filename)
+        except Exception as error:  # offline, no cache, no network: say what to do
+            raise UsageError(f"the {what} weights ({repo}/{filename}) are not available: {str(error).splitlines()[0]} "
+                             "(download the file and pass checkpoint=PATH)") from error
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{what} checkpoint not found at {path}")
+    return file
+
+
+def read_state_dict(file: Path, key: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or torch file (read with ``weights_only``); ``key`` picks a
+    nested dict (``state_dict``) when present; a DDP ``module.`` prefix is removed."""
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(file)
+    else:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise UsageError(f"could not read {file}: {type(error).__name__}: {error}") from error
+    if key and isinstance(state, dict) and isinstance(state.get(key), dict):
+        state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
+    """How many numbered blocks ``{prefix}{i}.`` the state dict has."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for k in state if (m := pattern.match(k))})
+
+
+def build_loaded(factory: Callable[[], nn.Module], state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """``factory()`` built on the meta device (no random initialisation of a billion weights) and
+    given ``state``'s tensors in float32; every parameter and persistent buffer must be in ``state``.
+    Position-id buffers, which transformers does not save, are recreated."""
+    with torch.device("meta"):
+        module = factory()
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("position_ids")]
+    if missing:
+        raise UsageError(f"the {what} checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:3]} "
+                         "(is it the right file?)")
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise UsageError(f"the {what} checkpoint has tensors of unexpected shapes, e.g. {wrong[0]}: "
+                         f"{tuple(state[wrong[0]].shape)} instead of {tuple(expected[wrong[0]].shape)}")
+    module.load_state_dict({k: state[k].float() for k in expected if k in state}, strict=False, assign=True)
+    for name, buffer in list(module.named_buffers()):
+        if buffer.is_meta:
+            if not name.endswith("position_ids"):
+                raise UsageError(f"the {what} checkpoint lacks {name}")
+            owner = module.get_submodule(name.rpartition(".")[0])
+            fresh = torch.arange(buffer.shape[-1]).expand(buffer.shape).clone()
+            owner.register_buffer(name.rpartition(".")[2], fresh, persistent=False)
+    return module.eval().requires_grad_(False)
