@@ -58,6 +58,24 @@ def test_quick_time_to_reward_writes_its_tables(tmp_path):
         assert r["iterations"] >= 1 and r["curve"][0][0] >= 0
         reached = [t for t, v in r["curve"] if v >= r["threshold"]]
         assert r["seconds_to_95"] == (reached[0] if reached else None)
+    latent = {r["estimator"]: r for r in rows if r["task"] == "latent"}
+    level = latent["full"]["curve"][-1][1]  # the level full ends at; full reaches it by its last iterate
+    assert latent["full"]["seconds_to_full_final"] is not None
+    for r in latent.values():
+        reached = [t for t, v in r["curve"] if v >= level]
+        assert r["full_final_level"] == level and r["seconds_to_full_final"] == (reached[0] if reached else None)
     report = (out / "report.md").read_text()
     assert "## Time to reward" in report and "## Gradient fidelity" in report
     assert (out / "reward_vs_time.png").stat().st_size > 0
+
+
+def test_class_fd_compares_with_the_real_digits_of_one_class():
+    from shortcut_diffusion.bench.reward import _target_class
+    from shortcut_diffusion.testbed import data, load_digits_model, metrics
+
+    classifier = load_digits_model().classifier
+    train = data.load("train")
+    sevens, ones = train.images[train.labels == 7], train.images[train.labels == 1]
+    assert metrics.digits_fd(classifier, sevens, "held_out", [7]) < metrics.digits_fd(classifier, ones, "held_out", [7])
+    assert metrics.digits_fd(classifier, sevens, "held_out", [7]) < metrics.digits_fd(classifier, sevens, "held_out")
+    assert _target_class("digit-class:7") == 7 and _target_class("digit-match") is None

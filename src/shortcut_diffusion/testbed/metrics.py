@@ -33,10 +33,13 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * tr_sqrt)
 
 
-def digits_fd(classifier: DigitClassifier, images: torch.Tensor, reference: str = "held_out") -> float:
-    """digits-FD of ``images`` against a split of the real digits (held-out by default)."""
-    real = data.load(reference).images
-    return frechet_distance(features(classifier, images), features(classifier, real))
+def digits_fd(classifier: DigitClassifier, images: torch.Tensor, reference: str = "held_out",
+              digits: "list[int] | None" = None) -> float:
+    """digits-FD of ``images`` against a split of the real digits (held-out by default); ``digits``
+    keeps only those classes of it (samples steered to one class against real digits of that class)."""
+    real = data.load(reference)
+    images_real = real.images if digits is None else real.images[torch.isin(real.labels, torch.tensor(digits))]
+    return frechet_distance(features(classifier, images), features(classifier, images_real))
 
 
 @torch.no_grad()
