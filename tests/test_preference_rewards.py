@@ -17,7 +17,8 @@ from safetensors import safe_open
 
 from shortcut_diffusion import UsageError
 from shortcut_diffusion.rewards import get_reward
-from shortcut_diffusion.rewards.hps import HPSv2, open_clip_to_transformers
+from shortcut_diffusion.rewards.hps import HPSv2
+from shortcut_diffusion.rewards.openclip import open_clip_to_transformers
 from shortcut_diffusion.rewards.imagereward import ImageReward, blip_tokenizer, imagereward_to_transformers
 
 import tiny_pipelines
@@ -165,3 +166,40 @@ def test_preference_rewards_by_name_from_sdo_latent_and_finetune(pipeline_dirs, 
                  "--eval-per-class", "1", "--checkpoint-every", "0", "--out", str(tmp_path / "ft")]) == 0
     summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["before"]["reward"] != summary["after"]["reward"]
+
+
+def open_clip_dir(tmp_path, state, **model_cfg_overrides) -> Path:
+    from safetensors.torch import save_file
+
+    directory = tmp_path / "open_clip"
+    directory.mkdir(exist_ok=True)
+    model_cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 224, "layers": 2, "width": 32, "head_width": 16, "patch_size": 32},
+                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 2}}
+    model_cfg.update(model_cfg_overrides)
+    (directory / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}))
+    save_file({k: v.contiguous() for k, v in state.items()}, directory / "open_clip_model.safetensors")
+    return directory
+
+
+def test_clip_loads_an_open_clip_model_directory(tmp_path):
+    """The HPS fixture is an open_clip ViT CLIP: as `clip:DIR` it gives the HPS reference scores
+    (HPS v2 is a CLIP score), with heads and preprocessing read from open_clip_config.json."""
+    state, ref, images, prompts, _ = fixture("hpsv2")
+    tokenizer_dir = tmp_path / "tokenizer"
+    tiny_pipelines.clip_tokenizer(tokenizer_dir).save_pretrained(tokenizer_dir)
+    reward = get_reward(f"clip:{open_clip_dir(tmp_path, state)},tokenizer={tokenizer_dir}")
+    assert reward.model.config.vision_config.num_attention_heads == 2
+    reward.tokenizer = FixedTokens(prompts, ref["tokens"])  # open_clip's BPE vocabulary is not available offline
+    torch.testing.assert_close(reward(images, prompts), ref["scores"], atol=1e-3, rtol=0)
+
+
+def test_open_clip_variants_that_compute_something_else_are_refused(tmp_path):
+    state, *_ = fixture("hpsv2")
+    layer_scale = dict(state, **{"visual.transformer.resblocks.0.ls_1.gamma": torch.ones(32)})
+    with pytest.raises(UsageError, match="LayerScale"):
+        open_clip_to_transformers(layer_scale, 2, 2)
+    directory = open_clip_dir(tmp_path, state, vision_cfg={"timm_model_name": "convnext_base"})
+    with pytest.raises(UsageError, match="timm_model_name"):
+        get_reward(f"clip:{directory},tokenizer=unused")

@@ -7,8 +7,9 @@ redone in torch so that gradients flow, reading the sizes and statistics from th
 ``CLIPModel.from_pretrained`` (transformers is installed with diffusers' text encoders; no
 open_clip or torchvision needed).
 
-- ``clip[:MODEL]``: cosine similarity between the image and its prompt (default
-  ``openai/clip-vit-large-patch14``).
+- ``clip[:MODEL][,tokenizer=T]``: cosine similarity between the image and its prompt (default
+  ``openai/clip-vit-large-patch14``); MODEL is a transformers CLIP or an open_clip ViT model
+  (directory or hub repository with ``open_clip_config.json``, see :mod:`.openclip`).
 - ``aesthetic[:head=PATH,clip=MODEL]``: the LAION aesthetic predictor: the L2-normalised CLIP
   ViT-L/14 image embedding through its head; ``head`` is the head's weights (a ``.pth`` or
   ``.safetensors`` state dict of the linear head, ``weight``/``bias``, or of the MLP of the
@@ -149,9 +150,31 @@ class _ClipBase:
 class ClipScore(_ClipBase):
     @classmethod
     def from_spec(cls, arg: str = "", **context) -> "ClipScore":
-        options = parse_options("clip", arg, ["model"], positional="model")
+        from .openclip import is_open_clip
+
+        options = parse_options("clip", arg, ["model", "tokenizer"], positional="model")
         source = options.get("model", DEFAULT_CLIP)
-        return cls(*cls.load(source), name="clip")
+        if not (Path(source).is_dir() and is_open_clip(source)):
+            try:
+                return cls(*cls.load(source), name="clip")
+            except UsageError:
+                if Path(source).is_dir() or not is_open_clip(source):
+                    raise
+        return cls.from_open_clip(source, options.get("tokenizer"))
+
+    @classmethod
+    def from_open_clip(cls, source: str, tokenizer: Optional[str] = None) -> "ClipScore":
+        """An open_clip model (directory or hub repository, see :mod:`.openclip`). Its tokenizer:
+        ``tokenizer``, else the one saved with the model, else OpenAI CLIP's (open_clip's ViT models
+        share its vocabulary)."""
+        from .openclip import load_open_clip
+
+        model, pre = load_open_clip(source)
+        if tokenizer is None:
+            has_own = not Path(source).is_dir() or any((Path(source) / f).is_file() for f in ("vocab.json", "tokenizer.json"))
+            tokenizer = source if has_own else DEFAULT_CLIP
+        preprocess = ClipPreprocess(pre["size"], (pre["size"], pre["size"]), pre["mean"], pre["std"], crop_offset="round")
+        return cls(model, _load("CLIPTokenizer", tokenizer, "CLIP tokenizer"), name="clip", preprocess=preprocess)
 
     def __call__(self, images: torch.Tensor, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:
         return (self.image_embeds(images) * self.text_embeds(prompts)).sum(-1)
