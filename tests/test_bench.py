@@ -18,6 +18,12 @@ def test_measure_counts_one_configuration():
     assert (sdo["estimator"], sdo["nfe_forward"], sdo["nfe_backward"]) == ("sdo", 3, 1)
     assert (floor["estimator"], floor["nfe_forward"], floor["nfe_backward"], floor["saved_bytes"]) == ("sampling", 3, 0, 0)
     assert sdo["saved_bytes"] > 0 and sdo["peak_mem_mb"] > 0 and sdo["seconds_per_iter"] > 0
+    # where the time goes: with one timed iteration the phases add up to it
+    for row in (sdo, floor):
+        phases = [row[f"{p}_s"] for p in ("network_forward", "sampler_other", "decode_reward", "backward")]
+        assert min(phases) >= 0 and row["network_forward_s"] > 0
+        assert sum(phases) == pytest.approx(row["seconds_per_iter"], rel=1e-6)
+    assert floor["backward_s"] < 1e-3  # nothing to backpropagate
 
 
 def test_quick_run_writes_csv_report_and_plot(tmp_path, capsys):
@@ -29,6 +35,7 @@ def test_quick_run_writes_csv_report_and_plot(tmp_path, capsys):
     assert {(r["estimator"], r["steps"]) for r in rows} == {("sampling", "2"), ("sdo", "2"), ("sampling", "4"), ("sdo", "4")}
     report = (out / "report.md").read_text()
     assert "## N = 2" in report and "## Targets" in report and "sdo bench" in report
+    assert "## Where the time goes (N = 4)" in report and "sampling / full" not in report  # no full in this run
     assert (out / "cost_vs_steps.png").stat().st_size > 0
 
 

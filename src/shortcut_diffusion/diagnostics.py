@@ -1,7 +1,8 @@
 """Measuring what an estimator costs: network evaluations and bytes saved for backward.
 
 - :class:`CountingDenoiser` counts network forward calls (checkpoint recomputations included) and
-  backward passes through the network (a gradient hook on each output that is part of the graph).
+  backward passes through the network (a gradient hook on each output that is part of the graph),
+  and sums the wall-clock of the forward calls (synchronising CUDA around each).
 - :class:`SavedTensorMeter` measures the tensors autograd saves for backward with
   ``torch.autograd.graph.saved_tensors_hooks``: the distinct storages packed while it is active,
   each counted once, excluding the storages of given tensors (model weights, resident anyway).
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable
 
 import torch
@@ -23,13 +25,20 @@ class CountingDenoiser(nn.Module):
         self.denoiser = denoiser
         self.forward_count = 0
         self.backward_count = 0
+        self.forward_seconds = 0.0
 
     def _on_backward(self, grad: torch.Tensor) -> None:
         self.backward_count += 1
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         self.forward_count += 1
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        start = time.perf_counter()
         out = self.denoiser(x, t, cond)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        self.forward_seconds += time.perf_counter() - start
         if out.requires_grad:
             out.register_hook(self._on_backward)
         return out

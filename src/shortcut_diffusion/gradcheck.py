@@ -97,18 +97,23 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, b
     else:
         params = [p for p in unet.parameters()]
     counter = CountingDenoiser(model.denoiser)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    start = clock()
     with SavedTensorMeter(exclude=unet.parameters()) as meter:
         out = sample(counter, scheduler, x, steps=steps, estimator=estimator, cond=cond,
                      generator=seed + 1, step_kwargs=step_kwargs)
+    sampled = clock()
+    network_sampling = counter.forward_seconds
     images = model.decode(out.sample)
     loss = -reward(images, labels).sum()
+    scored = clock()
     grads = torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad else [None] * len(params)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    end = clock()
+    seconds = end - start
     return {
         "gradient": _flat(list(grads), params).detach().double().cpu(),
         "reward": float(reward(images.detach(), labels).mean()),
@@ -117,6 +122,10 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, b
         "grad_steps": out.plan.count(Mode.GRAD, Mode.CHECKPOINT) if estimator is not None else 0,
         "saved_bytes": meter.bytes,
         "seconds": seconds,
+        # where the time goes: network forwards while sampling, the rest of sampling (scheduler
+        # updates, graph bookkeeping), decode + reward, and backward (checkpoint recomputation included)
+        "phases": {"network_forward": network_sampling, "sampler_other": sampled - start - network_sampling,
+                   "decode_reward": scored - sampled, "backward": end - scored},
     }
 
 

@@ -27,7 +27,10 @@ from .. import reporting
 from ..errors import UsageError
 
 COLUMNS = ["model", "task", "estimator", "steps", "batch", "seconds_per_iter", "paired_sampling_seconds",
-           "nfe_forward", "nfe_backward", "saved_bytes", "peak_mem_mb", "cosine_to_full", "device"]
+           "nfe_forward", "nfe_backward", "saved_bytes", "peak_mem_mb", "cosine_to_full", "device",
+           "network_forward_s", "sampler_other_s", "decode_reward_s", "backward_s"]
+PHASES = {"network_forward": "network forwards", "sampler_other": "rest of sampling",
+          "decode_reward": "decode + reward", "backward": "backward"}
 DEFAULT_ESTIMATORS = ["full", "checkpointed", "truncated:k=1", "alignprop", "refl", "sdo"]
 
 
@@ -99,6 +102,7 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
         "nfe_forward": last["nfe_forward"], "nfe_backward": last["nfe_backward"],
         "saved_bytes": last["saved_bytes"], "peak_mem_mb": round(peak, 1), "cosine_to_full": cosine,
         "device": str(device),
+        **{f"{phase}_s": statistics.median(r["phases"][phase] for r in runs) for phase in PHASES},
     }
 
 
@@ -207,6 +211,26 @@ def _targets(by: dict, steps: list[int]) -> list[str]:
     return lines or ["- (the targets are stated at N = 10, 50 and 100; this run has other N)"]
 
 
+def _profile(by: dict, steps: int) -> str:
+    """Where an iteration's time goes, per estimator, at ``steps``."""
+    rows = [r for (_, n), r in by.items() if n == steps and r.get("backward_s") not in (None, "")]
+    if not rows:
+        return ""
+    lines = [f"\n## Where the time goes (N = {steps})\n",
+             "Seconds per iteration by phase (medians; network forwards while sampling are timed inside the "
+             "network calls, backward includes checkpoint recomputation).\n",
+             "| estimator | " + " | ".join(PHASES.values()) + " | total |", "|---|" + "---|" * (len(PHASES) + 1)]
+    for r in rows:
+        lines.append(f"| {r['estimator']} | " + " | ".join(f"{float(r[f'{p}_s']):.3f}" for p in PHASES)
+                     + f" | {float(r['seconds_per_iter']):.3f} |")
+    full = by.get(("full", steps))
+    if full:
+        floor = float(full["paired_sampling_seconds"]) / float(full["seconds_per_iter"])
+        lines.append(f"\nEvery estimator samples, so none can cost less than sampling: sampling / full = {floor:.2f} "
+                     "here (paired, in full's process). An estimator's ratio to full is at least that.")
+    return "\n".join(lines)
+
+
 def report(rows: list[dict[str, Any]], config: BenchConfig, command: str,
            reward_rows: Optional[list[dict[str, Any]]] = None) -> str:
     by = {(r["estimator"], r["steps"]): r for r in rows}
@@ -236,6 +260,7 @@ def report(rows: list[dict[str, Any]], config: BenchConfig, command: str,
         parts.append(f"| {est} | " + " | ".join("-" if c in (None, "") else f"{float(c):.3f}" for c in cells) + " |")
     parts.append("\nA cosine of 0: the estimator's gradient for the initial noise is exactly zero "
                  "(truncated:k=1 and refl stop gradients before the first step).")
+    parts.append(_profile(by, 50 if 50 in config.steps else max(config.steps)))
     if reward_rows:
         from .reward import markdown, targets
 
