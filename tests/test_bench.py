@@ -77,7 +77,7 @@ def test_quick_time_to_reward_writes_its_tables(tmp_path):
 
 
 def test_class_fd_compares_with_the_real_digits_of_one_class():
-    from shortcut_diffusion.bench.reward import _target_class
+    from shortcut_diffusion.bench.reward import _target_class, real_fd_spread
     from shortcut_diffusion.testbed import data, load_digits_model, metrics
 
     classifier = load_digits_model().classifier
@@ -86,3 +86,5 @@ def test_class_fd_compares_with_the_real_digits_of_one_class():
     assert metrics.digits_fd(classifier, sevens, "held_out", [7]) < metrics.digits_fd(classifier, ones, "held_out", [7])
     assert metrics.digits_fd(classifier, sevens, "held_out", [7]) < metrics.digits_fd(classifier, sevens, "held_out")
     assert _target_class("digit-class:7") == 7 and _target_class("digit-match") is None
+    mean, std = real_fd_spread(classifier, 7, batch=8, draws=20)
+    assert 0 < std < mean < metrics.digits_fd(classifier, ones[:8], "held_out", [7])

@@ -93,6 +93,19 @@ def _target_class(reward_spec: str) -> Optional[int]:
     return int(arg.split(",")[0]) if name == "digit-class" and arg.split(",")[0].isdigit() else None
 
 
+def real_fd_spread(classifier: Any, target: int, batch: int, draws: int = 200, seed: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation of the class-FD of ``batch`` real held-out digits of class
+    ``target`` against all real digits of that class: what ``batch`` perfect samples would score."""
+    from ..testbed import data, metrics
+
+    held = data.load("held_out")
+    real = held.images[held.labels == target]
+    g = torch.Generator().manual_seed(seed)
+    values = [metrics.digits_fd(classifier, real[torch.randperm(len(real), generator=g)[:batch]], "all", [target])
+              for _ in range(draws)]
+    return statistics.mean(values), statistics.stdev(values)
+
+
 def _match_full(rows: list[dict[str, Any]], iterate_images: list[torch.Tensor], classifier: Any,
                 target: Optional[int]) -> None:
     """Time to ``full``'s final level, and digits-FD of the iterate that first reached it."""
