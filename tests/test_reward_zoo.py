@@ -181,6 +181,18 @@ def test_augmented_views_are_differentiable_and_seeded():
         get_reward("ink", augment=["mixup"])
 
 
+def test_rewards_with_weights_go_to_the_device_of_the_model_they_score(tiny_clip):
+    """Built for a model on another device (here "meta", standing in for a GPU), the reward's own
+    network follows it; rewards without weights are left alone."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(unet=nn.Linear(1, 1).to("meta"))
+    assert get_reward(f"clip:{tiny_clip}", model=model).device.type == "meta"
+    classifier = get_reward("classifier:test_reward_zoo:TinyNet,classes=5,target=1,size=16", model=model)
+    assert next(classifier.model.parameters()).device.type == "meta"
+    assert get_reward("ink", model=model)(images()).device.type == "cpu"
+
+
 def test_reward_from_a_user_file(tmp_path):
     path = tmp_path / "my_rewards.py"
     path.write_text("def brightness(images, prompts=None):\n    return images.mean(dim=(1, 2, 3))\n")

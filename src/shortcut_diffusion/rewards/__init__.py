@@ -80,9 +80,19 @@ def _build(spec: "str | Reward", **context) -> Reward:
         terms, normalize = weighted
         return WeightedSum([(w, _build(s, **context)) for s, w in terms], normalize=normalize)
     if ".py:" in spec:
-        return load_user_reward(spec)
+        return _place(load_user_reward(spec), context.get("model"))
     name, _, arg = spec.partition(":")
     if name not in REWARDS:
         raise UsageError(f"unknown reward {name!r}; choose one of {', '.join(REWARDS)}, a weighted sum "
                          "SPEC=W,SPEC=W, or FILE.py:NAME")
-    return REWARDS[name].from_spec(arg, **context)
+    return _place(REWARDS[name].from_spec(arg, **context), context.get("model"))
+
+
+def _place(reward: Reward, model: object) -> Reward:
+    """A reward with weights of its own (``.to``) goes to the device of the model it scores."""
+    if model is None or not hasattr(model, "unet") or not hasattr(reward, "to"):
+        return reward
+    from ..models import model_device
+
+    moved = reward.to(model_device(model))
+    return reward if moved is None else moved

@@ -75,6 +75,10 @@ class ClassifierReward:
                    mean=_floats(options["mean"]) if "mean" in options else IMAGENET_MEAN,
                    std=_floats(options["std"]) if "std" in options else IMAGENET_STD)
 
+    def to(self, device) -> "ClassifierReward":
+        self.model.to(device)
+        return self
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images, "classifier")
         x = (images.float() + 1) / 2
