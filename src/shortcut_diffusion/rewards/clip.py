@@ -34,6 +34,8 @@ from ..errors import UsageError
 from .spec import check_images, parse_options
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's image statistics, open_clip's default
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PICKSCORE = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
@@ -72,6 +74,12 @@ class ClipPreprocess(nn.Module):
         self.shortest_edge, self.crop, self.crop_offset = shortest_edge, crop, crop_offset
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    @classmethod
+    def torchvision(cls, size: int, mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD) -> "ClipPreprocess":
+        """torchvision's ``Resize(size)``, ``CenterCrop(size)``, ``Normalize(mean, std)``: the eval
+        transform of open_clip and BLIP."""
+        return cls(size, (size, size), mean, std, crop_offset="round")
 
     @classmethod
     def from_processor(cls, processor: Any) -> "ClipPreprocess":
@@ -173,7 +181,7 @@ class ClipScore(_ClipBase):
         if tokenizer is None:
             has_own = not Path(source).is_dir() or any((Path(source) / f).is_file() for f in ("vocab.json", "tokenizer.json"))
             tokenizer = source if has_own else DEFAULT_CLIP
-        preprocess = ClipPreprocess(pre["size"], (pre["size"], pre["size"]), pre["mean"], pre["std"], crop_offset="round")
+        preprocess = ClipPreprocess.torchvision(pre["size"], pre["mean"], pre["std"])
         return cls(model, _load("CLIPTokenizer", tokenizer, "CLIP tokenizer"), name="clip", preprocess=preprocess)
 
     def __call__(self, images: torch.Tensor, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:

@@ -25,8 +25,6 @@ from .openclip import open_clip_to_transformers
 from .spec import parse_options
 from .weights import checkpoint_file, read_state_dict
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 REPO = "xswu/HPSv2"
 TOKENIZER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -37,8 +35,7 @@ class HPSv2(ClipScore):
     images) with the HPS weights and HPS's preprocessing."""
 
     def __init__(self, model: Any, tokenizer: Any):
-        preprocess = ClipPreprocess(224, (224, 224), OPENAI_MEAN, OPENAI_STD, crop_offset="round")
-        super().__init__(model, tokenizer, name="hpsv2", preprocess=preprocess)
+        super().__init__(model, tokenizer, name="hpsv2", preprocess=ClipPreprocess.torchvision(224))
 
     @classmethod
     def from_spec(cls, arg: str = "", **context) -> "HPSv2":

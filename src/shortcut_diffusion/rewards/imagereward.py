@@ -27,7 +27,6 @@ from torch import nn
 
 from ..errors import UsageError
 from .clip import ClipPreprocess, _load
-from .hps import OPENAI_MEAN, OPENAI_STD
 from .spec import check_images, parse_options
 from .weights import build_loaded, checkpoint_file, count_blocks, read_state_dict
 
@@ -127,7 +126,7 @@ class ImageReward:
             raise UsageError(f"the tokenizer has {len(tokenizer)} tokens but the ImageReward text encoder {vocab}")
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.preprocess = ClipPreprocess(224, (224, 224), OPENAI_MEAN, OPENAI_STD, crop_offset="round")
+        self.preprocess = ClipPreprocess.torchvision(224)
 
     @classmethod
     def from_spec(cls, arg: str = "", **context) -> "ImageReward":

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from .clip import OPENAI_MEAN, OPENAI_STD
 from .weights import build_loaded, count_blocks, read_state_dict
 
 CONFIG = "open_clip_config.json"
@@ -136,5 +137,4 @@ def load_open_clip(source: str) -> tuple[Any, dict[str, Any]]:
         text_heads=text.get("heads", 8), hidden_act="quick_gelu" if model_cfg.get("quick_gelu") else "gelu")
     size = vision.get("image_size", 224)
     size = size[0] if isinstance(size, (list, tuple)) else size
-    return model, {"size": int(size), "mean": pre.get("mean", (0.48145466, 0.4578275, 0.40821073)),
-                   "std": pre.get("std", (0.26862954, 0.26130258, 0.27577711))}
+    return model, {"size": int(size), "mean": pre.get("mean", OPENAI_MEAN), "std": pre.get("std", OPENAI_STD)}
