@@ -221,23 +221,21 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
             out.append(f"- latent {reward}: time to full's final reward ({full['full_final_level']:.4f}) sdo/full = "
                        f"{ratio:.2f}x ({sdo['seconds_to_full_final']:.1f} s vs {full['seconds_to_full_final']:.1f} s; "
                        f"target <= 0.10x: {'met' if ratio <= 0.10 else f'missed by {ratio - 0.10:.2f}x'})")
-            if sdo.get("digits_fd_at_full_final") is not None and full.get("digits_fd_at_full_final") is not None:
-                a, b = sdo["digits_fd_at_full_final"], full["digits_fd_at_full_final"]
-                out.append(f"- latent {reward}: digits-FD at that equal reward sdo {a:.2f} vs full {b:.2f} "
-                           f"({'met' if a <= b else 'missed'})")
-            if sdo.get("class_fd_at_full_final") is not None and full.get("class_fd_at_full_final") is not None:
-                a, b = sdo["class_fd_at_full_final"], full["class_fd_at_full_final"]
-                out.append(f"- latent {reward}: class-FD at that equal reward sdo {a:.2f} vs full {b:.2f} "
-                           f"({'met' if a <= b else 'missed'})")
+            out += _fd_lines(reward, sdo, full, "_at_full_final", " at that equal reward")
         out.append(f"- latent {reward}: final reward sdo {sdo['final_reward']:.4f} vs full {full['final_reward']:.4f} "
                    f"({'met' if sdo['final_reward'] >= full['final_reward'] else 'missed'})")
-        if sdo.get("digits_fd") is not None:
-            out.append(f"- latent {reward}: digits-FD sdo {sdo['digits_fd']:.2f} vs full {full['digits_fd']:.2f} "
-                       f"({'met' if sdo['digits_fd'] <= full['digits_fd'] else 'missed'})")
-        if sdo.get("class_fd") is not None:
-            out.append(f"- latent {reward}: class-FD sdo {sdo['class_fd']:.2f} vs full {full['class_fd']:.2f} "
-                       f"({'met' if sdo['class_fd'] <= full['class_fd'] else 'missed'})")
+        out += _fd_lines(reward, sdo, full, "", "")
     return out
+
+
+def _fd_lines(reward: str, sdo: dict[str, Any], full: dict[str, Any], suffix: str, where: str) -> list[str]:
+    """digits-FD and class-FD of sdo against full (lower is better), where both were measured."""
+    lines = []
+    for key, label in (("digits_fd", "digits-FD"), ("class_fd", "class-FD")):
+        a, b = sdo.get(key + suffix), full.get(key + suffix)
+        if a is not None and b is not None:
+            lines.append(f"- latent {reward}: {label}{where} sdo {a:.2f} vs full {b:.2f} ({'met' if a <= b else 'missed'})")
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
