@@ -108,6 +108,27 @@ def test_resume_is_exact(base_config, tmp_path):
     assert all("kl" in r for r in rows)
 
 
+@pytest.mark.parametrize("damaged", ["trainable.safetensors", "optimizer.pt"])
+def test_resume_falls_back_to_the_newest_intact_checkpoint(base_config, tmp_path, damaged, capsys):
+    config = replace(base_config, max_steps=3, checkpoint_every=1, keep_checkpoints=2, reward="ink", lr=0.02)
+    straight = tmp_path / "straight"
+    run_finetune(replace(config, out=str(straight)))
+    out = Path(config.out)
+    run_finetune(replace(config, max_steps=2))
+    newest = ckpt.latest_checkpoint(out)
+    assert newest.name == "step-000002"
+    path = newest / damaged
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3])  # truncated on disk
+    capsys.readouterr()
+    resumed = run_finetune(replace(config, resume=True))
+    err = capsys.readouterr().err
+    assert "step-000002" in err and "cannot be read" in err and "resuming from step-000001" in err
+    assert resumed["steps"] == 3
+    a, b = final_tensors(straight), final_tensors(out)
+    for k in a:  # steps 2 and 3 redone from step 1: the same weights as a straight run
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_killed_run_resumes(base_config, tmp_path):
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "shortcut_diffusion", "finetune", "--model", base_config.model, "--cond", "1", "7",

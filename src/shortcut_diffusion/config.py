@@ -66,9 +66,24 @@ def resolve_device(name: str) -> "torch.device":
     """A ``--device`` value: ``auto`` is CUDA when available, else the CPU."""
     import torch
 
+    from .errors import UsageError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; choose cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"device {name!r} is not supported; choose cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise UsageError(f"--device {name}: {build}; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return device
 
 
 def from_args(cls: type[T], namespace: argparse.Namespace) -> T:

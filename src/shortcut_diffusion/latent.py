@@ -10,14 +10,13 @@ iterations), ``before_after.png`` and ``final.safetensors`` (``latents`` and ``i
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from . import reporting
+from . import reporting, rundir
 from .config import resolve_device
 from .errors import UsageError
 from .estimators import get_estimator
@@ -27,6 +26,10 @@ from .models import conditioning, denoiser_of, image_shape, load_model
 from .optimize import PRECISIONS, LatentResult, check_latent_options, default_prior_weight, optimize_latent
 from .rewards import get_reward
 from .schedulers import SCHEDULERS, scheduler_for
+
+ARTIFACTS = ("config.json", "metrics.jsonl", "summary.json", "reward_curve.png", "grid_*.png", "before_after.png",
+             "final.safetensors")
+"""What a latent run writes (what ``--overwrite`` may remove)."""
 
 
 @dataclass
@@ -64,6 +67,7 @@ class LatentConfig:
     grid_every: int = field(default=10, metadata={"help": "write a start-vs-current grid every k iterations (0: never)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
     out: str = field(default="runs/latent", metadata={"help": "run directory"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an earlier sdo latent run in --out (only the files sdo wrote are removed)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
@@ -108,6 +112,11 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
         raise UsageError(f"--betas needs two values, got {config.betas}")
     estimator = get_estimator(config.estimator, seed=config.seed)
     device = resolve_device(config.device)
+    with rundir.claimed(config.out, "latent", ARTIFACTS, overwrite=config.overwrite) as out:
+        return _run_latent(config, estimator, device, out)
+
+
+def _run_latent(config: LatentConfig, estimator: Any, device: torch.device, out: Path) -> tuple[LatentResult, Path]:
     model = load_model(config.model, height=config.height, width=config.width, guidance_scale=config.guidance,
                        negative_prompt=config.negative_prompt, dtype=config.dtype).to(device)
     labels = _labels(config, model)
@@ -128,10 +137,6 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
         init = ddim_invert(denoiser_of(model, config.guidance), model.scheduler, model.encode(image),
                            steps=config.steps, start=config.warmup, cond=conditioning(model, labels))
 
-    out = Path(config.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     reporting.write_json(out / "config.json", {**asdict(config), "estimator_spec": estimator.spec,
                                                "device": str(device)})
     metrics_path = out / "metrics.jsonl"

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .. import reporting
+from .. import reporting, rundir
 from ..errors import UsageError
 
 COLUMNS = ["model", "task", "estimator", "steps", "batch", "seconds_per_iter", "paired_sampling_seconds",
@@ -31,6 +31,9 @@ COLUMNS = ["model", "task", "estimator", "steps", "batch", "seconds_per_iter", "
            "network_forward_s", "sampler_other_s", "decode_reward_s", "backward_s"]
 PHASES = {"network_forward": "network forwards", "sampler_other": "rest of sampling",
           "decode_reward": "decode + reward", "backward": "backward"}
+ARTIFACTS = ("results.csv", "report.md", "cost_vs_steps.png", "time_to_reward.json", "reward_vs_time.png",
+             "latent", "finetune")
+"""What a bench run writes (what ``--overwrite`` may remove)."""
 DEFAULT_ESTIMATORS = ["full", "checkpointed", "truncated:k=1", "alignprop", "refl", "sdo"]
 
 
@@ -46,6 +49,7 @@ class BenchConfig:
     seed: int = field(default=0, metadata={"help": "seed"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
     out: str = field(default="runs/bench", metadata={"help": "output directory"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an earlier sdo bench run in --out (only the files sdo wrote are removed)"})
     time_to_reward: bool = field(default=False, metadata={"help": "also measure time-to-reward on the latent and the fine-tuning task (digits testbed)"})
     latent_seconds: float = field(default=60.0, metadata={"help": "time-to-reward: seconds of latent optimization per estimator"})
     finetune_minutes: float = field(default=2.0, metadata={"help": "time-to-reward: minutes of LoRA fine-tuning per estimator"})
@@ -129,6 +133,11 @@ def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> lis
         for s in specs:
             get_estimator(s).plan(steps)
     load_model(config.model)
+    with rundir.claimed(config.out, "bench", ARTIFACTS, overwrite=config.overwrite) as out:
+        return _bench(config, specs, out, command, log)
+
+
+def _bench(config: BenchConfig, specs: list[str], out: Path, command: str, log) -> list[dict[str, Any]]:
     rows = []
     for steps in config.steps:
         for spec in [None, *specs]:
@@ -139,8 +148,6 @@ def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> lis
             if log:
                 log(f"N={steps:4d} {row['estimator']:>14}: {row['seconds_per_iter']:.3f} s/iter, "
                     f"saved {row['saved_bytes'] / 2**20:.1f} MiB, peak {row['peak_mem_mb']:.0f} MB")
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()

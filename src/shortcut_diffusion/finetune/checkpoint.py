@@ -113,9 +113,25 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         state = json.loads((path / "state.json").read_text())
         tensors = load_file(path / "trainable.safetensors")
         optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from error
+    except Exception as error:  # safetensors, pickle and zip errors of a damaged file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read ({reason})") from error
     return tensors, optimizer_state, state
+
+
+def load_latest_intact(out: Path, warn=None) -> Optional[tuple[Path, dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]]:
+    """The newest checkpoint that reads back whole: ``(path, tensors, optimizer_state, state)``.
+
+    A checkpoint damaged after it was written (a truncated file, a bad disk) is skipped, newest
+    first, and ``warn`` is told which one and why; None when no checkpoint is readable.
+    """
+    for path in reversed(list_checkpoints(out)):
+        try:
+            return (path, *load_checkpoint(path))
+        except CheckpointError as error:
+            if warn is not None:
+                warn(f"{error}; trying the previous checkpoint")
+    return None
 
 
 def check_resumable(state: dict[str, Any], resume_key: dict[str, Any], signature: dict[str, list[int]], path: Path) -> None:

@@ -65,6 +65,7 @@ class FinetuneConfig:
     checkpoint_every: int = field(default=25, metadata={"help": "write a checkpoint every k optimizer steps (0: never)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its latest checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an earlier sdo finetune run in --out (only the files sdo wrote are removed)"})
     precision: str = field(default="fp32", metadata={"help": "network precision (trained weights stay fp32)", "choices": list(PRECISIONS)})
     seed: int = field(default=0, metadata={"help": "seed of the training noise, conditions and estimator draws"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
@@ -109,6 +110,8 @@ class FinetuneConfig:
             raise UsageError("--eval-every, --checkpoint-every, --early-stop and --lr-warmup must be >= 0")
         if self.early_stop and not self.eval_every:
             raise UsageError("--early-stop needs periodic evaluation (--eval-every > 0)")
+        if self.resume and self.overwrite:
+            raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)} for fine-tuning "
                              "(fp16 training would need loss scaling)")

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +31,8 @@ from typing import Any, Optional
 
 import torch
 
-from .. import reporting
+from .. import reporting, rundir
+from ..config import resolve_device
 from ..errors import UsageError
 from ..estimators import get_estimator
 from ..models import conditioning, denoiser_of, image_shape, load_model, timestep_kwargs
@@ -41,6 +43,10 @@ from . import checkpoint as ckpt
 from .config import EARLY_STOP_METRICS, RESUME_KEYS, FinetuneConfig
 from .evaluation import eval_labels, eval_noise, evaluate, generate, reward_labels
 from .targets import make_target
+
+ARTIFACTS = ("config.json", "metrics.jsonl", "eval.jsonl", "eval", "reward_vs_time.png", "summary.json",
+             "checkpoints", "final")
+"""What a fine-tuning run writes (what ``--overwrite`` may remove)."""
 
 # Separate streams derived from the seed: conditions/noise and estimator draws.
 _NOISE, _PLAN, _KL = 1, 2, 3
@@ -144,6 +150,7 @@ def _truncate_jsonl(path: Path, step: int) -> None:
 def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune per ``config``; returns the summary (also written to ``OUT/summary.json``)."""
     config.check()
+    resolve_device(config.device)  # an unknown or unavailable device fails here, before any work
     estimator = get_estimator(config.estimator, seed=config.seed)
     from accelerate import Accelerator
 
@@ -153,12 +160,20 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     world = accelerator.num_processes
     device = accelerator.device if config.device in ("auto", "cpu") else torch.device(config.device)
     out = Path(config.out)
-    latest = ckpt.latest_checkpoint(out)
-    if config.resume and latest is None:
-        raise UsageError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(out)} to resume from")
-    if not config.resume and latest is not None:
-        raise UsageError(f"{out} already holds a fine-tuning run (checkpoints/{latest.name}); "
-                         "pass --resume to continue it or choose another --out")
+    claim = (rundir.claimed(out, "finetune", ARTIFACTS, overwrite=config.overwrite, resume=config.resume,
+                            resumable=ckpt.latest_checkpoint(out) is not None) if main else contextlib.nullcontext())
+    with claim:
+        return _train(config, estimator, accelerator, device, out)
+
+
+def _train(config: FinetuneConfig, estimator: Any, accelerator: Any, device: torch.device, out: Path) -> dict[str, Any]:
+    main, world = accelerator.is_main_process, accelerator.num_processes
+    resumed = ckpt.load_latest_intact(out, warn=lambda m: print(f"sdo: {m}", file=sys.stderr) if main else None) \
+        if config.resume else None
+    if config.resume and resumed is None:
+        readable = "readable " if ckpt.list_checkpoints(out) else ""
+        raise UsageError(f"--resume: no {readable}checkpoint in {ckpt.checkpoint_dir(out)} to resume from")
+    latest = resumed[0] if resumed else None
 
     model = load_model(config.model, height=config.height, width=config.width, guidance_scale=config.guidance,
                        negative_prompt=config.negative_prompt, dtype=config.dtype).to(device)
@@ -197,8 +212,10 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
         return contextlib.nullcontext()
 
     step, samples_seen, wall = 0, 0, 0.0
-    if latest is not None:
-        tensors, optimizer_state, state = ckpt.load_checkpoint(latest)
+    if resumed is not None:
+        latest, tensors, optimizer_state, state = resumed
+        if main and latest != ckpt.latest_checkpoint(out):
+            print(f"sdo: resuming from {latest.name}, the newest intact checkpoint", file=sys.stderr)
         ckpt.check_resumable(state, resume_key, target.signature(), latest)
         target.load_state({k: v for k, v in tensors.items() if not k.startswith("ema.")})
         if ema is not None:

@@ -40,6 +40,7 @@ from .model import NULL_CLASS, NUM_CLASSES, DigitsModel
 @dataclass
 class TrainTestbedConfig:
     out: str = field(default="runs/testbed", metadata={"help": "directory to save the model to"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a testbed sdo trained earlier in --out (only the files sdo wrote are removed)"})
     seed: int = field(default=0, metadata={"help": "seed of everything"})
     steps: int = field(default=12000, metadata={"help": "diffusion training steps"})
     batch: int = field(default=128, metadata={"help": "diffusion training batch size"})
@@ -164,7 +165,18 @@ def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int
     }
 
 
+ARTIFACTS = ("unet", "scheduler", "embeddings.safetensors", "classifier.safetensors", "testbed.json")
+"""What train-testbed writes (what ``--overwrite`` may remove)."""
+
+
 def train_testbed(config: TrainTestbedConfig, progress: bool = True, log: Optional[Callable[[str], None]] = print) -> DigitsModel:
+    from .. import rundir
+
+    with rundir.claimed(config.out, "train-testbed", ARTIFACTS, overwrite=config.overwrite):
+        return _train_testbed(config, progress, log)
+
+
+def _train_testbed(config: TrainTestbedConfig, progress: bool, log: Optional[Callable[[str], None]]) -> DigitsModel:
     if config.threads:
         torch.set_num_threads(config.threads)
     start = time.time()
