@@ -85,7 +85,7 @@ def test_sd15_shaped_model_has_the_real_configuration():
 
 
 def test_sd15_shaped_resolution_errors():
-    from shortcut_diffusion.models import load_model
+    from shortcut_diffusion import load_model
 
     with pytest.raises(UsageError, match="multiple of 64"):
         load_model("sd15-random:100")

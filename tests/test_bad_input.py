@@ -59,26 +59,26 @@ def test_denoiser_returning_a_model_output_object(tiny):
 
 def test_nothing_requires_grad(tiny):
     with pytest.raises(UsageError, match="nothing to differentiate requires grad"):
-        sample(tiny.denoiser, tiny.scheduler, latent(), steps=2, estimator=get_estimator("sdo"),
+        sample(tiny.denoiser(), tiny.scheduler, latent(), steps=2, estimator=get_estimator("sdo"),
                cond=class_cond(tiny))
     with torch.no_grad():  # the same call is fine for plain sampling
-        sample(tiny.denoiser, tiny.scheduler, latent(), steps=2, estimator=get_estimator("sdo"),
+        sample(tiny.denoiser(), tiny.scheduler, latent(), steps=2, estimator=get_estimator("sdo"),
                cond=class_cond(tiny))
 
 
 def test_plan_of_the_wrong_length(tiny):
     with pytest.raises(UsageError, match="plan has 3 steps but 4 steps are sampled"):
-        sample(tiny.denoiser, tiny.scheduler, latent().requires_grad_(), steps=4,
+        sample(tiny.denoiser(), tiny.scheduler, latent().requires_grad_(), steps=4,
                estimator=Plan.uniform(Mode.GRAD, 3), cond=class_cond(tiny))
 
 
 def test_bad_ranges(tiny):
     with pytest.raises(UsageError, match="start=3, stop=2"):
-        sample(tiny.denoiser, tiny.scheduler, latent(), steps=4, start=3, stop=2)
+        sample(tiny.denoiser(), tiny.scheduler, latent(), steps=4, start=3, stop=2)
     with pytest.raises(UsageError, match="steps must be a positive integer, got 0"):
-        sample(tiny.denoiser, tiny.scheduler, latent(), steps=0)
+        sample(tiny.denoiser(), tiny.scheduler, latent(), steps=0)
     with pytest.raises(UsageError, match="does not accept eta"):
-        sample(tiny.denoiser, make_scheduler("ddpm"), latent(), steps=2, step_kwargs={"eta": 1.0})
+        sample(tiny.denoiser(), make_scheduler("ddpm"), latent(), steps=2, step_kwargs={"eta": 1.0})
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -86,7 +86,7 @@ def test_bad_ranges(tiny):
     (["gradcheck", "--estimators", "truncated:k=99", "--steps", "3"], "k=99 is out of range 1..3"),
     (["gradcheck", "--model", "sd-9"], "unknown model 'sd-9'"),
     (["gradcheck", "--reward", "beauty"], "unknown reward 'beauty'"),
-    (["gradcheck", "--steps", "0"], "steps and batch must be positive"),
+    (["gradcheck", "--steps", "0"], "--steps must be >= 1, got 0"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2

@@ -18,14 +18,14 @@ def test_estimator_on_every_scheduler(spec, scheduler_case, tiny):
     scheduler, step_kwargs = scheduler_case
     cond = class_cond(tiny)
     with torch.no_grad():
-        reference = sample(tiny.denoiser, scheduler, latent(), steps=STEPS, cond=cond,
+        reference = sample(tiny.denoiser(), scheduler, latent(), steps=STEPS, cond=cond,
                            generator=7, step_kwargs=step_kwargs).sample
 
     unet = tiny.unet
     unet.requires_grad_(True)  # weights target: every kept network call is differentiated
     try:
         x = latent().requires_grad_()
-        counter = CountingDenoiser(tiny.denoiser)
+        counter = CountingDenoiser(tiny.denoiser())
         estimator = get_estimator(spec)
         out = sample(counter, scheduler, x, steps=STEPS, estimator=estimator, cond=cond,
                      generator=7, step_kwargs=step_kwargs)

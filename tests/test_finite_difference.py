@@ -20,7 +20,7 @@ def test_full_gradient_matches_finite_differences(tiny):
     target = latent(seed=9).double()
 
     def reward(x):
-        out = sample(model.denoiser, scheduler, x, steps=4, estimator=get_estimator("full"), cond=cond)
+        out = sample(model.denoiser(), scheduler, x, steps=4, estimator=get_estimator("full"), cond=cond)
         return -(out.sample - target).square().mean()
 
     x = latent(seed=1).double().requires_grad_()

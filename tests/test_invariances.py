@@ -36,8 +36,8 @@ def tiny64(tiny):
 def test_equivalent_to_full(spec, scheduler_case, tiny64):
     scheduler, step_kwargs = scheduler_case
     cond = class_cond(tiny64)
-    ref_x, ref_g = latent_gradient(tiny64.denoiser, scheduler, get_estimator("full"), step_kwargs, cond)
-    x, g = latent_gradient(tiny64.denoiser, scheduler, get_estimator(spec), step_kwargs, cond)
+    ref_x, ref_g = latent_gradient(tiny64.denoiser(), scheduler, get_estimator("full"), step_kwargs, cond)
+    x, g = latent_gradient(tiny64.denoiser(), scheduler, get_estimator(spec), step_kwargs, cond)
     torch.testing.assert_close(x, ref_x, rtol=0, atol=0)
     torch.testing.assert_close(g, ref_g, rtol=1e-10, atol=1e-12)
 

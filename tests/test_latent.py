@@ -60,8 +60,8 @@ def test_reward_increases_and_samples_follow_the_latents(model):
     rewards = [row["reward"] for row in result.history]
     assert rewards[-1] > rewards[0]
     with torch.no_grad():  # the returned images are plain samples of the returned latents
-        again = sample(model.denoiser, make_scheduler("ddim", like=model.scheduler), result.latents, steps=5,
-                       cond=model.cond(labels), generator=1).sample.clamp(-1, 1)
+        again = sample(model.denoiser(), make_scheduler("ddim", like=model.scheduler), result.latents, steps=5,
+                       cond=model.conditioning(labels), generator=1).sample.clamp(-1, 1)
     torch.testing.assert_close(result.images, again)
 
 
@@ -70,8 +70,8 @@ def test_warmup_optimizes_the_intermediate_latent(model):
     result = optimize_latent(model, get_reward("ink"), labels, steps=8, warmup=5, iters=2, progress=False)
     assert all(row["grad_steps"] == 1 for row in result.history)
     with torch.no_grad():  # the latent lives at step 5: sampling the last 3 steps reproduces the images
-        again = sample(model.denoiser, make_scheduler("ddim", like=model.scheduler), result.latents, steps=8,
-                       start=5, cond=model.cond(labels), generator=1).sample.clamp(-1, 1)
+        again = sample(model.denoiser(), make_scheduler("ddim", like=model.scheduler), result.latents, steps=8,
+                       start=5, cond=model.conditioning(labels), generator=1).sample.clamp(-1, 1)
     torch.testing.assert_close(result.images, again)
 
 

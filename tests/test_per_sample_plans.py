@@ -26,7 +26,7 @@ def tiny64(tiny):
 
 def weight_grads(model, scheduler, estimator_or_plans, x, cond, step_kwargs):
     model.unet.zero_grad(set_to_none=True)
-    out = sample(model.denoiser, scheduler, x, steps=STEPS, estimator=estimator_or_plans, cond=cond,
+    out = sample(model.denoiser(), scheduler, x, steps=STEPS, estimator=estimator_or_plans, cond=cond,
                  generator=1, step_kwargs=step_kwargs)
     (out.sample - 0.2).square().sum().backward()
     return out, torch.cat([p.grad.flatten() for p in model.unet.parameters() if p.grad is not None])
@@ -58,12 +58,12 @@ def test_batch_of_per_sample_plans_equals_rows_one_by_one(spec, case, tiny64):
 
 def test_per_sample_draws_one_plan_per_row(tiny):
     x = latent(BATCH).requires_grad_()
-    out = sample(tiny.denoiser, tiny.scheduler, x, steps=STEPS, estimator=get_estimator("sdo:keep=random", seed=2),
+    out = sample(tiny.denoiser(), tiny.scheduler, x, steps=STEPS, estimator=get_estimator("sdo:keep=random", seed=2),
                  cond=class_cond(tiny, BATCH), per_sample=True)
     assert out.plans is not None and len(out.plans) == BATCH
     kept = [p.modes.index(Mode.GRAD) for p in out.plans]
     assert len(set(kept)) > 1
-    shared = sample(tiny.denoiser, tiny.scheduler, x, steps=STEPS, estimator=get_estimator("sdo:keep=random", seed=2),
+    shared = sample(tiny.denoiser(), tiny.scheduler, x, steps=STEPS, estimator=get_estimator("sdo:keep=random", seed=2),
                     cond=class_cond(tiny, BATCH))
     assert shared.plans is None
 
@@ -71,7 +71,7 @@ def test_per_sample_draws_one_plan_per_row(tiny):
 def test_stopped_rows_get_no_gradient(tiny):
     x = latent(2).requires_grad_()
     plans = [Plan((Mode.GRAD,) * STEPS), Plan((Mode.STOP,) + (Mode.GRAD,) * (STEPS - 1))]
-    out = sample(tiny.denoiser, tiny.scheduler, x, steps=STEPS, estimator=plans, cond=class_cond(tiny))
+    out = sample(tiny.denoiser(), tiny.scheduler, x, steps=STEPS, estimator=plans, cond=class_cond(tiny))
     (grad,) = torch.autograd.grad(out.sample.sum(), x)
     assert grad[0].abs().sum() > 0
     assert grad[1].abs().sum() == 0
@@ -79,5 +79,5 @@ def test_stopped_rows_get_no_gradient(tiny):
 
 def test_wrong_number_of_plans_is_a_clear_error(tiny):
     with pytest.raises(UsageError, match="one Plan per sample"):
-        sample(tiny.denoiser, tiny.scheduler, latent(3), steps=STEPS, cond=class_cond(tiny, 3),
+        sample(tiny.denoiser(), tiny.scheduler, latent(3), steps=STEPS, cond=class_cond(tiny, 3),
                estimator=[Plan.uniform(Mode.GRAD, STEPS)] * 2)

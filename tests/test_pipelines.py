@@ -13,7 +13,7 @@ import torch
 
 from shortcut_diffusion import UsageError, get_estimator, make_scheduler, sample
 from shortcut_diffusion.finetune.lora import add_lora
-from shortcut_diffusion.models import load_model
+from shortcut_diffusion import load_model
 
 STEPS = 3
 PROMPT = "a photo of a cat"
@@ -48,7 +48,7 @@ def test_adapter_equals_the_pipeline(pipeline_dirs, family):
     noise = noise_for(model)
     expected = pipeline_call(model, noise, "latent")
     with torch.no_grad():
-        ours = sample(model.guided(), model.scheduler, noise, steps=STEPS, cond=model.cond([PROMPT]),
+        ours = sample(model.denoiser(), model.scheduler, noise, steps=STEPS, cond=model.conditioning([PROMPT]),
                       set_timesteps_kwargs=model.timestep_kwargs(STEPS)).sample
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
     images = pipeline_call(model, noise, "pt")
@@ -62,7 +62,7 @@ def test_pixel_unet_equals_ddpm_pipeline(pipeline_dirs):
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn((1, *model.sample_shape), generator=gen)
     with torch.no_grad():
-        ours = sample(model.guided(), model.scheduler, noise, steps=STEPS, cond=model.cond([""]), generator=gen).sample
+        ours = sample(model.denoiser(), model.scheduler, noise, steps=STEPS, cond=model.conditioning([""]), generator=gen).sample
     expected = torch.from_numpy(pipeline_call(model, noise, "pt")).permute(0, 3, 1, 2)
     torch.testing.assert_close(((ours + 1) / 2).clamp(0, 1), expected, rtol=1e-4, atol=1e-5)
 
@@ -74,7 +74,7 @@ def test_scheduler_by_name_on_sd_equals_the_pipeline(pipeline_dirs, scheduler_na
     noise = noise_for(model, seed=3)
     expected = pipeline_call(model, noise, "latent", scheduler=scheduler, guidance_rescale=0.5)
     with torch.no_grad():
-        ours = sample(model.guided(), scheduler, noise, steps=STEPS, cond=model.cond([PROMPT])).sample
+        ours = sample(model.denoiser(), scheduler, noise, steps=STEPS, cond=model.conditioning([PROMPT])).sample
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -83,8 +83,8 @@ def test_negative_prompt_changes_the_unconditional_branch(pipeline_dirs):
     negative = load(pipeline_dirs, "sd", guidance_scale=3.0, negative_prompt="blurry")
     noise = noise_for(plain)
     with torch.no_grad():
-        a = sample(plain.guided(), plain.scheduler, noise, steps=STEPS, cond=plain.cond([PROMPT])).sample
-        b = sample(negative.guided(), negative.scheduler, noise, steps=STEPS, cond=negative.cond([PROMPT])).sample
+        a = sample(plain.denoiser(), plain.scheduler, noise, steps=STEPS, cond=plain.conditioning([PROMPT])).sample
+        b = sample(negative.denoiser(), negative.scheduler, noise, steps=STEPS, cond=negative.conditioning([PROMPT])).sample
     assert (a - b).abs().max() > 1e-4
     expected = pipeline_call(negative, noise, "latent", negative_prompt="blurry")
     torch.testing.assert_close(b, expected, rtol=1e-4, atol=1e-5)
@@ -95,9 +95,9 @@ def test_prompts_are_encoded_once(pipeline_dirs):
     calls = []
     encoder = model.pipe.text_encoder
     hook = encoder.register_forward_hook(lambda *args: calls.append(1))
-    model.cond([PROMPT, PROMPT, "a dog"])
+    model.conditioning([PROMPT, PROMPT, "a dog"])
     first = len(calls)
-    model.cond(["a dog", PROMPT])
+    model.conditioning(["a dog", PROMPT])
     hook.remove()
     assert first > 0 and len(calls) == first, "cached prompts must not be re-encoded"
 
@@ -113,7 +113,7 @@ def test_every_estimator_gives_finite_gradients(pipeline_dirs, family, target):
     model = load(pipeline_dirs, family, guidance_scale=2.0)
     model.network.requires_grad_(False)
     params = []
-    cond = model.cond([PROMPT, "a dog"]) if family != "ddpm" else None
+    cond = model.conditioning([PROMPT, "a dog"]) if family != "ddpm" else None
     if target == "lora":
         with torch.random.fork_rng():
             torch.manual_seed(0)
@@ -129,7 +129,7 @@ def test_every_estimator_gives_finite_gradients(pipeline_dirs, family, target):
         if target == "latent":
             x.requires_grad_(True)
             params = [x]
-        out = sample(model.guided(), model.scheduler, x, steps=STEPS, cond=cond, estimator=get_estimator(spec, seed=1),
+        out = sample(model.denoiser(), model.scheduler, x, steps=STEPS, cond=cond, estimator=get_estimator(spec, seed=1),
                      set_timesteps_kwargs=model.timestep_kwargs(STEPS), per_sample=True)
         loss = model.decode(out.sample).float().square().mean()
         grads = torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad else [None] * len(params)
@@ -199,7 +199,8 @@ def test_finetune_on_a_pipeline_reloads(pipeline_dirs, tmp_path, target):
     from safetensors.torch import load_file
 
     from shortcut_diffusion.finetune import FinetuneConfig, load_finetuned, run_finetune
-    from shortcut_diffusion.finetune.evaluation import eval_noise, generate
+    from shortcut_diffusion.finetune.evaluation import eval_noise
+    from shortcut_diffusion.generation import sample_images
 
     config = FinetuneConfig(model=str(pipeline_dirs["sd"]), target=target, prompt=["a red cube", "a blue ball"],
                             reward="ink", steps=3, batch=2, max_steps=2, eval_every=0, eval_per_class=1,
@@ -211,7 +212,7 @@ def test_finetune_on_a_pipeline_reloads(pipeline_dirs, tmp_path, target):
     assert after["labels"].tolist() == [0, 1] and after["images"].shape == (2, 3, 16, 16)
     model = load_finetuned(load(pipeline_dirs, "sd"), tmp_path / "ft" / "final")
     labels = ["a red cube", "a blue ball"]
-    images = generate(model, model.scheduler, eval_noise(model, 2, config.eval_seed), labels, steps=3, seed=config.eval_seed)
+    images = sample_images(model, eval_noise(model, 2, config.eval_seed), labels, steps=3, seed=config.eval_seed)
     torch.testing.assert_close(images, after["images"], rtol=0, atol=1e-5)
     before = load_file(tmp_path / "ft" / "eval" / "before.safetensors")
     assert not torch.equal(before["images"], after["images"])
@@ -222,7 +223,7 @@ def test_memory_options_keep_the_gradient(pipeline_dirs):
     for options in ({}, {"vae_checkpointing": True, "vae_slicing": True, "attention_slicing": True}):
         model = load(pipeline_dirs, "sd", guidance_scale=2.0).memory_options(**options)
         x = torch.randn((2, *model.sample_shape), generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-        out = sample(model.guided(), model.scheduler, x, steps=STEPS, cond=model.cond([PROMPT] * 2),
+        out = sample(model.denoiser(), model.scheduler, x, steps=STEPS, cond=model.conditioning([PROMPT] * 2),
                      estimator=get_estimator("sdo"))
         (grad,) = torch.autograd.grad(model.decode(out.sample).square().mean(), x)
         grads.append(grad)
@@ -234,7 +235,7 @@ def test_low_precision_weights_with_fp32_latents(pipeline_dirs, family):
     model = load(pipeline_dirs, family, dtype="bf16", guidance_scale=2.0)
     assert model.dtype == torch.bfloat16
     x = torch.randn((2, *model.sample_shape), generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-    out = sample(model.guided(), model.scheduler, x, steps=STEPS, cond=model.cond([PROMPT] * 2),
+    out = sample(model.denoiser(), model.scheduler, x, steps=STEPS, cond=model.conditioning([PROMPT] * 2),
                  estimator=get_estimator("sdo"), set_timesteps_kwargs=model.timestep_kwargs(STEPS))
     assert out.sample.dtype == torch.float32
     images = model.decode(out.sample)

@@ -186,7 +186,7 @@ def test_rewards_with_weights_go_to_the_device_of_the_model_they_score(tiny_clip
     network follows it; rewards without weights are left alone."""
     from types import SimpleNamespace
 
-    model = SimpleNamespace(unet=nn.Linear(1, 1).to("meta"))
+    model = SimpleNamespace(device=torch.device("meta"), classifier=None)
     assert get_reward(f"clip:{tiny_clip}", model=model).device.type == "meta"
     classifier = get_reward("classifier:test_reward_zoo:TinyNet,classes=5,target=1,size=16", model=model)
     assert next(classifier.model.parameters()).device.type == "meta"

@@ -15,9 +15,9 @@ def test_template_scheduler_is_never_stepped(scheduler_case, tiny):
     before = {k: v for k, v in vars(scheduler).items() if not isinstance(v, torch.Tensor)}
     cond = class_cond(tiny)
     with torch.no_grad():
-        first = sample(tiny.denoiser, scheduler, latent(), steps=4, cond=cond, generator=1,
+        first = sample(tiny.denoiser(), scheduler, latent(), steps=4, cond=cond, generator=1,
                        step_kwargs=step_kwargs).sample
-        second = sample(tiny.denoiser, scheduler, latent(), steps=4, cond=cond, generator=1,
+        second = sample(tiny.denoiser(), scheduler, latent(), steps=4, cond=cond, generator=1,
                         step_kwargs=step_kwargs).sample
     torch.testing.assert_close(first, second, rtol=0, atol=0)  # repeated calls: same result
     after = {k: v for k, v in vars(scheduler).items() if not isinstance(v, torch.Tensor)}
@@ -30,10 +30,10 @@ def test_checkpointed_backward_leaves_no_trace_in_a_following_call(tiny):
     scheduler = make_scheduler("unipc", like=tiny.scheduler)  # multistep: history of outputs
     cond = class_cond(tiny)
     x = latent().requires_grad_()
-    out = sample(tiny.denoiser, scheduler, x, steps=5, estimator=get_estimator("checkpointed"), cond=cond)
+    out = sample(tiny.denoiser(), scheduler, x, steps=5, estimator=get_estimator("checkpointed"), cond=cond)
     out.sample.sum().backward()
     with torch.no_grad():
-        again = sample(tiny.denoiser, scheduler, latent(), steps=5, cond=cond).sample
+        again = sample(tiny.denoiser(), scheduler, latent(), steps=5, cond=cond).sample
     torch.testing.assert_close(again, out.sample.detach(), rtol=0, atol=0)
 
 
@@ -45,12 +45,12 @@ def test_split_run_equals_one_run(name, step_kwargs, tiny):
     scheduler = make_scheduler(name, like=tiny.scheduler)
     cond = class_cond(tiny)
     with torch.no_grad():
-        whole = sample(tiny.denoiser, scheduler, latent(), steps=6, cond=cond,
+        whole = sample(tiny.denoiser(), scheduler, latent(), steps=6, cond=cond,
                        generator=torch.Generator().manual_seed(4), step_kwargs=step_kwargs).sample
         gen = torch.Generator().manual_seed(4)
-        mid = sample(tiny.denoiser, scheduler, latent(), steps=6, stop=4, cond=cond, generator=gen,
+        mid = sample(tiny.denoiser(), scheduler, latent(), steps=6, stop=4, cond=cond, generator=gen,
                      step_kwargs=step_kwargs).sample
-        rest = sample(tiny.denoiser, scheduler, mid, steps=6, start=4, cond=cond, generator=gen,
+        rest = sample(tiny.denoiser(), scheduler, mid, steps=6, start=4, cond=cond, generator=gen,
                       step_kwargs=step_kwargs).sample
     torch.testing.assert_close(rest, whole, rtol=1e-6, atol=1e-6)
 
@@ -59,9 +59,9 @@ def test_same_seed_same_noise_different_seed_different_noise(tiny):
     scheduler = make_scheduler("ddpm", like=tiny.scheduler)
     cond = class_cond(tiny)
     with torch.no_grad():
-        a = sample(tiny.denoiser, scheduler, latent(), steps=3, cond=cond, generator=1).sample
-        b = sample(tiny.denoiser, scheduler, latent(), steps=3, cond=cond, generator=1).sample
-        c = sample(tiny.denoiser, scheduler, latent(), steps=3, cond=cond, generator=2).sample
+        a = sample(tiny.denoiser(), scheduler, latent(), steps=3, cond=cond, generator=1).sample
+        b = sample(tiny.denoiser(), scheduler, latent(), steps=3, cond=cond, generator=1).sample
+        c = sample(tiny.denoiser(), scheduler, latent(), steps=3, cond=cond, generator=2).sample
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(a, c)
 
@@ -73,7 +73,7 @@ def test_estimator_randomness_does_not_touch_the_noise_stream(tiny):
     outs = []
     for spec in ["full", "alignprop", "sdo:keep=random"]:
         x = latent().requires_grad_()
-        outs.append(sample(tiny.denoiser, scheduler, x, steps=4, estimator=get_estimator(spec),
+        outs.append(sample(tiny.denoiser(), scheduler, x, steps=4, estimator=get_estimator(spec),
                            cond=cond, generator=3).sample.detach())
     torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
     torch.testing.assert_close(outs[2], outs[0], rtol=0, atol=0)

@@ -6,6 +6,10 @@ gradient estimator (:mod:`shortcut_diffusion.estimators`), SDO's one-step shortc
 
 from .errors import UsageError
 from .estimators import ESTIMATORS, GradientEstimator, get_estimator
+from .generation import Generation, generate
+from .loading import load_model
+from .models.base import DiffusionModel
+from .precision import Precision
 from .sampling import Mode, Plan, SampleOutput, sample
 from .schedulers import SCHEDULERS, make_scheduler
 
@@ -14,12 +18,17 @@ __version__ = "0.1.0"
 __all__ = [
     "ESTIMATORS",
     "SCHEDULERS",
+    "DiffusionModel",
+    "Generation",
     "GradientEstimator",
     "Mode",
     "Plan",
+    "Precision",
     "SampleOutput",
     "UsageError",
+    "generate",
     "get_estimator",
+    "load_model",
     "make_scheduler",
     "sample",
 ]

@@ -22,9 +22,9 @@ def _gradcheck(args: argparse.Namespace) -> int:
 
 
 def _latent(args: argparse.Namespace) -> int:
-    from .latent import LatentConfig, describe, run_latent
+    from .latent import describe, run_latent
 
-    result, out = run_latent(from_args(LatentConfig, args))
+    result, out = run_latent(from_args(args.config_cls, args))
     print(describe(result, out))
     return 0 if result.stopped is None else 1
 
@@ -47,12 +47,12 @@ def _train_testbed(args: argparse.Namespace) -> int:
 
 
 def _eval_testbed(args: argparse.Namespace) -> int:
-    from .models import load_model
+    from .loading import load_model
     from .testbed.train import EvalTestbedConfig, evaluate_model
 
     config = from_args(EvalTestbedConfig, args)
     model = load_model(config.model)
-    if not hasattr(model, "classifier"):
+    if model.family != "digits":
         raise UsageError(f"model {config.model!r} is not a digits testbed")
     report = evaluate_model(model, config.per_class, seed=config.seed, steps=config.steps, guidance=config.guidance)
     report["classifier_held_out_accuracy"] = model.info.get("classifier_held_out_accuracy")
@@ -70,24 +70,26 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add(commands, name: str, config_cls: type, run: Callable, help: str, **defaults) -> None:
+def _add(commands, name: str, config_cls: type, run: Callable, help: str) -> None:
     parser = commands.add_parser(name, help=help, description=help)
     add_arguments(parser, config_cls)
-    parser.set_defaults(run=run, **defaults)
+    parser.set_defaults(run=run, config_cls=config_cls)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench import BenchConfig
     from .finetune import FinetuneConfig
     from .gradcheck import GradcheckConfig
-    from .latent import LatentConfig
+    from . import __version__
+    from .latent import DemoConfig, LatentConfig
     from .testbed.train import EvalTestbedConfig, TrainTestbedConfig
 
     parser = argparse.ArgumentParser(prog="sdo", description="Shortcut Diffusion Optimization")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    _add(commands, "demo", LatentConfig, _latent,
+    _add(commands, "demo", DemoConfig, _latent,
          "the main job on the bundled digits model: SDO turns generated 1s into 7s "
-         "(sdo latent with its defaults, written to runs/demo)", out="runs/demo")
+         "(sdo latent with its defaults, written to runs/demo)")
     _add(commands, "latent", LatentConfig, _latent,
          "optimize latents (initial noise, a warmed-up latent, or an inverted image) against a reward")
     _add(commands, "finetune", FinetuneConfig, _finetune,

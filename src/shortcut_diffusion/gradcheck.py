@@ -9,6 +9,7 @@ graph (reward excluded; measured, see :mod:`.diagnostics`) and seconds.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -19,10 +20,14 @@ from .config import resolve_device
 from .diagnostics import CountingDenoiser, SavedTensorMeter
 from .errors import UsageError
 from .estimators import get_estimator
-from .models import load_model
+from .generation import generate, reward_labels
+from .loading import load_model
+from .models.base import DiffusionModel
+from .options import ConditionOptions, ModelOptions, RewardOptions, SamplingOptions, redefault
+from .precision import Precision
 from .rewards import get_reward, resolve_reward_spec
-from .sampling import Mode, sample
-from .schedulers import SCHEDULERS, make_scheduler
+from .sampling import Mode
+from .schedulers import scheduler_for
 
 DEFAULT_ESTIMATORS = [
     "full",
@@ -38,11 +43,8 @@ TARGETS = ("latent", "cond", "weights")
 
 
 @dataclass
-class GradcheckConfig:
-    model: str = field(default="digits", metadata={"help": "model to check: digits (the bundled testbed), toy (random, built in code) or a saved testbed directory"})
-    scheduler: str = field(default="ddim", metadata={"help": "scheduler", "choices": list(SCHEDULERS)})
-    eta: Optional[float] = field(default=None, metadata={"help": "DDIM eta (stochastic DDIM when > 0)"})
-    steps: int = field(default=50, metadata={"help": "sampling steps"})
+class GradcheckConfig(RewardOptions, ConditionOptions, SamplingOptions, ModelOptions):
+    scheduler: str = redefault(SamplingOptions, "scheduler", "auto")
     batch: int = field(default=2, metadata={"help": "samples per batch"})
     target: str = field(default="latent", metadata={"help": "what the gradient is taken for", "choices": list(TARGETS)})
     reward: str = field(default="auto", metadata={"help": "differentiable reward (name[:arg]); auto: digit-match on the testbed, neg-mse otherwise"})
@@ -51,104 +53,149 @@ class GradcheckConfig:
         metadata={"help": "estimator specs, name[:key=value,...]; full is always included first"},
     )
     seed: int = field(default=0, metadata={"help": "seed of the latent, the noise and the estimators"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of a table"})
+
+    def _check(self) -> None:
+        if self.target not in TARGETS:
+            raise UsageError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.steps < 1 or self.batch < 1:
+            raise UsageError(f"steps and batch must be positive, got steps={self.steps}, batch={self.batch}")
 
 
 def _flat(grads: list[Optional[torch.Tensor]], like: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, like)])
 
 
+def _differentiable_cond(cond: Any) -> tuple[Any, list[torch.Tensor]]:
+    """A copy of ``cond`` whose floating tensors require grad, and those tensors."""
+    if isinstance(cond, torch.Tensor):
+        if not cond.is_floating_point():
+            return cond, []
+        leaf = cond.detach().clone().requires_grad_(True)
+        return leaf, [leaf]
+    if isinstance(cond, dict):
+        out, leaves = {}, []
+        for key, value in cond.items():
+            out[key], found = _differentiable_cond(value)
+            leaves += found
+        return out, leaves
+    return cond, []
+
+
+def _variables(model: DiffusionModel, x: torch.Tensor, cond: Any, target: str) -> tuple[Any, list[torch.Tensor]]:
+    """The conditioning to sample with and the tensors the gradient is taken for."""
+    model.network.requires_grad_(target == "weights")
+    if target == "latent":
+        x.requires_grad_(True)
+        return cond, [x]
+    if target == "cond":
+        cond, leaves = _differentiable_cond(cond)
+        if not leaves:
+            raise UsageError("target cond needs a model with conditioning embeddings")
+        return cond, leaves
+    return cond, list(model.network.parameters())
+
+
 def estimator_gradient(
-    model: Any,
+    model: DiffusionModel,
     scheduler: Any,
     estimator: Any,
     reward: Any,
     *,
     target: str,
     steps: int,
-    batch: int,
+    labels: list,
     seed: int,
-    device: torch.device,
+    guidance: Optional[float] = None,
     step_kwargs: Optional[dict] = None,
+    precision: Optional[Precision] = None,
 ) -> dict[str, Any]:
-    """One estimator's gradient of ``reward`` w.r.t. ``target``, with its measured cost.
+    """One estimator's gradient of ``reward`` w.r.t. ``target`` through :func:`generate` (the
+    guided computation users run), with its measured cost.
 
     ``estimator=None`` measures plain sampling without grad (the floor every estimator pays).
     """
     with torch.set_grad_enabled(estimator is not None):
-        return _estimator_gradient(model, scheduler, estimator, reward, target=target, steps=steps,
-                                   batch=batch, seed=seed, device=device, step_kwargs=step_kwargs)
+        return _estimator_gradient(model, scheduler, estimator, reward, target=target, steps=steps, labels=labels,
+                                   seed=seed, guidance=guidance, step_kwargs=step_kwargs, precision=precision)
 
 
-def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, batch, seed, device, step_kwargs):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch, *model.sample_shape), generator=gen).to(device)
-    labels = torch.arange(batch) % model.num_classes
-    cond = model.cond(labels.to(device)).detach()
-    unet = model.unet
-    unet.requires_grad_(target == "weights")
-    if target == "latent":
-        x.requires_grad_(True)
-        params = [x]
-    elif target == "cond":
-        cond.requires_grad_(True)
-        params = [cond]
-    else:
-        params = [p for p in unet.parameters()]
-    counter = CountingDenoiser(model.denoiser)
+def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, labels, seed, guidance, step_kwargs,
+                        precision):
+    device = model.device
+    x = torch.randn((len(labels), *model.sample_shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    cond, params = _variables(model, x, _detach(model.conditioning(labels)), target)
+    counter: dict[str, CountingDenoiser] = {}
+
+    def wrap(denoiser):
+        counter["d"] = CountingDenoiser(denoiser)
+        return counter["d"]
+
     def clock() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter()
 
     start = clock()
-    with SavedTensorMeter(exclude=unet.parameters()) as meter:
-        out = sample(counter, scheduler, x, steps=steps, estimator=estimator, cond=cond,
-                     generator=seed + 1, step_kwargs=step_kwargs)
+    with SavedTensorMeter(exclude=[p for m in model.modules() for p in m.parameters()]) as meter:
+        out = generate(model, x, labels, steps=steps, estimator=estimator, guidance=guidance, scheduler=scheduler,
+                       cond=cond, seed=seed + 1, step_kwargs=step_kwargs, precision=precision, wrap=wrap, decode=False)
     sampled = clock()
-    network_sampling = counter.forward_seconds
-    images = model.decode(out.sample)
-    loss = -reward(images, labels).sum()
+    with precision.autocast() if precision is not None else contextlib.nullcontext():
+        images = model.decode(out.latents).float().clamp(-1, 1)
+    loss = -reward(images, reward_labels(labels, device)).sum()
     scored = clock()
     grads = torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad else [None] * len(params)
     end = clock()
-    seconds = end - start
+    model.network.requires_grad_(False)
+    counted = counter["d"]
     return {
         "gradient": _flat(list(grads), params).detach().double().cpu(),
-        "reward": float(reward(images.detach(), labels).mean()),
-        "nfe_forward": counter.forward_count,
-        "nfe_backward": counter.backward_count,
+        "reward": float(-loss.detach()) / len(labels),
+        "nfe_forward": counted.forward_count,
+        "nfe_backward": counted.backward_count,
         "grad_steps": out.plan.count(Mode.GRAD, Mode.CHECKPOINT) if estimator is not None else 0,
         "saved_bytes": meter.bytes,
-        "seconds": seconds,
+        "seconds": end - start,
         # where the time goes: network forwards while sampling, the rest of sampling (scheduler
         # updates, graph bookkeeping), decode + reward, and backward (checkpoint recomputation included)
-        "phases": {"network_forward": network_sampling, "sampler_other": sampled - start - network_sampling,
+        "phases": {"network_forward": counted.forward_seconds,
+                   "sampler_other": sampled - start - counted.forward_seconds,
                    "decode_reward": scored - sampled, "backward": end - scored},
     }
 
 
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+def gradcheck_labels(config: GradcheckConfig, model: DiffusionModel) -> list:
+    items, source = config.condition_items(model.condition_kind)
+    conditions = model.labels_from(items, source)
+    return [conditions[i % len(conditions)] for i in range(config.batch)]
+
+
 def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
-    if config.target not in TARGETS:
-        raise UsageError(f"unknown target {config.target!r}; choose one of {', '.join(TARGETS)}")
-    if config.steps < 1 or config.batch < 1:
-        raise UsageError(f"steps and batch must be positive, got steps={config.steps}, batch={config.batch}")
+    config.check()
     specs = ["full"] + [s for s in config.estimators if s != "full"]
     estimators = [get_estimator(s, seed=config.seed) for s in specs]  # validate all before work
     device = resolve_device(config.device)
-    model = load_model(config.model)
-    model.to(device)
-    scheduler = make_scheduler(config.scheduler, like=model.scheduler)
-    step_kwargs = {} if config.eta is None else {"eta": config.eta}
+    model = load_model(config.model, device=device, **config.load_options())
+    labels = gradcheck_labels(config, model)
+    scheduler = scheduler_for(model, config.scheduler)
     reward_spec = resolve_reward_spec(config.reward, model)
-    reward = get_reward(reward_spec, shape=model.sample_shape, model=model)
+    reward = get_reward(reward_spec, shape=model.image_shape, model=model)
+    precision = Precision(config.dtype, device)
 
     results, reference = [], None
     for spec, estimator in zip(specs, estimators):
-        r = estimator_gradient(model, scheduler, estimator, reward, target=config.target,
-                               steps=config.steps, batch=config.batch, seed=config.seed,
-                               device=device, step_kwargs=step_kwargs)
+        r = estimator_gradient(model, scheduler, estimator, reward, target=config.target, steps=config.steps,
+                               labels=labels, seed=config.seed, guidance=config.guidance,
+                               step_kwargs=config.step_kwargs, precision=precision)
         g = r.pop("gradient")
         if reference is None:
             reference = g
@@ -157,14 +204,16 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
         cosine = float(g @ reference / (norm * ref_norm)) if defined else None
         results.append({"estimator": spec, "cosine": cosine,
                         "rel_norm": float(norm / ref_norm) if ref_norm > 0 else None, **r})
-    return {"steps": config.steps, "target": config.target, "model": config.model,
+    return {"steps": config.steps, "target": config.target, "model": config.model, "family": model.family,
             "scheduler": config.scheduler, "reward": reward_spec, "batch": config.batch,
-            "device": str(device), "results": results}
+            "guidance": model.guidance_scale if config.guidance is None else config.guidance,
+            "dtype": config.dtype, "device": str(device), "results": results}
 
 
 def format_table(report: dict[str, Any]) -> str:
     head = (f"gradcheck: model={report['model']} scheduler={report['scheduler']} steps={report['steps']} "
-            f"target={report['target']} reward={report['reward']} batch={report['batch']} device={report['device']}")
+            f"target={report['target']} reward={report['reward']} batch={report['batch']} "
+            f"guidance={report['guidance']} dtype={report['dtype']} device={report['device']}")
     cols = ["estimator", "cosine", "rel_norm", "nfe_fwd", "nfe_bwd", "saved_MiB", "seconds"]
     rows = []
     for r in report["results"]:

@@ -4,8 +4,9 @@ The optimized variable is the initial noise (``warmup=0``), the latent after ``w
 without grad (the paper's setting, e.g. 45 of 50), or the DDIM inversion of a given image
 (editing). Every iteration samples the remaining steps with the chosen gradient estimator
 (default SDO), decodes, scores, and takes an Adam step on ``-reward + regularizers`` (summed over
-the batch, so every sample's objective is independent). The latent is kept in fp32; ``precision``
-runs the network under bf16/fp16 autocast.
+the batch, so every sample's objective is independent). The latent keeps a float32 master copy;
+the network runs in the model's dtype under autocast, and fp16 scales the loss
+(:mod:`shortcut_diffusion.precision`).
 
 >>> from shortcut_diffusion.optimize import optimize_latent  # doctest: +SKIP
 >>> result = optimize_latent(model, reward, labels, estimator="sdo", steps=50, iters=30)  # doctest: +SKIP
@@ -14,7 +15,6 @@ runs the network under bf16/fp16 autocast.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,11 +26,14 @@ from tqdm.auto import tqdm
 from .diagnostics import SavedTensorMeter
 from .errors import UsageError
 from .estimators import GradientEstimator, get_estimator
-from .models import conditioning, denoiser_of, model_device, timestep_kwargs
-from .sampling import Mode, sample
+from .generation import generate
+from .models.base import DiffusionModel
+from .precision import DTYPES, Precision
+from .rewards.contract import checked
+from .sampling import Mode
 from .schedulers import make_scheduler
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = dict(DTYPES)
 DEFAULT_PRIOR_WEIGHT = 100.0
 """Chi prior weight used when the initial noise is optimized and no weight is given: without it,
 Adam drives the noise off the Gaussian shell (norms double within 30 iterations on the testbed)
@@ -61,22 +64,6 @@ class LatentResult:
     """Why the run stopped early (a non-finite objective), or None."""
 
 
-def _detach(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, dict):
-        return {k: _detach(v) for k, v in value.items()}
-    return value
-
-
-def _modules(model: Any) -> list[torch.nn.Module]:
-    """The model's networks (their weights are not activations of the sampling graph)."""
-    pipe = getattr(model, "pipe", None)
-    if pipe is not None:
-        return [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-    return [model.unet]
-
-
 def chi_prior(z: torch.Tensor) -> torch.Tensor:
     """Per-sample negative log-density of ||z|| under the chi distribution of a standard normal.
 
@@ -88,16 +75,18 @@ def chi_prior(z: torch.Tensor) -> torch.Tensor:
     return (r.square() / 2 - (d - 1) * torch.log(r)) / d
 
 
-def _autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def _finite(name: str, value: Optional[float], low: float = 0.0, strict: bool = False) -> None:
+    if value is None:
+        return
+    bad = not math.isfinite(value) or value < low or (strict and value == low)
+    if bad:
+        raise UsageError(f"{name} must be {'>' if strict else '>='} {low:g} and finite, got {value}")
 
 
 def check_latent_options(*, steps: int, warmup: int, iters: int, lr: float, batch: int,
                          prior_weight: float = 0.0, proximity_weight: float = 0.0,
-                         optimizes_noise: bool = True, precision: str = "fp32") -> None:
+                         optimizes_noise: bool = True, precision: str = "fp32",
+                         betas: Sequence[float] = (0.9, 0.999), clip_grad: Optional[float] = None) -> None:
     """Every range check of a latent run, before any work starts."""
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -111,14 +100,105 @@ def check_latent_options(*, steps: int, warmup: int, iters: int, lr: float, batc
         raise UsageError(f"learning rate must be > 0, got {lr}")
     if batch < 1:
         raise UsageError(f"batch must be positive, got {batch}")
-    if prior_weight < 0 or proximity_weight < 0:
-        raise UsageError("regularizer weights must be >= 0")
+    check_betas(betas)
+    _finite("the gradient clipping norm", clip_grad, strict=True)
+    if not (math.isfinite(prior_weight) and math.isfinite(proximity_weight)) or prior_weight < 0 or proximity_weight < 0:
+        raise UsageError("regularizer weights must be >= 0 and finite")
     if prior_weight > 0 and not optimizes_noise:
         raise UsageError("the Gaussian prior applies to the initial noise: use it with warmup=0 and no inversion")
 
 
+def check_betas(betas: Sequence[float]) -> None:
+    if len(betas) != 2:
+        raise UsageError(f"--betas needs two values, got {list(betas)}")
+    if not all(math.isfinite(b) and 0 <= b < 1 for b in betas):
+        raise UsageError(f"--betas must be two numbers in [0, 1), got {list(betas)}")
+
+
+@dataclass
+class LatentProblem:
+    """What every iteration of one latent run shares: the model, its conditioning, the schedule."""
+
+    model: DiffusionModel
+    reward: Callable
+    labels: Any
+    cond: Any
+    scheduler: Any
+    steps: int
+    warmup: int
+    seed: int
+    guidance: Optional[float]
+    step_kwargs: Optional[dict[str, Any]]
+    precision: Precision
+
+    def generate(self, z: torch.Tensor, estimator: Any = None, **options: Any):
+        return generate(self.model, z, steps=self.steps, estimator=estimator, guidance=self.guidance,
+                        scheduler=self.scheduler, cond=self.cond, seed=self.seed + 1, start=self.warmup,
+                        step_kwargs=self.step_kwargs, precision=self.precision, **options)
+
+    @torch.no_grad()
+    def images(self, z: torch.Tensor) -> torch.Tensor:
+        """Plain samples of the latents ``z`` (what the user sees)."""
+        return self.generate(z).images
+
+
+def starting_latent(problem: LatentProblem, batch: int, init: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The latent at step ``warmup``: ``init``, or seeded noise run ``warmup`` steps without grad."""
+    model = problem.model
+    if init is not None:
+        return init.to(model.device).float()
+    z = torch.randn((batch, *model.sample_shape), generator=torch.Generator().manual_seed(problem.seed))
+    z = z.to(model.device)
+    if problem.warmup:
+        with torch.no_grad(), problem.precision.autocast():
+            z = generate(model, z, steps=problem.steps, guidance=problem.guidance, scheduler=problem.scheduler,
+                         cond=problem.cond, seed=problem.seed + 1, stop=problem.warmup,
+                         step_kwargs=problem.step_kwargs, decode=False).latents
+    return z.float()
+
+
+def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.Optimizer, estimator: Any, *,
+                start_images: torch.Tensor, prior_weight: float = 0.0, proximity_weight: float = 0.0,
+                clip_grad: Optional[float] = None) -> tuple[Optional[dict[str, Any]], torch.Tensor]:
+    """One optimization step of the latents ``z``; returns ``(row, images)``, or ``(None, images)``
+    without a step when the objective is not finite."""
+    began = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    with SavedTensorMeter(exclude=[p for m in problem.model.modules() for p in m.parameters()]) as meter:
+        out = problem.generate(z, estimator)
+    # The reward sees what the user will see: the image clamped to [-1, 1]. (Unclamped pixels
+    # beyond the range are an easy reward hack that disappears on display.)
+    r = problem.reward(out.images, problem.labels)
+    loss_per = -r
+    if prior_weight:
+        loss_per = loss_per + prior_weight * chi_prior(z)
+    if proximity_weight:
+        loss_per = loss_per + proximity_weight * (out.images - start_images).square().flatten(1).mean(1)
+    loss = loss_per.sum()
+    if not torch.isfinite(loss):
+        return None, out.images
+    if loss.requires_grad:
+        problem.precision.backward(loss)
+        problem.precision.unscale(optimizer)
+    if z.grad is not None and clip_grad:
+        torch.nn.utils.clip_grad_norm_([z], clip_grad)
+    grad_norm = float(z.grad.norm()) if z.grad is not None else 0.0
+    stepped = problem.precision.step(optimizer) if z.grad is not None else False
+    row = {"reward": float(r.detach().mean()), "loss": float(loss.detach()), "seconds": time.perf_counter() - began,
+           "saved_bytes": meter.bytes, "grad_norm": grad_norm, "grad_steps": out.plan.count(Mode.GRAD, Mode.CHECKPOINT)}
+    if problem.precision.scaled:
+        row["step_skipped"] = not stepped  # fp16: the scaled gradient overflowed; the scale is lowered
+    return row, out.images
+
+
+def _labels(labels: Any, batch: Optional[int]) -> tuple[Any, int]:
+    text = bool(len(labels)) and isinstance(labels[0], str)
+    labels = list(labels) if text else torch.as_tensor(labels)
+    return labels, len(labels) if batch is None else batch
+
+
 def optimize_latent(
-    model: Any,
+    model: DiffusionModel,
     reward: Callable[[torch.Tensor, Any], torch.Tensor],
     labels: Any,
     *,
@@ -137,7 +217,7 @@ def optimize_latent(
     seed: int = 0,
     step_kwargs: Optional[dict[str, Any]] = None,
     guidance: Optional[float] = None,
-    precision: str = "fp32",
+    precision: Union[str, Precision, None] = None,
     progress: bool = True,
     callback: Optional[Callable[[dict[str, Any], torch.Tensor, torch.Tensor], None]] = None,
     max_seconds: Optional[float] = None,
@@ -145,10 +225,9 @@ def optimize_latent(
     """Optimize latents of ``model`` so that ``reward(decode(sample), labels)`` increases.
 
     Args:
-        model: a loaded model (``denoiser``/``guided``, ``scheduler``, ``cond``, ``decode``,
-            ``sample_shape``), e.g. the digits testbed.
+        model: a loaded :class:`~shortcut_diffusion.models.base.DiffusionModel`.
         reward: ``reward(images, labels) -> tensor[batch]``, higher is better.
-        labels: the conditioning of each sample (class labels on the testbed).
+        labels: the conditioning of each sample (class indices or prompts).
         estimator: gradient estimator or spec (default ``sdo``, kept step ``first``).
         scheduler: scheduler name or object (default: the model's).
         steps, warmup: the schedule length and the steps run without grad before the optimized
@@ -158,103 +237,69 @@ def optimize_latent(
             ``None``: :data:`DEFAULT_PRIOR_WEIGHT` when the initial noise is optimized, else 0.
         proximity_weight: weight of the mean squared pixel distance to the starting samples.
         seed: seed of the initial noise and the scheduler's per-step noise (fixed across iterations).
+        precision: ``fp32``, ``bf16``, ``fp16`` or a :class:`~shortcut_diffusion.precision.Precision`
+            (default: the model's dtype).
         callback: called after every iteration with ``(row, latents, images)``.
         max_seconds: also stop once the iterations have taken this long (a wall-clock budget;
             the callback's time is not counted).
     """
-    text = bool(len(labels)) and isinstance(labels[0], str)
-    labels = list(labels) if text else torch.as_tensor(labels)
-    batch = len(labels) if batch is None else batch
-    prior_weight = default_prior_weight(prior_weight, warmup == 0 and init is None)
-    check_latent_options(steps=steps, warmup=warmup, iters=iters, lr=lr, batch=batch,
-                         prior_weight=prior_weight, proximity_weight=proximity_weight,
-                         optimizes_noise=warmup == 0 and init is None, precision=precision)
+    labels, batch = _labels(labels, batch)
+    optimizes_noise = warmup == 0 and init is None
+    prior_weight = default_prior_weight(prior_weight, optimizes_noise)
+    name = {v: k for k, v in DTYPES.items()}[model.dtype] if precision is None else getattr(precision, "name", precision)
+    check_latent_options(steps=steps, warmup=warmup, iters=iters, lr=lr, batch=batch, prior_weight=prior_weight,
+                         proximity_weight=proximity_weight, optimizes_noise=optimizes_noise, precision=name,
+                         betas=betas, clip_grad=clip_grad)
     if len(labels) != batch:
         raise UsageError(f"{len(labels)} labels for a batch of {batch}")
     if init is not None and tuple(init.shape) != (batch, *model.sample_shape):
         raise UsageError(f"init latent has shape {tuple(init.shape)}, expected {(batch, *model.sample_shape)}")
     estimator = get_estimator(estimator, seed=seed) if isinstance(estimator, str) else estimator
-    if scheduler is None:
-        scheduler = model.scheduler
-    elif isinstance(scheduler, str):
+    if isinstance(scheduler, str):
         scheduler = make_scheduler(scheduler, like=model.scheduler)
-    device = model_device(model)
-    denoiser = denoiser_of(model, guidance)
-    cond = _detach(conditioning(model, labels))
-    labels = labels if text else labels.to(device)
-    noise_seed = seed + 1
-    timesteps = timestep_kwargs(model, steps)
-    kwargs = dict(cond=cond, steps=steps, start=warmup, step_kwargs=step_kwargs, set_timesteps_kwargs=timesteps)
-
-    with torch.no_grad():
-        if init is None:
-            gen = torch.Generator().manual_seed(seed)
-            z0 = torch.randn((batch, *model.sample_shape), generator=gen).to(device)
-            if warmup:
-                z0 = sample(denoiser, scheduler, z0, cond=cond, steps=steps, stop=warmup,
-                            generator=noise_seed, step_kwargs=step_kwargs, set_timesteps_kwargs=timesteps).sample
-        else:
-            z0 = init.to(device)
-        z0 = z0.float()
-
-    def plain(z: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), _autocast(device, precision):
-            return model.decode(sample(denoiser, scheduler, z, generator=noise_seed, **kwargs).sample).float().clamp(-1, 1)
-
-    start_images = plain(z0)
-    start_rewards = reward(start_images, labels).detach()
+    problem = LatentProblem(model, checked(reward), labels if isinstance(labels, list) else labels.to(model.device),
+                            _detach(model.conditioning(labels)), scheduler or model.scheduler, steps, warmup, seed,
+                            guidance, step_kwargs, precision if isinstance(precision, Precision) else Precision(name, model.device))
+    z0 = starting_latent(problem, batch, init)
+    start_images = problem.images(z0)
+    start_rewards = problem.reward(start_images, problem.labels).detach()
     z = z0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr, betas=tuple(betas))
-    frozen = [p for m in _modules(model) for p in m.parameters()]
+    optimizer = torch.optim.Adam([z], lr=lr, betas=tuple(betas))
+    history, stopped, last_good = _iterate(problem, z, optimizer, estimator, iters=iters, max_seconds=max_seconds,
+                                           progress=progress, callback=callback, start_images=start_images,
+                                           prior_weight=prior_weight, proximity_weight=proximity_weight,
+                                           clip_grad=clip_grad)
+    final_images = problem.images(last_good)
+    final_rewards = problem.reward(final_images, problem.labels).detach()
+    if not torch.isfinite(final_rewards).all() and stopped is None:
+        stopped = "the final samples have a non-finite reward"
+    return LatentResult(last_good.cpu(), final_images.cpu(), start_images.cpu(),
+                        final_rewards.cpu(), start_rewards.cpu(), history, stopped)
+
+
+def _iterate(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.Optimizer, estimator: Any, *,
+             iters: int, max_seconds: Optional[float], progress: bool, callback: Optional[Callable],
+             **step_options: Any) -> tuple[list[dict[str, Any]], Optional[str], torch.Tensor]:
+    """The iterations: ``(history, why it stopped early or None, the last good latents)``."""
     history: list[dict[str, Any]] = []
-    stopped = None
-    last_good = z0.clone()
+    stopped, last_good, elapsed = None, z.detach().clone(), 0.0
     bar = tqdm(range(iters), desc=f"latent[{estimator.spec}]", disable=not progress)
-    elapsed = 0.0
     for it in bar:
         if max_seconds is not None and elapsed >= max_seconds:
             if torch.isfinite(z.detach()).all():
                 last_good = z.detach().clone()
             break
-        began = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with SavedTensorMeter(exclude=frozen) as meter, _autocast(device, precision):
-            out = sample(denoiser, scheduler, z, estimator=estimator, generator=noise_seed, **kwargs)
-        # The reward sees what the user will see: the image clamped to [-1, 1]. (Unclamped pixels
-        # beyond the range are an easy reward hack that disappears on display.)
-        images = model.decode(out.sample).float().clamp(-1, 1)
-        r = reward(images, labels)
-        loss_per = -r
-        if prior_weight:
-            loss_per = loss_per + prior_weight * chi_prior(z)
-        if proximity_weight:
-            loss_per = loss_per + proximity_weight * (images - start_images).square().flatten(1).mean(1)
-        loss = loss_per.sum()
-        if not torch.isfinite(loss):
+        evaluated = z.detach().clone()
+        row, images = latent_step(problem, z, optimizer, estimator, **step_options)
+        if row is None:
             stopped = f"non-finite objective at iteration {it}; kept the last good latents"
             break
-        last_good = z.detach().clone()
-        if loss.requires_grad:
-            loss.backward()
-        if z.grad is not None and clip_grad:
-            torch.nn.utils.clip_grad_norm_([z], clip_grad)
-        grad_norm = float(z.grad.norm()) if z.grad is not None else 0.0
-        opt.step()
-        row = {
-            "iter": it,
-            "reward": float(r.detach().mean()),
-            "loss": float(loss.detach()),
-            "seconds": time.perf_counter() - began,
-            "saved_bytes": meter.bytes,
-            "grad_norm": grad_norm,
-            "grad_steps": out.plan.count(Mode.GRAD, Mode.CHECKPOINT),
-        }
+        last_good = evaluated
         elapsed += row["seconds"]
-        row["wall_clock"] = elapsed
-        history.append(row)
+        history.append({"iter": it, **row, "wall_clock": elapsed})
         bar.set_postfix(reward=f"{row['reward']:.3f}")
         if callback is not None:
-            callback(row, z.detach(), images.detach())
+            callback(history[-1], z.detach(), images.detach())
     else:
         if torch.isfinite(z.detach()).all():
             last_good = z.detach().clone()
@@ -262,9 +307,12 @@ def optimize_latent(
             stopped = "the last update produced non-finite latents; kept the previous ones"
     if stopped and progress:
         bar.write(f"stopped: {stopped}")
-    final_images = plain(last_good)
-    final_rewards = reward(final_images, labels).detach()
-    if not torch.isfinite(final_rewards).all() and stopped is None:
-        stopped = "the final samples have a non-finite reward"
-    return LatentResult(last_good.cpu(), final_images.cpu(), start_images.cpu(),
-                        final_rewards.cpu(), start_rewards.cpu(), history, stopped)
+    return history, stopped, last_good
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value

@@ -15,12 +15,24 @@ import torch
 PathLike = Union[str, Path]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+"""The mode of every file sdo writes: what ``open()`` gives under the user's umask (0644 under
+the usual 022), also for files written through a temporary file."""
+
+
 def atomic_write_bytes(path: PathLike, payload: bytes) -> None:
     """Write to a temporary file in the same directory, then rename: no half-written file survives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600 files
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -31,13 +43,24 @@ def atomic_write_bytes(path: PathLike, payload: bytes) -> None:
         raise
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: strict JSON (a bare NaN is not JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_json(path: PathLike, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(json_safe(value), indent=2, default=str, allow_nan=False) + "\n").encode())
 
 
 def append_jsonl(path: PathLike, row: dict[str, Any]) -> None:
     with open(path, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+        handle.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
 
 
 def save_tensors(path: PathLike, tensors: dict[str, torch.Tensor]) -> None:

@@ -33,7 +33,9 @@ The caller's scheduler is a template and is never stepped (see
 
 from __future__ import annotations
 
+import contextvars
 import enum
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
 
@@ -96,11 +98,22 @@ class SampleOutput:
     """One plan per row when the plans differed between rows, else None."""
 
 
-def _as_generator(generator: Union[torch.Generator, int, None]) -> Optional[torch.Generator]:
+def step_noise_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of step ``step``'s noise for the integer ``seed``: a function of both only."""
+    key = hashlib.sha256(f"sdo-step-noise:{seed}:{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
+
+
+def _step_generators(generator: Union[torch.Generator, int, None]) -> Callable[[int], Optional[torch.Generator]]:
+    """Step index -> the generator of that step's noise.
+
+    An int seed gives every step its own stream (:func:`step_noise_generator`), so the noise of
+    step i is the same whether a call starts at step 0 or resumes at a warm-up point. A
+    ``torch.Generator`` is consumed in order, as diffusers' pipelines do."""
     if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, int):
-        return torch.Generator().manual_seed(generator)
+        return lambda step: generator
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        return lambda step: step_noise_generator(generator, step)
     raise UsageError(f"generator must be a torch.Generator, an int seed or None, got {generator!r}")
 
 
@@ -126,6 +139,32 @@ def _rows(value: Any, index: torch.Tensor, batch: int) -> Any:
     return value
 
 
+_ROWS: contextvars.ContextVar[Optional[tuple[torch.Tensor, int]]] = contextvars.ContextVar("sdo_rows", default=None)
+
+
+def current_rows() -> Optional[tuple[torch.Tensor, int]]:
+    """Inside a network call on a subset of a batch's rows (per-sample plans): ``(index, batch)``.
+
+    A denoiser holding state with one row per sample of the whole batch (a full-batch unconditional
+    embedding) selects its rows with it."""
+    return _ROWS.get()
+
+
+class _RowsDenoiser:
+    """``denoiser`` called on the rows ``index`` of a batch of ``batch``: :func:`current_rows` says
+    which while it runs (also when a checkpoint recomputes it in the backward pass)."""
+
+    def __init__(self, denoiser: Denoiser, index: torch.Tensor, batch: int):
+        self.denoiser, self.rows = denoiser, (index, batch)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        token = _ROWS.set(self.rows)
+        try:
+            return self.denoiser(x, t, cond)
+        finally:
+            _ROWS.reset(token)
+
+
 def _call_network_rows(
     denoiser: Denoiser, x_in: torch.Tensor, t: torch.Tensor, cond: Any, modes: list[Mode]
 ) -> torch.Tensor:
@@ -139,7 +178,8 @@ def _call_network_rows(
     order, parts = [], []
     for mode, rows in groups.items():
         index = torch.tensor(rows, device=x_in.device)
-        parts.append(_call_network(denoiser, x_in[index], t, _rows(cond, index, len(modes)), mode))
+        parts.append(_call_network(_RowsDenoiser(denoiser, index, len(modes)), x_in[index], t,
+                                   _rows(cond, index, len(modes)), mode))
         order += rows
     inverse = torch.empty(len(order), dtype=torch.long, device=x_in.device)
     inverse[torch.tensor(order, device=x_in.device)] = torch.arange(len(order), device=x_in.device)
@@ -249,7 +289,9 @@ def sample(
             or ``None`` for full backpropagation. Plans cover the steps actually run (``start``
             to ``stop``).
         cond: conditioning passed unchanged to the denoiser (it may require grad).
-        generator: seed or generator for the scheduler's per-step noise.
+        generator: the scheduler's per-step noise: an int seed (step i's noise is a function of
+            the seed and i, whatever ``start`` is, so a run split at a warm-up point equals the
+            unsplit run), a ``torch.Generator`` (consumed in order), or None.
         start, stop: run only steps ``start <= i < stop`` of the schedule (warm-up, split runs).
             Multistep solvers restart their history at ``start`` (first order, as diffusers'
             img2img does).
@@ -271,8 +313,7 @@ def sample(
     unknown = sorted(set(step_kwargs) - accepted)
     if unknown:
         raise UsageError(f"{type(sched).__name__}.step does not accept {', '.join(unknown)}")
-    if "generator" in accepted:
-        step_kwargs["generator"] = _as_generator(generator)
+    noise_for = _step_generators(generator) if "generator" in accepted else None
     if start == 0 and float(getattr(sched, "init_noise_sigma", 1.0)) != 1.0:
         # ``x`` is standard normal noise; schedulers such as Euler start from sigma_max (as the
         # pipelines' prepare_latents do). The scaling is part of the differentiable path.
@@ -296,6 +337,8 @@ def sample(
         row_modes = modes * len(x) if len(plans) == 1 else modes
         x = _detach_rows(x, [m is Mode.STOP for m in row_modes])
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(m is not Mode.STOP for m in modes)):
+            if noise_for is not None:
+                step_kwargs["generator"] = noise_for(start + i)
             x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
             output = _call_network_rows(denoiser, x_in, t, cond, row_modes)
             _check_output(output, x, sched)

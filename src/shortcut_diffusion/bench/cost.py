@@ -21,13 +21,15 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from .. import reporting, rundir
 from ..errors import UsageError
+from ..options import ModelOptions
 
 COLUMNS = ["model", "task", "estimator", "steps", "batch", "seconds_per_iter", "paired_sampling_seconds",
-           "nfe_forward", "nfe_backward", "saved_bytes", "peak_mem_mb", "cosine_to_full", "device",
+           "nfe_forward", "nfe_backward", "saved_bytes", "peak_mem_mb", "cosine_to_full", "device", "dtype",
+           "guidance", "resolution",
            "network_forward_s", "sampler_other_s", "decode_reward_s", "backward_s"]
 PHASES = {"network_forward": "network forwards", "sampler_other": "rest of sampling",
           "decode_reward": "decode + reward", "backward": "backward"}
@@ -38,27 +40,30 @@ DEFAULT_ESTIMATORS = ["full", "checkpointed", "truncated:k=1", "alignprop", "ref
 
 
 @dataclass
-class BenchConfig:
-    model: str = field(default="digits", metadata={"help": "model: digits, toy or a saved testbed directory"})
+class BenchConfig(ModelOptions):
+    model: Optional[str] = field(default=None, metadata={"help": "model: digits, toy, sd15-random[:RES], a saved testbed or a "
+                                                                 "diffusers pipeline (default: digits; toy with --quick)"})
     steps: list[int] = field(default_factory=lambda: [10, 25, 50, 100], metadata={"help": "numbers of sampling steps N"})
     estimators: list[str] = field(default_factory=lambda: list(DEFAULT_ESTIMATORS),
                                   metadata={"help": "estimator specs (plain sampling is always measured)"})
+    prompt: list[str] = field(default_factory=list, metadata={"help": "prompts, cycled over the batch (text-to-image pipelines)"})
     batch: int = field(default=8, metadata={"help": "latents per iteration"})
     repeats: int = field(default=5, metadata={"help": "timed iterations per configuration (median reported)"})
     reward: str = field(default="auto", metadata={"help": "reward (auto: digit-match on the testbed, neg-mse otherwise)"})
     seed: int = field(default=0, metadata={"help": "seed"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
     out: str = field(default="runs/bench", metadata={"help": "output directory"})
     overwrite: bool = field(default=False, metadata={"help": "replace an earlier sdo bench run in --out (only the files sdo wrote are removed)"})
     time_to_reward: bool = field(default=False, metadata={"help": "also measure time-to-reward on the latent and the fine-tuning task (digits testbed)"})
     latent_seconds: float = field(default=60.0, metadata={"help": "time-to-reward: seconds of latent optimization per estimator"})
     finetune_minutes: float = field(default=2.0, metadata={"help": "time-to-reward: minutes of LoRA fine-tuning per estimator"})
-    quick: bool = field(default=False, metadata={"help": "tiny run that checks the harness (steps 2 and 4, toy model, 1 repeat)"})
+    quick: bool = field(default=False, metadata={"help": "tiny run that checks the harness (steps 2 and 4, 1 repeat, batch 2)"})
 
 
 def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeats: int, reward_spec: str,
-            seed: int, device_name: str) -> dict[str, Any]:
-    """One configuration, in this process: the median over ``repeats`` timed iterations."""
+            seed: int, device_name: str, model_options: Optional[dict[str, Any]] = None,
+            prompts: Sequence[str] = ()) -> dict[str, Any]:
+    """One configuration, in this process: the median over ``repeats`` timed iterations of the
+    guided computation users run (the model's own guidance unless ``model_options`` sets one)."""
     import resource
 
     import torch
@@ -66,17 +71,23 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     from ..config import resolve_device
     from ..estimators import get_estimator
     from ..gradcheck import estimator_gradient
-    from ..models import load_model
+    from ..loading import load_model
+    from ..precision import Precision
     from ..rewards import get_reward, resolve_reward_spec
 
     device = resolve_device(device_name)
-    model = load_model(model_name).to(device)
-    reward = get_reward(resolve_reward_spec(reward_spec, model), shape=model.sample_shape, model=model)
+    options = dict(model_options or {})
+    model = load_model(model_name, device=device, **options)
+    reward = get_reward(resolve_reward_spec(reward_spec, model), shape=model.image_shape, model=model)
     estimator = None if spec is None else get_estimator(spec, seed=seed)
+    conditions = model.labels_from(list(prompts) if model.condition_kind == "prompt" else ["all"],
+                                   "--prompt" if model.condition_kind == "prompt" else "--cond")
+    labels = [conditions[i % len(conditions)] for i in range(batch)]
+    precision = Precision(options.get("dtype", "fp32"), device)
 
     def once(est):
         return estimator_gradient(model, model.scheduler, est, reward, target="latent", steps=steps,
-                                  batch=batch, seed=seed, device=device)
+                                  labels=labels, seed=seed, precision=precision)
 
     runs, floor = [], []
     for i in range(repeats + 1):  # the first round warms up allocators and caches
@@ -105,9 +116,18 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
         "paired_sampling_seconds": statistics.median(floor),
         "nfe_forward": last["nfe_forward"], "nfe_backward": last["nfe_backward"],
         "saved_bytes": last["saved_bytes"], "peak_mem_mb": round(peak, 1), "cosine_to_full": cosine,
-        "device": str(device),
+        "device": _device_name(device), "dtype": precision.name, "guidance": model.guidance_scale,
+        "resolution": "x".join(map(str, model.image_shape[1:])),
         **{f"{phase}_s": statistics.median(r["phases"][phase] for r in runs) for phase in PHASES},
     }
+
+
+def _device_name(device: Any) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def _run_worker(args: dict[str, Any]) -> dict[str, Any]:
@@ -120,19 +140,25 @@ def _run_worker(args: dict[str, Any]) -> dict[str, Any]:
 
 def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> list[dict[str, Any]]:
     if config.quick:
-        config = BenchConfig(**{**asdict(config), "model": "toy", "steps": [2, 4], "repeats": 1, "batch": 2})
+        config = BenchConfig(**{**asdict(config), "model": config.model or "toy", "steps": [2, 4], "repeats": 1,
+                                "batch": 2})
+    elif config.model is None:
+        config = BenchConfig(**{**asdict(config), "model": "digits"})
     if not config.steps or min(config.steps) < 1:
         raise UsageError(f"--steps needs positive numbers, got {config.steps}")
     if config.batch < 1 or config.repeats < 1:
         raise UsageError("batch and repeats must be positive")
     from ..estimators import get_estimator
-    from ..models import load_model
+    from ..loading import load_model
 
+    config.check()
     specs = [get_estimator(s).spec for s in config.estimators]  # validate before any work
     for steps in config.steps:  # range errors (k > steps) too
         for s in specs:
             get_estimator(s).plan(steps)
-    load_model(config.model)
+    model = load_model(config.model, **config.load_options())  # a model that does not load fails before any work
+    if model.condition_kind == "prompt" and not config.prompt:
+        raise UsageError("--prompt is required for a text-to-image model")
     with rundir.claimed(config.out, "bench", ARTIFACTS, overwrite=config.overwrite) as out:
         return _bench(config, specs, out, command, log)
 
@@ -143,7 +169,8 @@ def _bench(config: BenchConfig, specs: list[str], out: Path, command: str, log) 
         for spec in [None, *specs]:
             row = _run_worker({"model_name": config.model, "spec": spec, "steps": steps, "batch": config.batch,
                                "repeats": config.repeats, "reward_spec": config.reward, "seed": config.seed,
-                               "device_name": config.device})
+                               "device_name": config.device, "model_options": config.load_options(),
+                               "prompts": config.prompt})
             rows.append(row)
             if log:
                 log(f"N={steps:4d} {row['estimator']:>14}: {row['seconds_per_iter']:.3f} s/iter, "
@@ -166,7 +193,7 @@ def _bench(config: BenchConfig, specs: list[str], out: Path, command: str, log) 
 
 def time_to_reward(config: BenchConfig, out: Path, log=print) -> list[dict[str, Any]]:
     """Latent (digit-class 1 -> 7) and fine-tuning (digit-match) time-to-reward, in this process."""
-    from ..models import load_model
+    from ..loading import load_model
     from . import reward as rw
 
     if config.quick:
@@ -241,9 +268,12 @@ def _profile(by: dict, steps: int) -> str:
 def report(rows: list[dict[str, Any]], config: BenchConfig, command: str,
            reward_rows: Optional[list[dict[str, Any]]] = None) -> str:
     by = {(r["estimator"], r["steps"]): r for r in rows}
-    device = rows[0]["device"] if rows else "?"
-    parts = [f"# Cost per optimization iteration\n\nCommand: `{command}`\n\nModel `{config.model}`, batch "
-             f"{config.batch}, latent target, median of {config.repeats} timed iterations, device {device}. "
+    first = rows[0] if rows else {}
+    device = first.get("device", "?")
+    parts = [f"# Cost per optimization iteration\n\nCommand: `{command}`\n\nModel `{config.model}` "
+             f"({first.get('resolution', '?')}, {first.get('dtype', '?')}, guidance {first.get('guidance', '?')}: the "
+             f"guided computation users run), batch {config.batch}, latent target, median of {config.repeats} "
+             f"timed iterations, device {device}. "
              "Ratios are to plain no-grad sampling (`x sampling`: timed in the same process, interleaved with "
              "the estimator's iterations, so the ratio is paired) and to `full` at the same N (`x full`: the "
              "ratio of the two paired ratios).\n"]

@@ -47,15 +47,14 @@ def latent_time_to_reward(model: Any, reward_spec: str, cond: int, *, estimators
                           seconds: float = 60.0, steps: int = 50, batch: int = 8, lr: float = 0.15,
                           seed: int = 0) -> list[dict[str, Any]]:
     """Latent optimization of the initial noise for ``seconds`` per estimator."""
-    from ..models import denoiser_of
+    from ..generation import generate
     from ..optimize import optimize_latent
     from ..rewards import get_reward
-    from ..sampling import sample
     from ..testbed import metrics
 
-    reward = get_reward(reward_spec, model=model, shape=model.sample_shape)
+    reward = get_reward(reward_spec, model=model, shape=model.image_shape)
     labels = torch.full((batch,), cond)
-    device = model.embeddings.weight.device
+    device = model.device
     rows, iterate_images = [], []
     target = _target_class(reward_spec)
     for spec in estimators:
@@ -66,9 +65,8 @@ def latent_time_to_reward(model: Any, reward_spec: str, cond: int, *, estimators
         # Re-sample every recorded iterate without grad, in one batch, outside the clock.
         with torch.no_grad():
             zs = torch.cat([z for _, z in iterates]).to(device)
-            cond_all = model.cond(labels.repeat(len(iterates)).to(device))
-            images = model.decode(sample(denoiser_of(model), model.scheduler, zs, steps=steps, cond=cond_all,
-                                         generator=seed + 1).sample).float().clamp(-1, 1)
+            all_labels = labels.repeat(len(iterates)).tolist()
+            images = generate(model, zs, all_labels, steps=steps, seed=seed + 1).images
             per = reward(images, labels.repeat(len(iterates)).to(device)).view(len(iterates), batch).mean(1)
         curve = [(0.0, float(result.start_rewards.mean()))] + [(t, float(r)) for (t, _), r in zip(iterates, per)]
         row = {"task": "latent", "reward": reward_spec, "estimator": spec, "budget_seconds": seconds,
@@ -76,14 +74,14 @@ def latent_time_to_reward(model: Any, reward_spec: str, cond: int, *, estimators
                "iterations": len(result.history),
                "seconds_per_iter": statistics.median(r["seconds"] for r in result.history),
                "curve": curve}
-        if hasattr(model, "classifier"):
+        if model.classifier is not None:
             row["digits_fd"] = metrics.digits_fd(model.classifier, result.images)
             row["start_digits_fd"] = metrics.digits_fd(model.classifier, result.start_images)
             if target is not None:
                 row["class_fd"] = metrics.digits_fd(model.classifier, result.images, "all", [target])
         rows.append(row)
         iterate_images.append(images.view(len(iterates), batch, *images.shape[1:]).cpu())
-    _match_full(rows, iterate_images, getattr(model, "classifier", None), target)
+    _match_full(rows, iterate_images, model.classifier, target)
     return _finish(rows)
 
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import torch
 
-from ..models import conditioning, denoiser_of, model_device, timestep_kwargs
-from ..sampling import sample
+from .. import reporting
+from ..generation import reward_labels, sample_images
 
-
-def reward_labels(labels: Sequence[Any], device: torch.device) -> Any:
-    """What rewards receive: prompts as a list, class indices as a tensor on ``device``."""
-    if len(labels) and isinstance(labels[0], str):
-        return list(labels)
-    return torch.as_tensor(labels, device=device)
+if TYPE_CHECKING:
+    from .train import FineTuning, TrainState
 
 
 def eval_labels(conditions: Sequence[Any], per_class: int) -> list[Any]:
@@ -27,33 +25,54 @@ def eval_noise(model: Any, count: int, seed: int) -> torch.Tensor:
     return torch.randn((count, *model.sample_shape), generator=gen)
 
 
-@torch.no_grad()
-def generate(model: Any, scheduler: Any, noise: torch.Tensor, labels: Sequence[Any], *, steps: int,
-             guidance: Optional[float] = None, seed: int = 0, batch: int = 256,
-             autocast: Callable[[], Any] = None) -> torch.Tensor:
-    """Samples on ``noise`` (no grad), clamped to [-1, 1], on the CPU."""
-    import contextlib
-
-    device = model_device(model)
-    denoiser = denoiser_of(model, guidance)
-    images = []
-    for i in range(0, len(noise), batch):
-        cond = conditioning(model, labels[i : i + batch])
-        with (autocast() if autocast else contextlib.nullcontext()):
-            x = sample(denoiser, scheduler, noise[i : i + batch].to(device), steps=steps, cond=cond, generator=seed,
-                       set_timesteps_kwargs=timestep_kwargs(model, steps)).sample
-        images.append(model.decode(x).float().clamp(-1, 1).cpu())
-    return torch.cat(images)
-
-
 def evaluate(model: Any, reward: Callable, images: torch.Tensor, labels: Sequence[Any]) -> dict[str, float]:
-    """Mean reward, and on the digits testbed digits-FD, conditional accuracy and diversity
-    (from two samples up)."""
-    device = model_device(model)
+    """Mean reward, and the model's own metrics (on the digits testbed: digits-FD, conditional
+    accuracy and diversity, from two samples up)."""
     with torch.no_grad():
-        row = {"reward": float(reward(images.to(device), reward_labels(labels, device)).mean())}
-    if hasattr(model, "classifier") and len(images) >= 2:  # a Frechet distance needs two samples
-        from ..testbed import metrics
-
-        row.update(metrics.evaluate(model.classifier, images, torch.as_tensor(labels)))
+        row = {"reward": float(reward(images.to(model.device), reward_labels(labels, model.device)).mean())}
+    row.update(model.metrics(images, labels))
     return row
+
+
+class Evaluation:
+    """The evaluation of one run: fixed conditions and noise, rows in ``eval.jsonl``, grids and
+    the ``before``/``after`` samples under ``eval/``."""
+
+    def __init__(self, ft: "FineTuning", out: Path):
+        config = ft.config
+        self.ft, self.out = ft, Path(out)
+        # The evaluation scores the plain images (training may average the reward over views).
+        from ..rewards import get_reward
+
+        self.reward = get_reward(config.reward, shape=ft.model.image_shape, model=ft.model)
+        self.labels = eval_labels(ft.conditions, config.eval_per_class)
+        self.noise = eval_noise(ft.model, len(self.labels), config.eval_seed)
+
+    def run(self, state: "TrainState", name: Optional[str] = None, final: bool = False) -> dict[str, Any]:
+        ft, config = self.ft, self.ft.config
+        swap = ft.target.swapped(state.ema) if state.ema is not None else contextlib.nullcontext()
+        with swap:
+            images = sample_images(ft.model, self.noise, self.labels, steps=config.steps, guidance=config.guidance,
+                                   scheduler=ft.scheduler, seed=config.eval_seed, step_kwargs=config.step_kwargs,
+                                   precision=ft.precision)
+        row = {"step": state.step, "wall_clock": state.wall_clock, "samples": state.samples,
+               **evaluate(ft.model, self.reward, images, self.labels)}
+        if final:
+            row["final"] = True  # the exported weights (EMA or best), after the last step
+        per = config.eval_per_class
+        rows = [images[i * per : (i + 1) * per] for i in range(len(ft.conditions))]
+        reporting.save_grid(self.out / "eval" / f"grid_step_{state.step:06d}.png", rows)
+        if name:
+            from .run import label_index
+
+            reporting.save_tensors(self.out / "eval" / f"{name}.safetensors",
+                                   {"images": images, "labels": torch.as_tensor(label_index(self.labels))})
+        reporting.append_jsonl(self.out / "eval.jsonl", row)
+        return row
+
+    def periodic(self, state: "TrainState") -> None:
+        """An evaluation of the schedule; early stopping keeps the best weights."""
+        row = self.run(state)
+        if self.ft.config.early_stop and state.early_stop.update(row, state.step):
+            state.best = ({k: v.clone() for k, v in state.ema.items()} if state.ema is not None
+                          else self.ft.target.state())

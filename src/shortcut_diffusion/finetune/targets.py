@@ -5,8 +5,13 @@ checkpoints), switches the model back to its base for the KL regularizer, and ex
 in the format users load:
 
 ``lora``       ``DIR/pytorch_lora_weights.safetensors`` (diffusers LoRA layout, see :mod:`.lora`)
-``full``       ``DIR/unet/`` written by ``save_pretrained``
-``embedding``  ``DIR/embeddings.safetensors`` (``weight``: the conditioning table)
+``full``       ``DIR/unet/`` written by ``save_pretrained`` (the network, a UNet or a transformer)
+``embedding``  ``DIR/embeddings.safetensors`` (``weight``: the conditioning table of the built-in
+               models; ``"{i}.encoder_hidden_states"`` etc.: prompt i's embeddings on pipelines)
+
+Every export is float32, whatever ``--dtype`` the frozen weights ran in: trained tensors keep
+float32 master copies, and diffusers' own training scripts save LoRA and full weights in float32
+too (cast them with ``.to(torch.float16)`` after loading if you want half-size files).
 
 :func:`load_finetuned` applies any of them to a freshly loaded model.
 """
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..precision import master_copies
 from . import lora
 
 TARGETS = ("lora", "full", "embedding")
@@ -89,116 +95,67 @@ class LoraTarget(Target):
     def __init__(self, model: Any, rank: int = 4, alpha: Union[float, None] = None,
                  modules: Sequence[str] = lora.DEFAULT_TARGETS):
         super().__init__(model)
-        lora.add_lora(model.unet, rank=rank, alpha=alpha, targets=modules)
+        master_copies(lora.add_lora(model.network, rank=rank, alpha=alpha, targets=modules))
 
     def named_parameters(self) -> dict[str, nn.Parameter]:
-        return {n: p for n, p in self.model.unet.named_parameters() if "lora_" in n}
+        return {n: p for n, p in self.model.network.named_parameters() if "lora_" in n}
 
     @contextlib.contextmanager
     def base(self) -> Iterator[None]:
-        lora.set_lora_enabled(self.model.unet, False)
+        lora.set_lora_enabled(self.model.network, False)
         try:
             yield
         finally:
-            lora.set_lora_enabled(self.model.unet, True)
+            lora.set_lora_enabled(self.model.network, True)
 
     def export(self, directory: Union[str, Path]) -> Path:
         directory = Path(directory)
-        lora.save_lora(self.model.unet, directory)
+        lora.save_lora(self.model.network, directory)
         self._manifest(directory)
         return directory
 
 
 class FullTarget(Target):
+    """Every weight of the network, trained in float32 (the master copy); a frozen copy in the
+    model's dtype is the base for the KL regularizer."""
+
     name = "full"
 
     def __init__(self, model: Any):
         super().__init__(model)
-        self._base = copy.deepcopy(model.unet).requires_grad_(False)
-        model.unet.requires_grad_(True)
+        self._base = copy.deepcopy(model.network).requires_grad_(False)
+        model.network.float().requires_grad_(True)
 
     def named_parameters(self) -> dict[str, nn.Parameter]:
-        return dict(self.model.unet.named_parameters())
+        return dict(self.model.network.named_parameters())
 
     @contextlib.contextmanager
     def base(self) -> Iterator[None]:
-        tuned, self.model.unet = self.model.unet, self._base
+        tuned = self.model.network
+        self.model.set_network(self._base)
         try:
             yield
         finally:
-            self.model.unet = tuned
+            self.model.set_network(tuned)
 
     def export(self, directory: Union[str, Path]) -> Path:
         directory = Path(directory)
-        self.model.unet.save_pretrained(directory / "unet")
+        self.model.network.save_pretrained(directory / "unet")
         self._manifest(directory)
         return directory
 
 
 class EmbeddingTarget(Target):
-    name = "embedding"
-
-    def __init__(self, model: Any):
-        super().__init__(model)
-        if not isinstance(getattr(model, "embeddings", None), nn.Embedding):
-            raise UsageError(f"target embedding needs a model with a conditioning table; {type(model).__name__} has none")
-        self._base = {"embeddings.weight": model.embeddings.weight.detach().clone()}
-        model.embeddings.weight.requires_grad_(True)
-
-    def named_parameters(self) -> dict[str, nn.Parameter]:
-        return {"embeddings.weight": self.model.embeddings.weight}
-
-    def base(self) -> contextlib.AbstractContextManager:
-        return self.swapped(self._base)
-
-    def export(self, directory: Union[str, Path]) -> Path:
-        from ..reporting import save_tensors
-
-        directory = Path(directory)
-        save_tensors(directory / "embeddings.safetensors", {"weight": self.model.embeddings.weight})
-        self._manifest(directory)
-        return directory
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return {prefix: value}
-    out = {}
-    for k, v in value.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
-    return out
-
-
-def _assign(value: dict, path: str, tensor: torch.Tensor) -> None:
-    *head, last = path.split(".")
-    for key in head:
-        value = value[key]
-    value[last] = tensor
-
-
-class PromptEmbeddingTarget(Target):
-    """The encoded prompt embeddings of a text-to-image pipeline, one trainable set per prompt
-    (every tensor the prompt's conditioning holds: token embeddings, pooled embeddings)."""
+    """The conditioning embeddings of the training conditions: the class-embedding table of the
+    built-in models, the token and pooled prompt embeddings of each prompt of a pipeline."""
 
     name = "embedding"
-    TRAINED = ("encoder_hidden_states", "pooled_projections", "added_cond_kwargs.text_embeds")
 
-    def __init__(self, model: Any, prompts: Sequence[str]):
+    def __init__(self, model: Any, labels: Sequence[Any]):
         super().__init__(model)
-        prompts = list(dict.fromkeys(prompts))
-        if not prompts or not prompts[0]:
-            raise UsageError("target embedding needs prompts (this model is not prompt-conditioned)")
-        model.encode_prompts(prompts)
-        self.prompts = prompts
-        self._params: dict[str, nn.Parameter] = {}
-        self._base: dict[str, torch.Tensor] = {}
-        for i, prompt in enumerate(prompts):
-            for path, tensor in _flatten(model._cache[prompt]).items():
-                if path in self.TRAINED:
-                    param = nn.Parameter(tensor.detach().float().clone())
-                    _assign(model._cache[prompt], path, param)
-                    self._params[f"{i}.{path}"] = param
-                    self._base[f"{i}.{path}"] = tensor.detach().float().clone()
+        self.labels = list(dict.fromkeys(labels))
+        self._params = model.embedding_parameters(self.labels)
+        self._base = {k: p.detach().clone() for k, p in self._params.items()}
 
     def named_parameters(self) -> dict[str, nn.Parameter]:
         return dict(self._params)
@@ -211,20 +168,19 @@ class PromptEmbeddingTarget(Target):
 
         directory = Path(directory)
         save_tensors(directory / "embeddings.safetensors", self._params)
-        self._manifest(directory, prompts=self.prompts)
+        self._manifest(directory, labels=self.labels)
         return directory
 
 
 def make_target(name: str, model: Any, *, rank: int = 4, alpha: Union[float, None] = None,
-                modules: Sequence[str] = lora.DEFAULT_TARGETS, prompts: Sequence[Any] = ()) -> Target:
+                modules: Sequence[str] = lora.DEFAULT_TARGETS, labels: Sequence[Any] = ()) -> Target:
+    """The target ``name`` attached to ``model``; trained tensors are float32 master copies."""
     if name == "lora":
         return LoraTarget(model, rank=rank, alpha=alpha, modules=modules)
     if name == "full":
         return FullTarget(model)
     if name == "embedding":
-        if hasattr(model, "encode_prompts"):
-            return PromptEmbeddingTarget(model, prompts)
-        return EmbeddingTarget(model)
+        return EmbeddingTarget(model, labels)
     raise UsageError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
 
 
@@ -236,26 +192,16 @@ def load_finetuned(model: Any, directory: Union[str, Path]) -> Any:
     manifest = directory / MANIFEST
     if not manifest.is_file():
         raise UsageError(f"{directory} holds no fine-tuning result ({MANIFEST} missing)")
-    target = json.loads(manifest.read_text())["target"]
+    info = json.loads(manifest.read_text())
+    target = info["target"]
     if target == "lora":
-        lora.load_lora(model.unet, directory)
+        lora.load_lora(model.network, directory)
     elif target == "full":
-        tuned = type(model.unet).from_pretrained(directory / "unet", low_cpu_mem_usage=False)
-        model.unet.load_state_dict(tuned.state_dict())
-    elif target == "embedding" and hasattr(model, "encode_prompts"):
-        tensors = load_file(directory / "embeddings.safetensors")
-        prompts = json.loads(manifest.read_text())["prompts"]
-        model.encode_prompts(prompts)
-        for key, tensor in tensors.items():
-            index, _, path = key.partition(".")
-            cond = model._cache[prompts[int(index)]]
-            _assign(cond, path, tensor.to(model.device, model.dtype))
+        tuned = type(model.network).from_pretrained(directory / "unet", low_cpu_mem_usage=False)
+        model.network.load_state_dict(tuned.state_dict())
     elif target == "embedding":
-        weight = load_file(directory / "embeddings.safetensors")["weight"]
-        if weight.shape != model.embeddings.weight.shape:
-            raise UsageError(f"embedding table {tuple(weight.shape)} does not fit {tuple(model.embeddings.weight.shape)}")
-        with torch.no_grad():
-            model.embeddings.weight.copy_(weight)
+        tensors = load_file(directory / "embeddings.safetensors")
+        model.load_embeddings(tensors, info.get("labels", info.get("prompts", [])))
     else:
         raise UsageError(f"unknown fine-tuning target {target!r} in {manifest}")
     return model

@@ -17,6 +17,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..errors import UsageError
+from ..sampling import current_rows
+
 
 class UNet2DDenoiser(nn.Module):
     def __init__(self, unet: nn.Module):
@@ -62,8 +65,18 @@ class ClassifierFreeGuidance(nn.Module):
 
     @staticmethod
     def _expand(uncond: Any, batch: int) -> Any:
+        """``uncond`` for a call on ``batch`` rows: broadcast from one row, as is for the whole
+        batch, or the rows of the call when the sampler runs a subset (per-sample plans)."""
         if isinstance(uncond, torch.Tensor):
-            return uncond.expand(batch, *uncond.shape[1:]) if uncond.shape[0] == 1 else uncond
+            if uncond.shape[0] == 1:
+                return uncond.expand(batch, *uncond.shape[1:])
+            if uncond.shape[0] == batch:
+                return uncond
+            rows = current_rows()
+            if rows is not None and uncond.shape[0] == rows[1]:
+                return uncond[rows[0].to(uncond.device)]
+            raise UsageError(f"the unconditional conditioning has {uncond.shape[0]} rows for a batch of {batch}; "
+                             "give one row (broadcast) or one per sample")
         if isinstance(uncond, Mapping):
             return {k: ClassifierFreeGuidance._expand(v, batch) for k, v in uncond.items()}
         return uncond

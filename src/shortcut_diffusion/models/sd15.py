@@ -3,8 +3,9 @@
 The UNet is ``UNet2DConditionModel`` with Stable Diffusion 1.5's configuration (860M parameters,
 4-channel latents, 768-dimensional text conditioning of 77 tokens) and its scheduler settings;
 the weights are random because time and memory do not depend on their values. Conditions are
-class indices mapped to fixed random "prompt embeddings" (77 x 768), and ``decode`` is the
-identity (rewards see the latents), so the benchmark measures the sampling graph only.
+class indices mapped to fixed random "prompt embeddings" (77 x 768), guided with classifier-free
+guidance at 7.5 (two network evaluations per step, as Stable Diffusion is run), and ``decode`` is
+the identity (rewards see the latents), so the benchmark measures the sampling graph only.
 
 ``load_model("sd15-random:256")`` builds it for 256 x 256 images (32 x 32 latents); the default is
 512 x 512.
@@ -13,13 +14,15 @@ identity (rewards see the latents), so the benchmark measures the sampling graph
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from torch import nn
 
 from ..errors import UsageError
-from .denoisers import ClassifierFreeGuidance, UNet2DConditionDenoiser
+from .base import TableConditioned
+from .denoisers import UNet2DConditionDenoiser
 
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -33,40 +36,30 @@ SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.0
 TOKENS, WIDTH = 77, 768
 
 
-@dataclass
-class SD15Shaped:
+@dataclass(eq=False)
+class SD15Shaped(TableConditioned):
+    """Class indices -> fixed random 77 x 768 "prompt embeddings" (a null row for guidance);
+    ``decode`` is the identity."""
+
+    family: ClassVar[str] = "sd15-shaped"
     unet: UNet2DConditionModel
     embeddings: nn.Embedding
     scheduler: DDIMScheduler
     sample_shape: tuple[int, int, int]
     guidance_scale: float = 7.5
-    num_classes: int = 10
-
-    def cond(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.embeddings(labels.to(self.embeddings.weight.device)).view(-1, TOKENS, WIDTH)
 
     @property
-    def uncond(self) -> torch.Tensor:
-        return self.embeddings.weight[self.num_classes :].detach().view(1, TOKENS, WIDTH)
+    def network(self) -> UNet2DConditionModel:
+        return self.unet
 
-    def guided(self, scale=None) -> ClassifierFreeGuidance:
-        return ClassifierFreeGuidance(UNet2DConditionDenoiser(self.unet), self.uncond,
-                                      scale=self.guidance_scale if scale is None else scale)
+    def set_network(self, module: nn.Module) -> None:
+        self.unet = module
 
-    @property
-    def denoiser(self) -> UNet2DConditionDenoiser:
+    def shape_embedding(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.view(-1, TOKENS, WIDTH)
+
+    def network_denoiser(self, guidance: float = 1.0) -> UNet2DConditionDenoiser:
         return UNet2DConditionDenoiser(self.unet)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images
-
-    def to(self, device) -> "SD15Shaped":
-        self.unet.to(device)
-        self.embeddings.to(device)
-        return self
 
 
 def sd15_shaped(resolution: int = 512, seed: int = 0) -> SD15Shaped:

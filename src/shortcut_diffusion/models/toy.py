@@ -9,42 +9,36 @@ UNet fed through ``class_embed_type="identity"``), so every target exists on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
+from .base import TableConditioned
 from .denoisers import UNet2DDenoiser
 
 
-@dataclass
-class ToyModel:
+@dataclass(eq=False)
+class ToyModel(TableConditioned):
+    """Class-conditional, pixel space, no unconditional row (guidance does not apply)."""
+
+    family: ClassVar[str] = "toy"
+    has_null_row: ClassVar[bool] = False
     unet: UNet2DModel
     embeddings: nn.Embedding
     scheduler: DDIMScheduler
     sample_shape: tuple[int, int, int] = (1, 16, 16)
 
     @property
-    def num_classes(self) -> int:
-        return self.embeddings.num_embeddings
+    def network(self) -> UNet2DModel:
+        return self.unet
 
-    def cond(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.embeddings(labels.to(self.embeddings.weight.device))
+    def set_network(self, module: nn.Module) -> None:
+        self.unet = module
 
-    @property
-    def denoiser(self) -> UNet2DDenoiser:
+    def network_denoiser(self, guidance: float = 1.0) -> UNet2DDenoiser:
         return UNet2DDenoiser(self.unet)
-
-    def to(self, device) -> "ToyModel":
-        self.unet.to(device)
-        self.embeddings.to(device)
-        return self
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents  # pixel space
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images
 
 
 def toy_model(seed: int = 0, channels: tuple[int, ...] = (16, 32), num_classes: int = 10) -> ToyModel:

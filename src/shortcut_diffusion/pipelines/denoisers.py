@@ -50,14 +50,3 @@ class FluxDenoiser(nn.Module):
                                 encoder_hidden_states=cond["encoder_hidden_states"],
                                 txt_ids=self.txt_ids, img_ids=self.img_ids, return_dict=False)[0]
 
-
-class CastDenoiser(nn.Module):
-    """Runs a low-precision network on fp32 latents: the input is cast to the network's dtype and
-    the output back to the latent's, so the optimized variable and the scheduler stay fp32."""
-
-    def __init__(self, denoiser: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.denoiser, self.dtype = denoiser, dtype
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        return self.denoiser(x.to(self.dtype), t, cond).to(x.dtype)

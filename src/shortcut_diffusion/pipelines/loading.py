@@ -6,11 +6,9 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
 from ..errors import UsageError
+from ..precision import dtype_of
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def looks_like_pipeline(name: str) -> bool:
@@ -28,27 +26,23 @@ def load_pipeline(name: str, dtype: str = "fp32", variant: Optional[str] = None)
     """
     from diffusers import DiffusionPipeline
 
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    torch_dtype = dtype_of(dtype)
     path = Path(name)
     if path.is_dir() and not (path / "model_index.json").is_file():
         raise UsageError(f"{name} is a directory but not a saved pipeline (no model_index.json); "
                          "save one with pipe.save_pretrained(DIR)")
     try:
-        return DiffusionPipeline.from_pretrained(name, torch_dtype=DTYPES[dtype], variant=variant)
-    except (OSError, ValueError) as error:
+        return DiffusionPipeline.from_pretrained(name, torch_dtype=torch_dtype, variant=variant)
+    except Exception as error:  # a damaged file raises OSError, safetensors' or torch's own errors
+        if path.is_dir():
+            raise UsageError(f"could not load the pipeline in {name}: {_first_line(error)} "
+                             "(is a weights file truncated or damaged? save it again with pipe.save_pretrained)") from error
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         hint = (" HF_HUB_OFFLINE is set: only models already in the local cache can be loaded." if offline
                 else " Check the path or hub id, your network, and that you accepted the model's license on the hub.")
-        raise UsageError(f"could not load the pipeline {name!r}: {str(error).splitlines()[0]}.{hint}") from error
+        raise UsageError(f"could not load the pipeline {name!r}: {_first_line(error)}.{hint}") from error
 
 
-def load_pipeline_model(name: str, *, dtype: str = "fp32", height: Optional[int] = None, width: Optional[int] = None,
-                        guidance_scale: Optional[float] = None, guidance_rescale: float = 0.0,
-                        negative_prompt: Optional[str] = None, variant: Optional[str] = None):
-    from .model import PipelineModel
-
-    pipe = load_pipeline(name, dtype=dtype, variant=variant)
-    pipe.set_progress_bar_config(disable=True)
-    return PipelineModel(pipe, height=height, width=width, guidance_scale=guidance_scale,
-                         guidance_rescale=guidance_rescale, negative_prompt=negative_prompt)
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -12,6 +12,7 @@ indices on the testbed, prompt strings on text-to-image models). ``get_reward(sp
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -22,6 +23,7 @@ from .classifier import ClassifierReward
 from .clip import Aesthetic, ClipScore, ClipStyle, PickScore
 from .combine import AUGMENTATIONS, Augmented, WeightedSum, parse_weighted
 from .compress import Compressibility
+from .contract import CheckedReward, checked
 from .digits import Adversarial, DigitClass, DigitMatch, Style
 from .hps import HPSv2
 from .imagereward import ImageReward
@@ -48,14 +50,14 @@ REWARDS: dict[str, Callable[..., Reward]] = {
 
 __all__ = ["AUGMENTATIONS", "REWARDS", "Adversarial", "Aesthetic", "Augmented", "ClassifierReward", "ClipScore",
            "ClipStyle", "Compressibility", "DigitClass", "DigitMatch", "HPSv2", "ImageReward", "Ink", "NegMSE",
-           "PickScore", "Reward", "Style", "WeightedSum", "get_reward", "resolve_reward_spec"]
+           "PickScore", "Reward", "Style", "WeightedSum", "checked", "get_reward", "resolve_reward_spec"]
 
 
 def resolve_reward_spec(spec: str, model: object) -> str:
     """``auto`` is ``digit-match`` on a model with the testbed's classifier, ``neg-mse`` otherwise."""
     if spec != "auto":
         return spec
-    return "digit-match" if hasattr(model, "classifier") else "neg-mse"
+    return "digit-match" if model.classifier is not None else "neg-mse"
 
 
 def get_reward(spec: "str | Reward", augment: Optional[list] = None, views: int = 4, seed: int = 0, **context) -> Reward:
@@ -68,6 +70,9 @@ def get_reward(spec: "str | Reward", augment: Optional[list] = None, views: int 
     reward = _build(spec, **context)
     if augment:
         reward = Augmented(reward, augment, views=views, seed=seed)
+    if isinstance(spec, str):
+        user = Path(spec.rpartition(":")[0]).resolve() if ".py:" in spec else None
+        reward = CheckedReward(reward, spec, user_file=user)
     return reward
 
 
@@ -90,9 +95,7 @@ def _build(spec: "str | Reward", **context) -> Reward:
 
 def _place(reward: Reward, model: object) -> Reward:
     """A reward with weights of its own (``.to``) goes to the device of the model it scores."""
-    if model is None or not hasattr(model, "unet") or not hasattr(reward, "to"):
+    if model is None or not isinstance(reward, torch.nn.Module) and not callable(getattr(reward, "to", None)):
         return reward
-    from ..models import model_device
-
-    moved = reward.to(model_device(model))
+    moved = reward.to(model.device)
     return reward if moved is None else moved

@@ -27,7 +27,7 @@ Labels = Union[torch.Tensor, Sequence[int], None]
 
 def _classifier(name: str, context: dict[str, Any]):
     model = context.get("model")
-    classifier = getattr(model, "classifier", None)
+    classifier = model.classifier if model is not None else None
     if classifier is None:
         raise UsageError(f"reward {name} needs the digits testbed's classifier: use it with --model digits")
     return classifier

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import UsageError
-from ..models.denoisers import ClassifierFreeGuidance, UNet2DDenoiser
-from ..sampling import sample
+from ..models.base import TableConditioned
+from ..models.denoisers import UNet2DDenoiser
 from .classifier import DigitClassifier
 
 BUNDLED = Path(__file__).parent / "weights"
@@ -34,8 +34,12 @@ NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES
 
 
-@dataclass
-class DigitsModel:
+@dataclass(eq=False)
+class DigitsModel(TableConditioned):
+    """The testbed as a :class:`~shortcut_diffusion.models.base.DiffusionModel` (class-conditional,
+    pixel space, classifier-free guidance through the null row of the embedding table)."""
+
+    family: ClassVar[str] = "digits"
     unet: UNet2DModel
     embeddings: nn.Embedding
     scheduler: DDIMScheduler
@@ -43,47 +47,35 @@ class DigitsModel:
     guidance_scale: float = 2.0
     info: dict[str, Any] = field(default_factory=dict)
     sample_shape: tuple[int, int, int] = (1, 8, 8)
-    num_classes: int = NUM_CLASSES
-
-    def cond(self, labels: torch.Tensor) -> torch.Tensor:
-        """Class embeddings for integer labels (the "prompt embeddings" of the testbed)."""
-        return self.embeddings(labels.to(self.embeddings.weight.device))
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents  # pixel space: the sample is the image
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images
 
     @property
-    def uncond(self) -> torch.Tensor:
-        return self.embeddings.weight[NULL_CLASS : NULL_CLASS + 1].detach()
+    def network(self) -> UNet2DModel:
+        return self.unet
 
-    def guided(self, scale: Optional[float] = None) -> ClassifierFreeGuidance:
-        scale = self.guidance_scale if scale is None else scale
-        return ClassifierFreeGuidance(UNet2DDenoiser(self.unet), self.uncond, scale=scale)
+    def set_network(self, module: nn.Module) -> None:
+        self.unet = module
 
-    @property
-    def denoiser(self) -> ClassifierFreeGuidance:
-        return self.guided()
+    def modules(self) -> list[nn.Module]:
+        return [self.unet, self.embeddings, self.classifier]
 
-    def to(self, device: Union[str, torch.device]) -> "DigitsModel":
-        for module in (self.unet, self.embeddings, self.classifier):
-            module.to(device)
+    def network_denoiser(self, guidance: float = 1.0) -> UNet2DDenoiser:
+        return UNet2DDenoiser(self.unet)
+
+    def to(self, device: Any = None, dtype: Optional[torch.dtype] = None) -> "DigitsModel":
+        """Move every network; ``dtype`` casts the frozen diffusion weights (the classifier, a
+        reward and a judge, stays float32)."""
+        self.unet.to(device=device, dtype=dtype)
+        self.embeddings.to(device=device, dtype=dtype)
+        self.classifier.to(device=device)
         return self
 
-    @torch.no_grad()
-    def generate(self, labels: torch.Tensor, steps: int = 50, seed: int = 0, batch: int = 500,
-                 scheduler: Any = None, guidance: Optional[float] = None) -> torch.Tensor:
-        """Class-conditional samples (no grad), from seeded noise, in batches."""
-        device = self.embeddings.weight.device
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn((len(labels), *self.sample_shape), generator=gen).to(device)
-        out = []
-        for i in range(0, len(labels), batch):
-            out.append(sample(self.guided(guidance), scheduler or self.scheduler, x[i : i + batch],
-                              steps=steps, cond=self.cond(labels[i : i + batch]), generator=seed + 1).sample)
-        return torch.cat(out).clamp(-1, 1).cpu()
+    def metrics(self, images: torch.Tensor, labels: Sequence[Any]) -> dict[str, float]:
+        """digits-FD, conditional accuracy and diversity (from two samples up)."""
+        if len(images) < 2:  # a Frechet distance needs two samples
+            return {}
+        from . import metrics
+
+        return metrics.evaluate(self.classifier, images, torch.as_tensor(list(labels)))
 
     def save(self, directory: Union[str, Path]) -> None:
         directory = Path(directory)
@@ -103,13 +95,18 @@ def load_digits_model(directory: Union[str, Path, None] = None) -> DigitsModel:
     if not (directory / "testbed.json").is_file():
         raise UsageError(f"no digits testbed at {directory} (testbed.json missing); "
                          "train one with `sdo train-testbed --out DIR`")
-    info = json.loads((directory / "testbed.json").read_text())
-    unet = UNet2DModel.from_pretrained(directory / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
-    scheduler = DDIMScheduler.from_pretrained(directory / "scheduler")
-    weight = load_file(directory / "embeddings.safetensors")["weight"]
+    try:
+        info = json.loads((directory / "testbed.json").read_text())
+        unet = UNet2DModel.from_pretrained(directory / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
+        scheduler = DDIMScheduler.from_pretrained(directory / "scheduler")
+        weight = load_file(directory / "embeddings.safetensors")["weight"]
+        classifier = DigitClassifier(**info["classifier_config"])
+        classifier.load_state_dict(load_file(directory / "classifier.safetensors"))
+    except Exception as error:  # truncated or foreign files: OSError, SafetensorError, KeyError, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"the digits testbed in {directory} cannot be loaded ({reason}); is a file truncated "
+                         "or damaged? train it again with `sdo train-testbed --out DIR`") from None
     embeddings = nn.Embedding.from_pretrained(weight, freeze=True)
-    classifier = DigitClassifier(**info["classifier_config"])
-    classifier.load_state_dict(load_file(directory / "classifier.safetensors"))
     classifier.eval().requires_grad_(False)
     return DigitsModel(unet, embeddings, scheduler, classifier,
                        guidance_scale=float(info["guidance_scale"]), info=info)

@@ -156,8 +156,11 @@ class EvalTestbedConfig:
 def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int = 50,
                    guidance: Optional[float] = None) -> dict[str, dict[str, float]]:
     """The README's testbed numbers: samples of every class vs the held-out digits."""
+    from ..generation import sample_images
+
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
-    images = model.generate(labels, steps=steps, seed=seed, guidance=guidance)
+    noise = torch.randn((len(labels), *model.sample_shape), generator=torch.Generator().manual_seed(seed))
+    images = sample_images(model, noise, labels.tolist(), steps=steps, guidance=guidance, seed=seed + 1, batch=500)
     train = data.load("train")
     return {
         "model_ddim50": metrics.evaluate(model.classifier, images, labels),

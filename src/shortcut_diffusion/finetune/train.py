@@ -1,0 +1,256 @@
+"""Fine-tuning as a library: :class:`FineTuning` (what a run shares), :class:`TrainState` (what
+changes, and what a checkpoint holds) and :func:`train_step` (one optimizer step).
+
+Each optimizer step generates ``batch x processes x grad_accum`` samples through
+:func:`shortcut_diffusion.generation.generate` with the chosen gradient estimator (default: SDO
+with a random kept step per sample), scores the decoded images with the reward and takes an AdamW
+step on ``-mean reward (+ kl_weight * KL penalty)``. Every sample's condition, starting noise and
+estimator draw are functions of ``(seed, global sample index)``, so a run is reproducible, resumes
+exactly from a checkpoint, and gives the same result on one process or several (data parallel:
+the gradients are summed over processes by ``reduce``).
+
+The run directory (checkpoints, evaluation schedule, export) is a thin layer above, in
+:mod:`.run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..estimators import GradientEstimator
+from ..generation import generate, reward_labels
+from ..models.base import DiffusionModel
+from ..precision import Precision
+from ..sampling import Mode
+from ..schedulers import fresh_scheduler
+from .config import EARLY_STOP_METRICS, FinetuneConfig
+from .targets import Target
+
+# Separate streams derived from the seed: conditions/noise, estimator draws and the KL step.
+_NOISE, _PLAN, _KL = 1, 2, 3
+
+
+def stream(seed: int, kind: int, index: int) -> torch.Generator:
+    """The random stream ``kind`` of global sample ``index``: a function of the seed and both only."""
+    key = hashlib.sha256(f"{seed}:{kind}:{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
+
+
+@dataclass
+class FineTuning:
+    """What every step of one run shares. ``world``/``rank`` and ``reduce`` (a sum over processes)
+    describe data parallelism; the defaults are one process."""
+
+    config: FinetuneConfig
+    model: DiffusionModel
+    target: Target
+    reward: Callable
+    scheduler: Any
+    estimator: GradientEstimator
+    conditions: list
+    precision: Precision
+    world: int = 1
+    rank: int = 0
+    reduce: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch * self.world * self.config.grad_accum
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return self.target.parameters()
+
+
+class EarlyStop:
+    """Evaluations without improvement of one metric; the best step."""
+
+    def __init__(self, metric: str, patience: int):
+        self.metric, self.patience, self.sign = metric, patience, EARLY_STOP_METRICS[metric]
+        self.best: Optional[float] = None
+        self.best_step = 0
+        self.bad = 0
+
+    def update(self, row: dict[str, Any], step: int) -> bool:
+        """Record an evaluation; True when it is the best so far."""
+        from ..errors import UsageError
+
+        value = row.get(self.metric)
+        if value is None:
+            raise UsageError(f"--early-stop-metric {self.metric} is not measured on this model")
+        if self.best is None or self.sign * (value - self.best) > 0:
+            self.best, self.best_step, self.bad = value, step, 0
+            return True
+        self.bad += 1
+        return False
+
+    @property
+    def triggered(self) -> bool:
+        return bool(self.patience) and self.bad >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step, self.bad = state["best"], state["best_step"], state["bad"]
+
+
+@dataclass
+class TrainState:
+    """Everything a step changes: counters, optimizer, schedule, EMA, early stopping, best weights."""
+
+    optimizer: torch.optim.Optimizer
+    lr_schedule: Any
+    early_stop: EarlyStop
+    ema: Optional[dict[str, torch.Tensor]] = None
+    best: Optional[dict[str, torch.Tensor]] = None
+    step: int = 0
+    samples: int = 0
+    wall_clock: float = 0.0
+
+    def checkpoint(self, ft: FineTuning) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+        """``(tensors, optimizer state, state)`` for :func:`.checkpoint.save_checkpoint`."""
+        tensors = ft.target.state()
+        if self.ema is not None:
+            tensors |= {"ema." + k: v for k, v in self.ema.items()}
+        opt = {"optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+               "precision": ft.precision.state_dict()}
+        if self.best is not None:
+            opt["best"] = self.best
+        meta = {"samples": self.samples, "wall_clock": self.wall_clock, "early_stop": self.early_stop.state(),
+                "signature": ft.target.signature()}
+        return tensors, opt, meta
+
+    def restore(self, ft: FineTuning, tensors: dict[str, torch.Tensor], opt: dict[str, Any], meta: dict[str, Any]) -> None:
+        ft.target.load_state({k: v for k, v in tensors.items() if not k.startswith("ema.")})
+        if self.ema is not None:
+            self.ema = {k: tensors["ema." + k].to(ft.model.device) for k in self.ema}
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.lr_schedule.load_state_dict(opt["lr_schedule"])
+        ft.precision.load_state_dict(opt.get("precision", {}))
+        self.best = opt.get("best")
+        self.step, self.samples, self.wall_clock = meta["step"], meta["samples"], meta["wall_clock"]
+        self.early_stop.load(meta["early_stop"])
+
+
+def make_state(ft: FineTuning) -> TrainState:
+    """A fresh state: AdamW over the target's float32 tensors and the learning-rate schedule."""
+    from diffusers.optimization import get_scheduler as get_lr_schedule
+
+    config = ft.config
+    optimizer = torch.optim.AdamW(ft.params, lr=config.learning_rate, betas=tuple(config.betas),
+                                  weight_decay=config.weight_decay)
+    schedule = get_lr_schedule(config.lr_schedule, optimizer, num_warmup_steps=config.lr_warmup,
+                               num_training_steps=config.total_steps or 1)
+    ema = {k: v.clone() for k, v in ft.target.state().items()} if config.ema else None
+    return TrainState(optimizer, schedule, EarlyStop(config.early_stop_metric, config.early_stop), ema=ema)
+
+
+def micro_batch(ft: FineTuning, first: int) -> tuple[torch.Tensor, list, list]:
+    """Noise, conditions and estimator plans of global samples ``first .. first + batch - 1``."""
+    noise, labels, plans = [], [], []
+    steps = ft.config.steps
+    for g in range(first, first + ft.config.batch):
+        gen = stream(ft.config.seed, _NOISE, g)
+        labels.append(ft.conditions[int(torch.randint(len(ft.conditions), (1,), generator=gen))])
+        noise.append(torch.randn(ft.model.sample_shape, generator=gen))
+        plan_seed = int(torch.randint(2**62, (1,), generator=stream(ft.config.seed, _PLAN, g)))
+        plans.append(ft.estimator.reseed(plan_seed).plan(steps))
+    return torch.stack(noise).to(ft.model.device), labels, plans
+
+
+def kl_penalty(ft: FineTuning, states: list[tuple[int, torch.Tensor]], labels: list, first: int) -> torch.Tensor:
+    """Squared difference of the tuned and the base network outputs at one random visited step."""
+    config, model = ft.config, ft.model
+    i, x = states[int(torch.randint(len(states), (1,), generator=stream(config.seed, _KL, first)))]
+    sched = fresh_scheduler(ft.scheduler, config.steps, device=model.device, **model.timestep_kwargs(config.steps))
+    t = sched.timesteps[i]
+    x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+    cond = model.conditioning(labels)
+    with torch.no_grad(), ft.target.base(), ft.precision.autocast():
+        reference = model.denoiser(config.guidance)(x_in, t, cond)
+    with ft.precision.autocast():
+        tuned = model.denoiser(config.guidance)(x_in, t, cond)
+    return (tuned.float() - reference.float()).square().mean()
+
+
+def _micro_step(ft: FineTuning, first: int, totals: torch.Tensor) -> None:
+    """Generate, score and backpropagate one micro-batch; accumulate reward, KL, samples, graph steps."""
+    config = ft.config
+    noise, labels, plans = micro_batch(ft, first)
+    states: list[tuple[int, torch.Tensor]] = [(0, noise)]
+
+    def keep_state(info: dict[str, Any]) -> None:
+        if info["i"] + 1 < config.steps:
+            states.append((info["i"] + 1, info["x"].detach()))
+
+    out = generate(ft.model, noise, labels, steps=config.steps, estimator=plans, guidance=config.guidance,
+                   scheduler=ft.scheduler, seed=config.seed + first, step_kwargs=config.step_kwargs,
+                   precision=ft.precision, callback=keep_state if config.kl_weight else None)
+    r = ft.reward(out.images, reward_labels(labels, ft.model.device))
+    loss = -r.sum() / ft.global_batch
+    if config.kl_weight:
+        kl = kl_penalty(ft, states, labels, first)
+        loss = loss + config.kl_weight * kl / (ft.world * config.grad_accum)
+        totals[1] += kl.detach()
+    if loss.requires_grad:
+        ft.precision.backward(loss)
+    totals[0] += r.detach().sum()
+    totals[2] += len(labels)
+    totals[3] += sum(p.count(Mode.GRAD, Mode.CHECKPOINT) for p in plans) / len(plans)
+
+
+def _reduce_gradients(ft: FineTuning) -> None:
+    """Data parallel: sum the gradients over processes (each loss is already divided by the global batch)."""
+    params = ft.params
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+    if ft.world > 1:
+        flat = ft.reduce(flat)
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+
+
+def train_step(ft: FineTuning, state: TrainState) -> tuple[dict[str, Any], Optional[str]]:
+    """One optimizer step. Returns its metrics row and, when training must stop (a non-finite
+    gradient without loss scaling), why; the weights are then left as they were."""
+    config = ft.config
+    began = time.perf_counter()
+    state.optimizer.zero_grad(set_to_none=True)
+    totals = torch.zeros(4, device=ft.model.device)  # reward sum, kl sum, samples, graph steps
+    for micro in range(config.grad_accum):
+        _micro_step(ft, state.step * ft.global_batch + (micro * ft.world + ft.rank) * config.batch, totals)
+    _reduce_gradients(ft)
+    if ft.world > 1:
+        totals = ft.reduce(totals)
+    ft.precision.unscale(state.optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(ft.params, config.clip_grad) if config.clip_grad else \
+        torch.cat([p.grad.flatten() for p in ft.params]).norm()
+    grad_norm = float(norm)
+    if not math.isfinite(grad_norm) and not ft.precision.scaled:
+        return {}, f"non-finite gradient at step {state.step}; weights of step {state.step} kept"
+    stepped = ft.precision.step(state.optimizer)
+    state.lr_schedule.step()
+    if state.ema is not None and stepped:
+        with torch.no_grad():
+            for k, p in ft.target.named_parameters().items():
+                state.ema[k].mul_(config.ema).add_(p.detach(), alpha=1 - config.ema)
+    seconds = time.perf_counter() - began
+    state.step += 1
+    state.samples += int(totals[2])
+    state.wall_clock += seconds
+    row = {"step": state.step, "reward": float(totals[0] / totals[2]), "samples": int(totals[2]),
+           "lr": state.lr_schedule.get_last_lr()[0], "grad_norm": grad_norm, "seconds": seconds,
+           "wall_clock": state.wall_clock, "grad_steps": float(totals[3]) / (ft.world * config.grad_accum)}
+    if config.kl_weight:
+        row["kl"] = float(totals[1]) / (ft.world * config.grad_accum)
+    if ft.precision.scaled:
+        row["step_skipped"] = not stepped  # fp16: the scaled gradient overflowed; the scale is lowered
+    return row, None

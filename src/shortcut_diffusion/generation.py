@@ -1,0 +1,110 @@
+"""The one generation path: latent -> (estimator-planned) sampling -> decoded images.
+
+Every command (latent optimization, the fine-tuning train and evaluation steps, gradcheck, bench,
+the demo and the testbed's metrics) generates through :func:`generate`, so that what is optimized,
+evaluated, checked and measured is what users run: the model's own guided denoiser, its
+scheduler's timesteps, its decode, under the run's precision.
+
+>>> import torch
+>>> from shortcut_diffusion import generate, load_model
+>>> model = load_model("toy")
+>>> out = generate(model, torch.randn(2, *model.sample_shape), [3, 4], steps=2)
+>>> out.images.shape, out.images.dtype
+(torch.Size([2, 1, 16, 16]), torch.float32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+from .models.base import DiffusionModel
+from .sampling import Plan, PlanSource, sample
+
+
+@dataclass
+class Generation:
+    latents: torch.Tensor
+    """The sampler's output: the final latent (or, for a plan with ``x0_at``, the predicted x0)."""
+    images: Optional[torch.Tensor]
+    """``latents`` decoded: float32, NCHW, clamped to [-1, 1] (what rewards score and users see);
+    None with ``decode=False``."""
+    plan: Plan
+    """The plan that was run (the first row's, with per-sample plans)."""
+    plans: Optional[tuple[Plan, ...]] = None
+    """One plan per row where they differed, else None."""
+
+
+def generate(
+    model: DiffusionModel,
+    noise: torch.Tensor,
+    labels: Optional[Sequence[Any]] = None,
+    *,
+    steps: int,
+    estimator: PlanSource = None,
+    guidance: Optional[float] = None,
+    scheduler: Any = None,
+    cond: Any = None,
+    seed: Union[int, torch.Generator, None] = None,
+    start: int = 0,
+    stop: Optional[int] = None,
+    step_kwargs: Optional[dict[str, Any]] = None,
+    per_sample: bool = False,
+    precision: Any = None,
+    wrap: Optional[Callable[[Any], Any]] = None,
+    callback: Optional[Callable[[dict[str, Any]], None]] = None,
+    progress: bool = False,
+    decode: bool = True,
+) -> Generation:
+    """Sample from ``noise`` (the latent at step ``start``) and decode.
+
+    Args:
+        model: a :class:`~shortcut_diffusion.models.base.DiffusionModel`.
+        labels: one condition per sample (class indices or prompts); ``cond`` gives a ready
+            conditioning instead (e.g. one that requires grad).
+        estimator: what autograd records (see :func:`shortcut_diffusion.sampling.sample`);
+            ``None`` records everything, so call under ``torch.no_grad()`` for plain sampling.
+        guidance: the guidance scale (default: the model's).
+        scheduler: a scheduler to sample with (default: the model's own).
+        seed: the scheduler's per-step noise (an int makes step i's noise a function of
+            ``(seed, i)``, whatever ``start`` is).
+        precision: a :class:`~shortcut_diffusion.precision.Precision`; sampling and decoding run
+            under its autocast.
+        wrap: applied to the denoiser before sampling (e.g. a counting wrapper).
+    """
+    denoiser = model.denoiser(guidance)
+    if wrap is not None:
+        denoiser = wrap(denoiser)
+    if cond is None:
+        cond = model.conditioning(list(labels) if labels is not None else [""] * len(noise))
+    with precision.autocast() if precision is not None else contextlib.nullcontext():
+        out = sample(denoiser, scheduler if scheduler is not None else model.scheduler, noise, steps=steps,
+                     estimator=estimator, cond=cond, generator=seed, start=start, stop=stop,
+                     step_kwargs=step_kwargs, set_timesteps_kwargs=model.timestep_kwargs(steps),
+                     callback=callback, progress=progress, per_sample=per_sample)
+        images = model.decode(out.sample).float().clamp(-1, 1) if decode else None
+    return Generation(out.sample, images, out.plan, out.plans)
+
+
+def reward_labels(labels: Sequence[Any], device: Any) -> Any:
+    """What rewards receive: prompts as a list, class indices as a tensor on ``device``."""
+    if len(labels) and isinstance(labels[0], str):
+        return list(labels)
+    return torch.as_tensor(list(labels) if not isinstance(labels, torch.Tensor) else labels, device=device)
+
+
+@torch.no_grad()
+def sample_images(model: DiffusionModel, noise: torch.Tensor, labels: Sequence[Any], *, steps: int,
+                  batch: int = 256, **options: Any) -> torch.Tensor:
+    """Plain samples (no grad) of ``noise`` in batches of ``batch``: float32 images on the CPU.
+
+    ``options`` go to :func:`generate` (guidance, scheduler, seed, precision, ...)."""
+    labels = list(labels)
+    images = []
+    for i in range(0, len(noise), batch):
+        part = noise[i : i + batch].to(model.device)
+        images.append(generate(model, part, labels[i : i + batch], steps=steps, **options).images.cpu())
+    return torch.cat(images)

@@ -1,0 +1,76 @@
+"""Models by name or path: the one factory every command calls.
+
+It sits above the model classes (``models``, ``testbed``, ``pipelines``) and applies the
+precision policy's first rule: the model's frozen weights are loaded in, or cast to, ``dtype``.
+
+- ``digits``: the bundled digits testbed; a directory with ``testbed.json``: a saved one;
+- ``toy``: a small random class-conditional UNet built in code;
+- ``sd15-random[:RESOLUTION]``: an SD 1.5-shaped UNet with random weights (cost at real scale);
+- a diffusers pipeline: a ``save_pretrained`` directory or a hub id (SD 1.x/2.x, SDXL, SD3, Flux,
+  pixel-space DDPM/DDIM).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .errors import UsageError
+from .models.base import DiffusionModel
+from .precision import dtype_of
+
+
+def _digits() -> DiffusionModel:
+    from .testbed import load_digits_model
+
+    return load_digits_model()
+
+
+def _toy() -> DiffusionModel:
+    from .models.toy import toy_model
+
+    return toy_model()
+
+
+BUILT_IN: dict[str, Callable[[], DiffusionModel]] = {"digits": _digits, "toy": _toy}
+
+
+def _sd15_random(name: str) -> DiffusionModel:
+    from .models.sd15 import sd15_shaped
+
+    size = name.partition(":")[2] or "512"
+    if not size.isdigit():
+        raise UsageError(f"sd15-random:RESOLUTION needs an integer resolution, got {size!r}")
+    return sd15_shaped(int(size))
+
+
+def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Optional[int] = None,
+               width: Optional[int] = None, guidance_scale: Optional[float] = None, guidance_rescale: float = 0.0,
+               negative_prompt: Optional[str] = None, variant: Optional[str] = None) -> DiffusionModel:
+    """The model ``name`` (see the module docstring) with its frozen weights in ``dtype``, on
+    ``device`` (default: where it was loaded, the CPU). ``height``, ``width``, ``negative_prompt``
+    and ``guidance_rescale`` apply to text-to-image pipelines; ``guidance_scale`` to every guided
+    model."""
+    torch_dtype = dtype_of(dtype)
+    if name in BUILT_IN:
+        model = BUILT_IN[name]()
+    elif name == "sd15-random" or name.startswith("sd15-random:"):
+        model = _sd15_random(name)
+    elif (Path(name) / "testbed.json").is_file():
+        from .testbed import load_digits_model
+
+        model = load_digits_model(name)
+    else:
+        from .pipelines import from_pipeline, load_pipeline, looks_like_pipeline
+
+        if not looks_like_pipeline(name):
+            raise UsageError(f"unknown model {name!r}; choose one of {', '.join(BUILT_IN)}, sd15-random[:RESOLUTION], "
+                             "a saved testbed directory, or a diffusers pipeline (directory or hub id)")
+        pipe = load_pipeline(name, dtype=dtype, variant=variant)
+        pipe.set_progress_bar_config(disable=True)
+        options = {"height": height, "width": width, "guidance_scale": guidance_scale,
+                   "guidance_rescale": guidance_rescale, "negative_prompt": negative_prompt}
+        return from_pipeline(pipe, **options).to(device)
+    if guidance_scale is not None:
+        model.guidance_scale = float(guidance_scale)
+    return model.to(device, dtype=torch_dtype)
