@@ -12,7 +12,6 @@ from typing import Optional
 from ..errors import UsageError
 from ..options import (ConditionOptions, MemoryOptions, ModelOptions, OptimizerOptions, RewardOptions, RunOptions,
                        SamplingOptions, check_number, redefault)
-from .lora import DEFAULT_TARGETS
 from .targets import TARGETS
 
 DEFAULT_LR = {"lora": 1e-3, "full": 2e-5, "embedding": 5e-3}
@@ -45,7 +44,8 @@ class FinetuneConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptio
     kl_weight: float = field(default=0.0, metadata={"help": "weight of the KL-style penalty to the frozen base model (squared network-output difference at a random step)"})
     lora_rank: int = field(default=4, metadata={"help": "LoRA rank"})
     lora_alpha: Optional[float] = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
-    lora_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS), metadata={"help": "LoRA target modules (name suffixes)"})
+    lora_modules: list[str] = field(default_factory=list, metadata={"help": "LoRA target modules, name suffixes (default: the "
+                                                                              "model's: attention projections, and a UNet's convolutions)"})
     max_steps: Optional[int] = field(default=None, metadata={"help": "optimizer steps (default: 200 unless --minutes is given)"})
     minutes: Optional[float] = field(default=None, metadata={"help": "wall-clock budget of training in minutes (evaluation excluded)"})
     eval_every: int = field(default=25, metadata={"help": "evaluate every k optimizer steps (0: only before and after)"})

@@ -22,7 +22,7 @@ import contextlib
 import copy
 import json
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -93,9 +93,10 @@ class LoraTarget(Target):
     name = "lora"
 
     def __init__(self, model: Any, rank: int = 4, alpha: Union[float, None] = None,
-                 modules: Sequence[str] = lora.DEFAULT_TARGETS):
+                 modules: Optional[Sequence[str]] = None):
         super().__init__(model)
-        master_copies(lora.add_lora(model.network, rank=rank, alpha=alpha, targets=modules))
+        targets = modules or model.lora_modules
+        master_copies(lora.add_lora(model.network, rank=rank, alpha=alpha, targets=targets))
 
     def named_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.model.network.named_parameters() if "lora_" in n}
@@ -173,7 +174,7 @@ class EmbeddingTarget(Target):
 
 
 def make_target(name: str, model: Any, *, rank: int = 4, alpha: Union[float, None] = None,
-                modules: Sequence[str] = lora.DEFAULT_TARGETS, labels: Sequence[Any] = ()) -> Target:
+                modules: Optional[Sequence[str]] = None, labels: Sequence[Any] = ()) -> Target:
     """The target ``name`` attached to ``model``; trained tensors are float32 master copies."""
     if name == "lora":
         return LoraTarget(model, rank=rank, alpha=alpha, modules=modules)

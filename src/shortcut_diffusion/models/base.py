@@ -74,6 +74,9 @@ class DiffusionModel(abc.ABC):
     guidance_rescale: float = 0.0
     num_classes: Optional[int] = None
     classifier: Optional[nn.Module] = None
+    lora_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
+    """The layers LoRA adapts by default (name suffixes): a UNet's attention projections and the
+    convolutions of its residual blocks."""
 
     # -- shapes and networks ----------------------------------------------------------------------
     @property
@@ -107,7 +110,13 @@ class DiffusionModel(abc.ABC):
         """Move every network to ``device``; cast their floating weights to ``dtype`` (frozen weights
         run in the user's dtype)."""
         for module in self.modules():
-            module.to(device=device, dtype=dtype)
+            params = list(module.parameters())
+            cast = dtype is not None and any(p.is_floating_point() and p.dtype != dtype for p in params)
+            moves = device is not None and any(p.device != torch.device(device) for p in params)
+            if cast:
+                module.to(device=device, dtype=dtype)
+            elif moves:  # (diffusers warns on any cast call, even a needless one)
+                module.to(device)
         return self
 
     # -- conditioning -----------------------------------------------------------------------------

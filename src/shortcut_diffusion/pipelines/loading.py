@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,7 +33,9 @@ def load_pipeline(name: str, dtype: str = "fp32", variant: Optional[str] = None)
         raise UsageError(f"{name} is a directory but not a saved pipeline (no model_index.json); "
                          "save one with pipe.save_pretrained(DIR)")
     try:
-        return DiffusionPipeline.from_pretrained(name, torch_dtype=torch_dtype, variant=variant)
+        with warnings.catch_warnings():  # newer diffusers call it dtype; older ones know only torch_dtype
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+            return DiffusionPipeline.from_pretrained(name, torch_dtype=torch_dtype, variant=variant)
     except Exception as error:  # a damaged file raises OSError, safetensors' or torch's own errors
         if path.is_dir():
             raise UsageError(f"could not load the pipeline in {name}: {_first_line(error)} "

@@ -21,6 +21,7 @@ class SD3Model(PipelineModel):
     default_guidance: ClassVar[float] = 7.0
     network_name: ClassVar[str] = "transformer"
     max_sequence_length: int = 256
+    lora_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
 
     def encode_prompt(self, prompt: str) -> tuple[dict[str, Any], dict[str, Any]]:
         pe, npe, pooled, npooled = self.pipe.encode_prompt(prompt, None, None, device=self.device,
@@ -53,6 +54,7 @@ class FluxModel(PipelineModel):
     default_guidance: ClassVar[float] = 3.5
     network_name: ClassVar[str] = "transformer"
     size_multiple: ClassVar[int] = 2
+    lora_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
     max_sequence_length: int = 512
 
     def default_size(self) -> int:

@@ -55,18 +55,14 @@ class DigitsModel(TableConditioned):
     def set_network(self, module: nn.Module) -> None:
         self.unet = module
 
-    def modules(self) -> list[nn.Module]:
-        return [self.unet, self.embeddings, self.classifier]
-
     def network_denoiser(self, guidance: float = 1.0) -> UNet2DDenoiser:
         return UNet2DDenoiser(self.unet)
 
     def to(self, device: Any = None, dtype: Optional[torch.dtype] = None) -> "DigitsModel":
         """Move every network; ``dtype`` casts the frozen diffusion weights (the classifier, a
         reward and a judge, stays float32)."""
-        self.unet.to(device=device, dtype=dtype)
-        self.embeddings.to(device=device, dtype=dtype)
-        self.classifier.to(device=device)
+        super().to(device, dtype)
+        self.classifier.to(device=device, dtype=torch.float32)
         return self
 
     def metrics(self, images: torch.Tensor, labels: Sequence[Any]) -> dict[str, float]:
