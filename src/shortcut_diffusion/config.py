@@ -48,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = next(a for a in typing.get_args(kind) if a is not type(None))
         else:
             kwargs["type"] = kind
-        if "default" not in kwargs["help"]:  # a help text that explains its default keeps it
-            kwargs["help"] += f" (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        if "default" not in kwargs["help"] and shown not in (None, ""):  # a help that explains its default keeps it
+            kwargs["help"] += f" (default: {shown})"
         parser.add_argument(_option(f.name), default=default, **kwargs)
 
 

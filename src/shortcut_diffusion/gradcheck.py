@@ -184,7 +184,7 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
     specs = ["full"] + [s for s in config.estimators if s != "full"]
     estimators = [get_estimator(s, seed=config.seed) for s in specs]  # validate all before work
     device = resolve_device(config.device)
-    model = load_model(config.model, device=device, **config.load_options())
+    model = load_model(config.model, device=device, progress=not config.json, **config.load_options())
     labels = gradcheck_labels(config, model)
     scheduler = scheduler_for(model, config.scheduler)
     reward_spec = resolve_reward_spec(config.reward, model)

@@ -25,6 +25,7 @@ from .estimators import get_estimator
 from .images import read_image
 from .inversion import ddim_invert
 from .loading import load_model
+from .memory import check_batch_fits
 from .models.base import DiffusionModel
 from .optimize import LatentResult, check_latent_options, default_prior_weight, optimize_latent
 from .options import (ConditionOptions, MemoryOptions, ModelOptions, OptimizerOptions, RewardOptions, RunOptions,
@@ -116,7 +117,7 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
     estimator = get_estimator(config.estimator, seed=config.seed)
     device = resolve_device(config.device)
     with rundir.claimed(config.out, "latent", ARTIFACTS, overwrite=config.overwrite) as out:
-        model = load_model(config.model, device=device, **config.load_options())
+        model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
         return _run_latent(config, estimator, model, out)
 
 
@@ -128,6 +129,8 @@ def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out
     model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
                          attention_slicing=config.attention_slicing)
     model.prepare(labels)
+    check_batch_fits(model, estimator, steps=config.steps - config.warmup, batch=config.batch_size, labels=labels,
+                     guidance=config.guidance, precision=Precision(config.dtype, model.device))
     init = inverted_latent(config, model, scheduler, labels) if config.init.startswith("invert:") else None
     if config.offload_text_encoders and model.device.type != "cpu":
         model.offload_text_encoders()

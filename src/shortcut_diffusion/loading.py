@@ -46,7 +46,8 @@ def _sd15_random(name: str) -> DiffusionModel:
 
 def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Optional[int] = None,
                width: Optional[int] = None, guidance_scale: Optional[float] = None, guidance_rescale: float = 0.0,
-               negative_prompt: Optional[str] = None, variant: Optional[str] = None) -> DiffusionModel:
+               negative_prompt: Optional[str] = None, variant: Optional[str] = None,
+               progress: bool = True) -> DiffusionModel:
     """The model ``name`` (see the module docstring) with its frozen weights in ``dtype``, on
     ``device`` (default: where it was loaded, the CPU). ``height``, ``width``, ``negative_prompt``
     and ``guidance_rescale`` apply to text-to-image pipelines; ``guidance_scale`` to every guided
@@ -66,7 +67,7 @@ def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Op
         if not looks_like_pipeline(name):
             raise UsageError(f"unknown model {name!r}; choose one of {', '.join(BUILT_IN)}, sd15-random[:RESOLUTION], "
                              "a saved testbed directory, or a diffusers pipeline (directory or hub id)")
-        pipe = load_pipeline(name, dtype=dtype, variant=variant)
+        pipe = load_pipeline(name, dtype=dtype, variant=variant, progress=progress)
         pipe.set_progress_bar_config(disable=True)
         options = {"height": height, "width": width, "guidance_scale": guidance_scale,
                    "guidance_rescale": guidance_rescale, "negative_prompt": negative_prompt}

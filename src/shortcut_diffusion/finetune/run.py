@@ -29,6 +29,7 @@ from ..config import resolve_device
 from ..estimators import get_estimator
 from ..errors import UsageError
 from ..loading import load_model
+from ..memory import check_batch_fits
 from ..precision import Precision
 from ..rewards import get_reward
 from ..schedulers import scheduler_for
@@ -93,7 +94,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
 
 def setup(config: FinetuneConfig, estimator: Any, device: torch.device, accelerator: Any = None) -> FineTuning:
     """Load the model, attach the target (float32 masters), build the rewards: a :class:`FineTuning`."""
-    model = load_model(config.model, device=device, **config.load_options())
+    model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
     labels = conditions(config, model)
     reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
                         views=config.reward_views, seed=config.seed)
@@ -103,6 +104,8 @@ def setup(config: FinetuneConfig, estimator: Any, device: torch.device, accelera
                              modules=config.lora_modules, labels=labels)
     model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
                          attention_slicing=config.attention_slicing)
+    check_batch_fits(model, estimator, steps=config.steps, batch=config.batch, labels=labels,
+                     guidance=config.guidance, precision=Precision(config.dtype, device))
     world = accelerator.num_processes if accelerator is not None else 1
     ft = FineTuning(config, model, target, reward, scheduler_for(model, config.scheduler), estimator, labels,
                     Precision(config.dtype, device), world=world,
