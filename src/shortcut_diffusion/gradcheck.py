@@ -21,7 +21,7 @@ from .diagnostics import CountingDenoiser, SavedTensorMeter
 from .errors import UsageError
 from .estimators import get_estimator
 from .generation import generate, reward_labels
-from .loading import load_model
+from .loading import apply_thread_policy, load_model
 from .models.base import DiffusionModel
 from .options import ConditionOptions, ModelOptions, RewardOptions, SamplingOptions, redefault
 from .precision import Precision
@@ -185,6 +185,7 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
     estimators = [get_estimator(s, seed=config.seed) for s in specs]  # validate all before work
     device = resolve_device(config.device)
     model = load_model(config.model, device=device, progress=not config.json, **config.load_options())
+    apply_thread_policy(model, config.threads)
     labels = gradcheck_labels(config, model)
     scheduler = scheduler_for(model, config.scheduler)
     reward_spec = resolve_reward_spec(config.reward, model)

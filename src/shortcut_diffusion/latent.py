@@ -24,7 +24,7 @@ from .errors import UsageError
 from .estimators import get_estimator
 from .images import read_image
 from .inversion import ddim_invert
-from .loading import load_model
+from .loading import apply_thread_policy, load_model
 from .memory import check_batch_fits
 from .models.base import DiffusionModel
 from .optimize import LatentResult, check_latent_options, default_prior_weight, optimize_latent
@@ -118,6 +118,7 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
     device = resolve_device(config.device)
     with rundir.claimed(config.out, "latent", ARTIFACTS, overwrite=config.overwrite) as out:
         model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
+        apply_thread_policy(model, config.threads)
         return _run_latent(config, estimator, model, out)
 
 
@@ -135,7 +136,8 @@ def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out
     if config.offload_text_encoders and model.device.type != "cpu":
         model.offload_text_encoders()
     reporting.write_json(out / "config.json", {**config.as_dict(), "batch": config.batch_size,
-                                               "estimator_spec": estimator.spec, "device": str(model.device)})
+                                               "estimator_spec": estimator.spec, "device": str(model.device),
+                                               "torch_threads": torch.get_num_threads()})
     result = optimize_latent(
         model, reward, labels, estimator=estimator, scheduler=scheduler, steps=config.steps,
         warmup=config.warmup, iters=config.iters, lr=config.lr, betas=config.betas,

@@ -75,3 +75,21 @@ def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Op
     if guidance_scale is not None:
         model.guidance_scale = float(guidance_scale)
     return model.to(device, dtype=torch_dtype)
+
+
+def apply_thread_policy(model: DiffusionModel, threads: Optional[int] = None) -> int:
+    """Set torch's intra-op CPU threads for a run of ``model`` and return the number.
+
+    ``threads`` when given; else ``OMP_NUM_THREADS`` when the user set it; else the model's own
+    :attr:`~shortcut_diffusion.models.base.DiffusionModel.cpu_threads` (1 for the bundled digits
+    and toy models, which run several times faster on one thread when anything else is running);
+    else torch's default. Only CPU runs are affected."""
+    import os
+
+    import torch
+
+    if threads is None and "OMP_NUM_THREADS" not in os.environ and model.device.type == "cpu":
+        threads = model.cpu_threads
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()

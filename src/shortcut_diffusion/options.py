@@ -65,9 +65,13 @@ class ModelOptions(Options):
     negative_prompt: Optional[str] = field(default=None, metadata={"help": "negative prompt (the unconditional branch of CFG)"})
     guidance: Optional[float] = field(default=None, metadata={"help": "guidance scale (default: the model's)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
+    threads: Optional[int] = field(default=None, metadata={"help": "torch CPU threads (default: OMP_NUM_THREADS when set, "
+                                                                   "else 1 for the bundled small models, torch's default otherwise)"})
 
     def _check(self) -> None:
         check_number("--guidance", self.guidance, low=0)
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None and value < 8:

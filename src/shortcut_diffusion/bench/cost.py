@@ -28,7 +28,7 @@ from ..errors import UsageError
 from ..options import ModelOptions
 
 COLUMNS = ["model", "task", "estimator", "steps", "batch", "seconds_per_iter", "paired_sampling_seconds",
-           "nfe_forward", "nfe_backward", "saved_bytes", "peak_mem_mb", "cosine_to_full", "device", "dtype",
+           "nfe_forward", "nfe_backward", "saved_bytes", "peak_mem_mb", "cosine_to_full", "device", "threads", "dtype",
            "guidance", "resolution",
            "network_forward_s", "sampler_other_s", "decode_reward_s", "backward_s"]
 PHASES = {"network_forward": "network forwards", "sampler_other": "rest of sampling",
@@ -62,7 +62,7 @@ class BenchConfig(ModelOptions):
 
 def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeats: int, reward_spec: str,
             seed: int, device_name: str, model_options: Optional[dict[str, Any]] = None,
-            prompts: Sequence[str] = ()) -> dict[str, Any]:
+            prompts: Sequence[str] = (), threads: Optional[int] = None) -> dict[str, Any]:
     """One configuration, in this process: the median over ``repeats`` timed iterations of the
     guided computation users run (the model's own guidance unless ``model_options`` sets one)."""
     import resource
@@ -72,13 +72,14 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     from ..config import resolve_device
     from ..estimators import get_estimator
     from ..gradcheck import estimator_gradient
-    from ..loading import load_model
+    from ..loading import apply_thread_policy, load_model
     from ..precision import Precision
     from ..rewards import get_reward, resolve_reward_spec
 
     device = resolve_device(device_name)
     options = dict(model_options or {})
     model = load_model(model_name, device=device, **options)
+    apply_thread_policy(model, threads)
     reward = get_reward(resolve_reward_spec(reward_spec, model), shape=model.image_shape, model=model)
     estimator = None if spec is None else get_estimator(spec, seed=seed)
     conditions = model.labels_from(list(prompts) if model.condition_kind == "prompt" else ["all"],
@@ -117,7 +118,7 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
         "paired_sampling_seconds": statistics.median(floor),
         "nfe_forward": last["nfe_forward"], "nfe_backward": last["nfe_backward"],
         "saved_bytes": last["saved_bytes"], "peak_mem_mb": round(peak, 1), "cosine_to_full": cosine,
-        "device": _device_name(device), "dtype": precision.name, "guidance": model.guidance_scale,
+        "device": _device_name(device), "threads": torch.get_num_threads(), "dtype": precision.name, "guidance": model.guidance_scale,
         "resolution": "x".join(map(str, model.image_shape[1:])),
         **{f"{phase}_s": statistics.median(r["phases"][phase] for r in runs) for phase in PHASES},
     }
@@ -170,7 +171,8 @@ def _bench(config: BenchConfig, specs: list[str], out: Path, command: str, log) 
         for spec in [None, *specs]:
             args = {"model_name": config.model, "spec": spec, "steps": steps, "batch": config.batch,
                     "repeats": config.repeats, "reward_spec": config.reward, "seed": config.seed,
-                    "device_name": config.device, "model_options": config.load_options(), "prompts": config.prompt}
+                    "device_name": config.device, "model_options": config.load_options(), "prompts": config.prompt,
+                    "threads": config.threads}
             # --quick checks the harness in this process (its peak memory is not a configuration's own)
             row = measure(**args) if config.quick else _run_worker(args)
             rows.append(row)

@@ -28,7 +28,7 @@ from .. import reporting, rundir
 from ..config import resolve_device
 from ..estimators import get_estimator
 from ..errors import UsageError
-from ..loading import load_model
+from ..loading import apply_thread_policy, load_model
 from ..memory import check_batch_fits
 from ..precision import Precision
 from ..rewards import get_reward
@@ -95,6 +95,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
 def setup(config: FinetuneConfig, estimator: Any, device: torch.device, accelerator: Any = None) -> FineTuning:
     """Load the model, attach the target (float32 masters), build the rewards: a :class:`FineTuning`."""
     model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
+    apply_thread_policy(model, config.threads)
     labels = conditions(config, model)
     reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
                         views=config.reward_views, seed=config.seed)
@@ -150,7 +151,7 @@ def _start_files(ft: FineTuning, state: TrainState, out: Path, resumed: bool) ->
     reporting.write_json(out / "config.json", {**ft.config.as_dict(), "estimator_spec": ft.estimator.spec,
                                                "processes": ft.world, "global_batch": ft.global_batch,
                                                "learning_rate": ft.config.learning_rate,
-                                               "device": str(ft.model.device)})
+                                               "device": str(ft.model.device), "torch_threads": torch.get_num_threads()})
 
 
 def _save_checkpoint(ft: FineTuning, state: TrainState, out: Path) -> None:

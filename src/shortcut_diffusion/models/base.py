@@ -74,6 +74,9 @@ class DiffusionModel(abc.ABC):
     guidance_rescale: float = 0.0
     num_classes: Optional[int] = None
     classifier: Optional[nn.Module] = None
+    cpu_threads: ClassVar[Optional[int]] = None
+    """Intra-op threads the model runs best with on a CPU (None: torch's default). Small models
+    lose more to thread synchronisation than they gain, most of all on a busy machine."""
     lora_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
     """The layers LoRA adapts by default (name suffixes): a UNet's attention projections and the
     convolutions of its residual blocks."""

@@ -9,7 +9,7 @@ UNet fed through ``class_embed_type="identity"``), so every target exists on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
@@ -24,6 +24,7 @@ class ToyModel(TableConditioned):
     """Class-conditional, pixel space, no unconditional row (guidance does not apply)."""
 
     family: ClassVar[str] = "toy"
+    cpu_threads: ClassVar[Optional[int]] = 1
     has_null_row: ClassVar[bool] = False
     unet: UNet2DModel
     embeddings: nn.Embedding

@@ -7,6 +7,7 @@ depend on the architecture.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,8 +24,9 @@ def checkpoint_file(path: Optional[str], repo: str, filename: str, what: str) ->
     if path is None:
         from huggingface_hub import hf_hub_download
 
-        try:
-            path = hf_hub_download(repo, filename)
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        try:  # (the hub client reads HF_HUB_OFFLINE once, at import; honour it when set later too)
+            path = hf_hub_download(repo, filename, local_files_only=offline)
         except Exception as error:  # offline, no cache, no network: say what to do
             raise UsageError(f"the {what} weights ({repo}/{filename}) are not available: {str(error).splitlines()[0]} "
                              "(download the file and pass checkpoint=PATH)") from error

@@ -40,6 +40,7 @@ class DigitsModel(TableConditioned):
     pixel space, classifier-free guidance through the null row of the embedding table)."""
 
     family: ClassVar[str] = "digits"
+    cpu_threads: ClassVar[Optional[int]] = 1
     unet: UNet2DModel
     embeddings: nn.Embedding
     scheduler: DDIMScheduler
