@@ -151,3 +151,43 @@ def test_ddim_with_clip_sample_samples_what_the_pipeline_samples_and_offers_the_
     torch.testing.assert_close(out.sample, image)
     torch.testing.assert_close(grad, expected_grad)
     assert (out.sample - clipped).abs().max() > 1e-3  # the variants differ once clipping is active
+
+
+def test_alignprop_is_the_published_recipe_by_default():
+    """Checkpointing on, and the truncation drawn at every step as the authors' training script
+    does: step i keeps its graph iff a fresh T ~ U[0, N] is <= i, so late steps are kept more often.
+    The per-call draw (last K steps) stays available as draw=call, without checkpointing as
+    checkpoint=0."""
+    from shortcut_diffusion.sampling import Mode
+
+    default = get_estimator("alignprop", seed=0)
+    assert default.checkpoint and default.spec == "alignprop"
+    steps, calls = 10, 4000
+    kept = torch.zeros(steps)
+    for _ in range(calls):
+        modes = default.plan(steps).modes
+        assert set(modes) <= {Mode.CHECKPOINT, Mode.DETACH}
+        kept += torch.tensor([m is Mode.CHECKPOINT for m in modes], dtype=torch.float)
+    expected = (torch.arange(steps) + 1) / (steps + 1)
+    torch.testing.assert_close(kept / calls, expected, atol=0.03, rtol=0)
+    # the old behaviour, by name: the last K steps of each call, no checkpointing
+    old = get_estimator("alignprop:draw=call,checkpoint=0", seed=0)
+    assert old.spec == "alignprop:draw=call,checkpoint=0"
+    for _ in range(20):
+        modes = old.plan(steps).modes
+        k = modes.count(Mode.GRAD)
+        assert modes == (Mode.DETACH,) * (steps - k) + (Mode.GRAD,) * k and 1 <= k <= steps
+
+
+def test_alignprop_default_saves_checkpoint_placeholders_only(tiny):
+    """With checkpointing, the kept steps save (almost) nothing but their inputs."""
+    from shortcut_diffusion.diagnostics import SavedTensorMeter
+
+    cond = class_cond(tiny)
+    saved = {}
+    for spec in ("alignprop:low=0,high=0", "alignprop:low=0,high=0,checkpoint=0"):  # T = 0: every step kept
+        x = latent().requires_grad_(True)
+        with SavedTensorMeter(exclude=list(tiny.unet.parameters())) as meter:
+            sample(tiny.denoiser(), tiny.scheduler, x, steps=4, cond=cond, estimator=get_estimator(spec))
+        saved[spec] = meter.bytes
+    assert saved["alignprop:low=0,high=0"] < saved["alignprop:low=0,high=0,checkpoint=0"] / 5

@@ -17,6 +17,8 @@ from conftest import class_cond, latent
     ("sdo:kept=1", "has no option kept"),
     ("truncated:k", "must look like key=value"),
     ("alignprop:dist=beta", "unknown dist 'beta'"),
+    ("alignprop:draw=epoch", "unknown draw 'epoch'"),
+    ("alignprop:dist=gaussian,mean=3", "use it with draw=call"),
     ("refl:low=0.9,high=0.5", "low=0.9"),
 ])
 def test_bad_estimator_specs(spec, message):
@@ -29,7 +31,8 @@ def test_bad_estimator_specs(spec, message):
     ("truncated:k=6", "k=6 is out of range 1..5"),
     ("sdo:keep=7", "keep=7 is out of range"),
     ("sdo:k=9,keep=random", "k=9 is out of range"),
-    ("alignprop:high=8", "k=8 is out of range"),
+    ("alignprop:high=8", "high=8 is out of range 0..5"),
+    ("alignprop:draw=call,high=8", "k=8 is out of range"),
 ])
 def test_k_out_of_range(spec, message):
     with pytest.raises(UsageError, match=message):

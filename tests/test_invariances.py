@@ -31,7 +31,7 @@ def tiny64(tiny):
     return model
 
 
-@pytest.mark.parametrize("spec", ["truncated:k=all", "truncated:k=5", "checkpointed", "alignprop:low=5",
+@pytest.mark.parametrize("spec", ["truncated:k=all", "truncated:k=5", "checkpointed", "alignprop:draw=call,low=5", "alignprop:low=0,high=0",
                                   "sdo:k=all", "sdo:k=5,keep=random", "full:checkpoint=1"])
 def test_equivalent_to_full(spec, scheduler_case, tiny64):
     scheduler, step_kwargs = scheduler_case

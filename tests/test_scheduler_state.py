@@ -85,10 +85,10 @@ def test_random_estimators_draw_per_call_reproducibly():
     assert len({p.modes for p in plans}) > 1  # a new kept step per call
     again = get_estimator("sdo:keep=random,seed=3")
     assert [again.plan(20) for _ in range(6)] == plans  # same seed, same sequence
-    ap = get_estimator("alignprop:low=2,high=5")
+    ap = get_estimator("alignprop:draw=call,low=2,high=5")
     ks = {ap.plan(10).modes.count(ap.grad_mode) for _ in range(40)}
     assert ks <= {2, 3, 4, 5} and len(ks) > 1
-    gauss = get_estimator("alignprop:dist=gaussian,mean=3,std=0.1")
+    gauss = get_estimator("alignprop:draw=call,dist=gaussian,mean=3,std=0.1")
     assert {gauss.plan(10).modes.count(gauss.grad_mode) for _ in range(10)} == {3}
     refl = get_estimator("refl")
     assert all(7 <= refl.plan(10).x0_at <= 9 for _ in range(20))

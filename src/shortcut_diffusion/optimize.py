@@ -246,7 +246,8 @@ def optimize_latent(
     labels, batch = _labels(labels, batch)
     optimizes_noise = warmup == 0 and init is None
     prior_weight = default_prior_weight(prior_weight, optimizes_noise)
-    name = {v: k for k, v in DTYPES.items()}[model.dtype] if precision is None else getattr(precision, "name", precision)
+    name = {v: k for k, v in DTYPES.items()}[model.dtype] if precision is None else \
+        precision.name if isinstance(precision, Precision) else precision
     check_latent_options(steps=steps, warmup=warmup, iters=iters, lr=lr, batch=batch, prior_weight=prior_weight,
                          proximity_weight=proximity_weight, optimizes_noise=optimizes_noise, precision=name,
                          betas=betas, clip_grad=clip_grad)

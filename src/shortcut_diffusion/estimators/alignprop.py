@@ -1,13 +1,24 @@
 """AlignProp: randomized truncated backpropagation.
 
 Prabhudesai, Goyal, Pathak, Fragkiadaki, "Aligning Text-to-Image Diffusion Models with Reward
-Backpropagation", 2023 (arXiv 2310.03739). The number K of final steps whose network graph is kept
-is drawn anew for every sampling call; before them the network output is detached but the
-scheduler's linear update stays differentiable (the same detach semantics as SDO, placed at a
-random truncation point). The paper uses gradient checkpointing on the kept steps (``checkpoint=1``).
+Backpropagation", 2023 (arXiv 2310.03739). Before the truncation point the network output is
+detached while the scheduler's linear update stays differentiable (the same detach semantics as
+SDO, at a random place), and the kept network calls run under gradient checkpointing.
 
-Distributions of K: ``uniform`` on ``[low, high]`` (default ``1..steps``) or ``gaussian`` with
-``mean``/``std`` (rounded, clipped to ``1..steps``).
+Two ways of drawing the truncation, both published:
+
+``draw=step`` (default: the authors' training script, ``main.py`` with ``truncated_backprop_rand``)
+    at every step i a fresh integer ``T ~ U[low, high]`` (default ``[0, steps]``, the authors'
+    ``(0, 50)`` for 50 steps) is drawn, and step i keeps its network graph iff ``T <= i``: late
+    steps are kept more often (step i with probability ``(i + 1 - low) / (high - low + 1)``), about
+    half of them on average.
+``draw=call`` (the repository's ``sd_pipeline.py`` and TRL's former ``AlignPropTrainer``)
+    once per sampling call, the last K steps keep their graph, K drawn ``uniform`` on
+    ``[low, high]`` (default ``1..steps``) or ``gaussian`` with ``mean``/``std`` (rounded,
+    clipped to ``1..steps``).
+
+Gradient checkpointing is on by default, as published; ``checkpoint=0`` keeps the kept steps'
+activations instead (faster, and memory that grows with the number of kept steps).
 """
 
 from __future__ import annotations
@@ -20,36 +31,49 @@ from ..errors import UsageError
 from ..sampling import Mode, Plan
 from .base import GradientEstimator
 
+DRAWS = ("step", "call")
+
 
 class AlignProp(GradientEstimator):
     name = "alignprop"
+    default_checkpoint = True
 
     def __init__(
         self,
+        draw: str = "step",
         dist: str = "uniform",
-        low: int = 1,
+        low: Optional[int] = None,
         high: Optional[int] = None,
         mean: Optional[float] = None,
         std: float = 1.0,
         seed=0,
-        checkpoint: bool = False,
+        checkpoint: bool = True,
     ):
         super().__init__(seed=seed, checkpoint=checkpoint)
+        if draw not in DRAWS:
+            raise UsageError(f"alignprop: unknown draw {draw!r}; choose step (the authors' script) or call")
         if dist not in ("uniform", "gaussian"):
             raise UsageError(f"alignprop: unknown dist {dist!r}; choose uniform or gaussian")
         if dist == "gaussian" and mean is None:
             raise UsageError("alignprop: dist=gaussian needs mean=")
-        self.dist, self.low, self.high, self.mean, self.std = dist, int(low), high, mean, float(std)
+        if dist == "gaussian" and draw == "step":
+            raise UsageError("alignprop: dist=gaussian draws K once per call: use it with draw=call")
+        self.draw, self.dist, self.mean, self.std = draw, dist, mean, float(std)
+        self.low = (0 if draw == "step" else 1) if low is None else int(low)
+        self.high = high
 
     def params(self) -> dict:
+        p: dict = {} if self.draw == "step" else {"draw": "call"}
         if self.dist == "gaussian":
-            return {"dist": "gaussian", "mean": self.mean, "std": self.std}
-        p = {"low": self.low} if self.low != 1 else {}
+            return {**p, "dist": "gaussian", "mean": self.mean, "std": self.std}
+        if self.low != (0 if self.draw == "step" else 1):
+            p["low"] = self.low
         if self.high is not None:
             p["high"] = self.high
         return p
 
     def draw_k(self, steps: int) -> int:
+        """``draw=call``: the number of final steps whose graph is kept in one call."""
         if self.dist == "gaussian":
             z = float(torch.randn((), generator=self._generator))
             return min(max(round(self.mean + self.std * z), 1), steps)
@@ -60,6 +84,18 @@ class AlignProp(GradientEstimator):
             raise UsageError(f"alignprop: low={self.low} is greater than high={high}")
         return self._randint(self.low, high)
 
+    def _step_modes(self, steps: int) -> tuple[Mode, ...]:
+        high = steps if self.high is None else int(self.high)
+        for name, value in (("low", self.low), ("high", high)):
+            if not 0 <= value <= steps:
+                raise UsageError(f"alignprop: {name}={value} is out of range 0..{steps} for {steps} steps")
+        if self.low > high:
+            raise UsageError(f"alignprop: low={self.low} is greater than high={high}")
+        draws = torch.randint(self.low, high + 1, (steps,), generator=self._generator).tolist()
+        return tuple(self.grad_mode if t <= i else Mode.DETACH for i, t in enumerate(draws))
+
     def plan(self, steps: int) -> Plan:
+        if self.draw == "step":
+            return Plan(self._step_modes(steps))
         k = self.draw_k(steps)
         return Plan((Mode.DETACH,) * (steps - k) + (self.grad_mode,) * k)

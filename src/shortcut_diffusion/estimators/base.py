@@ -19,6 +19,8 @@ class GradientEstimator:
     """
 
     name: str = ""
+    default_checkpoint: bool = False
+    """Whether the kept steps are checkpointed unless ``checkpoint=`` says otherwise."""
 
     def __init__(self, seed: Optional[int] = 0, checkpoint: bool = False):
         self.seed = seed
@@ -50,8 +52,8 @@ class GradientEstimator:
     def spec(self) -> str:
         """``name`` or ``name:key=value,...``: the string :func:`get_estimator` parses back."""
         params = self.params()
-        if self.checkpoint:
-            params["checkpoint"] = 1
+        if self.checkpoint != self.default_checkpoint:
+            params["checkpoint"] = int(self.checkpoint)
         if not params:
             return self.name
         return self.name + ":" + ",".join(f"{k}={v}" for k, v in params.items())
