@@ -66,7 +66,7 @@ def tiny_testbed_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("testbed")
     config = TrainTestbedConfig(out=str(out), steps=15, batch=32, channels=[8, 16], warmup=5,
-                                classifier_epochs=1, eval_per_class=3)
+                                classifier_epochs=1, judge_epochs=2, eval_per_class=3)
     train_testbed(config, progress=False, log=None)
     return out
 

@@ -157,3 +157,13 @@ def test_bf16_autocast_keeps_the_latent_in_fp32(model):
     with pytest.raises(UsageError, match="unknown precision 'fp8'"):
         optimize_latent(model, get_reward("ink"), torch.tensor([4]), steps=2, iters=1, precision="fp8",
                         progress=False)
+
+
+def test_the_paper_preset_fills_the_defaults_and_yields_to_explicit_options():
+    from shortcut_diffusion.latent import PRESETS, LatentConfig
+
+    paper = LatentConfig(preset="paper").resolved()
+    assert {k: getattr(paper, k) for k in PRESETS["paper"]} == PRESETS["paper"]
+    mine = LatentConfig(preset="paper", lr=0.05, warmup=40).resolved()
+    assert (mine.lr, mine.warmup, mine.betas, mine.prior_weight) == (0.05, 40, [0.9, 0.9], 0.0)
+    assert LatentConfig().resolved() == LatentConfig()

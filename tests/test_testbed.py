@@ -66,3 +66,27 @@ def test_frechet_distance_properties():
     scaled = a * 2  # covariance 4S: tr(S) + tr(4S) - 2 tr(2S) = tr(S); means differ by mean(a)
     expected = np.trace(np.cov(a, rowvar=False)) + (a.mean(0) ** 2).sum()
     assert metrics.frechet_distance(a, scaled) == pytest.approx(expected, rel=1e-3)
+
+
+def test_the_bundled_judge_is_another_network_that_reads_real_digits():
+    from shortcut_diffusion import load_model
+    from shortcut_diffusion.testbed.judge import DigitJudge
+
+    model = load_model("digits")
+    assert isinstance(model.judge, DigitJudge) and not isinstance(model.judge, type(model.classifier))
+    held = data.load("held_out")
+    with torch.no_grad():
+        accuracy = float((model.judge(held.images).argmax(1) == held.labels).float().mean())
+    assert accuracy > 0.95 and accuracy == pytest.approx(model.info["judge_held_out_accuracy"], abs=1e-6)
+    assert not any(p.requires_grad for p in model.judge.parameters())
+
+
+def test_the_judge_reports_next_to_the_reward(tiny_testbed_dir, tmp_path):
+    import json as _json
+
+    from shortcut_diffusion.latent import LatentConfig, run_latent
+
+    _, out = run_latent(LatentConfig(model=str(tiny_testbed_dir), steps=3, iters=1, batch=2, progress=False,
+                                     grid_every=0, out=str(tmp_path / "run")))
+    summary = _json.loads((out / "summary.json").read_text())
+    assert len(summary["judge_final_predicted"]) == 2 and 0 <= summary["judge_agreement"] <= 1

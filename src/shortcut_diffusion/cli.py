@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add(commands, "demo", DemoConfig, _latent,
          "the main job on the bundled digits model: SDO turns generated 1s into 7s "
-         "(sdo latent with its defaults, written to runs/demo)")
+         "(sdo latent with its defaults and --reward-augment translation, written to runs/demo)")
     _add(commands, "latent", LatentConfig, _latent,
          "optimize latents (initial noise, a warmed-up latent, or an inverted image) against a reward")
     _add(commands, "finetune", FinetuneConfig, _finetune,

@@ -1,7 +1,7 @@
 """Latent optimization: steer a fixed model's samples by optimizing the latent against a reward.
 
 The optimized variable is the initial noise (``warmup=0``), the latent after ``warmup`` steps run
-without grad (the paper's setting, e.g. 45 of 50), or the DDIM inversion of a given image
+without grad (as in the paper's scripts, 45 of 50), or the DDIM inversion of a given image
 (editing). Every iteration samples the remaining steps with the chosen gradient estimator
 (default SDO), decodes, scores, and takes an Adam step on ``-reward + regularizers`` (summed over
 the batch, so every sample's objective is independent). The latent keeps a float32 master copy;

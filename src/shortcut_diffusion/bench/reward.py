@@ -79,6 +79,10 @@ def latent_time_to_reward(model: Any, reward_spec: str, cond: int, *, estimators
             row["start_digits_fd"] = metrics.digits_fd(model.classifier, result.start_images)
             if target is not None:
                 row["class_fd"] = metrics.digits_fd(model.classifier, result.images, "all", [target])
+                if model.judge is not None:  # the held-out judge, never a reward, reads the goal class
+                    with torch.no_grad():
+                        read = model.judge(result.images.to(device)).argmax(1)
+                    row["judge_goal"] = float((read == target).float().mean())
         rows.append(row)
         iterate_images.append(images.view(len(iterates), batch, *images.shape[1:]).cpu())
     _match_full(rows, iterate_images, model.classifier, target)
@@ -164,14 +168,16 @@ def markdown(rows: list[dict[str, Any]], reference: str) -> str:
         lines += [f"### {task}, reward {reward}: {first['budget_seconds']:g} s of optimization per estimator", "",
                   f"Start: reward {first['start_reward']:.4f}" + (f", digits-FD {fd:.2f}" if fd is not None else "")
                   + f". Threshold (95% of the best improvement): {first['threshold']:.4f}.", "",
-                  f"| estimator | final reward | digits-FD | class-FD | iterations | s/iter | time to 95% | x {reference} |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  f"| estimator | final reward | digits-FD | class-FD | judge reads the goal | iterations | s/iter | "
+                  f"time to 95% | x {reference} |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in group:
             t95 = r["seconds_to_95"]
             ratio = (f"{t95 / ref['seconds_to_95']:.2f}" if t95 is not None and ref and ref["seconds_to_95"] else "-")
             fd = f"{r['digits_fd']:.2f}" if r.get("digits_fd") is not None else "-"
             cfd = f"{r['class_fd']:.2f}" if r.get("class_fd") is not None else "-"
-            lines.append(f"| {r['estimator']} | {r['final_reward']:.4f} | {fd} | {cfd} | {r['iterations']} | "
+            judge = f"{r['judge_goal']:.0%}" if r.get("judge_goal") is not None else "-"
+            lines.append(f"| {r['estimator']} | {r['final_reward']:.4f} | {fd} | {cfd} | {judge} | {r['iterations']} | "
                          f"{r['seconds_per_iter']:.2f} | {'not reached' if t95 is None else f'{t95:.1f} s'} | {ratio} |")
         lines.append("")
         if "full_final_level" in first:

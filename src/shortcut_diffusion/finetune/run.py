@@ -265,6 +265,9 @@ def describe(summary: dict[str, Any], out: Path) -> str:
         lines.append(f"digits-FD {before['digits_fd']:.2f} -> {after['digits_fd']:.2f}, "
                      f"accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, "
                      f"diversity {before['diversity']:.2f} -> {after['diversity']:.2f}")
+    if "judge_accuracy" in after and "judge_accuracy" in before:
+        lines.append(f"held-out judge (never a reward) reads the conditioned class: "
+                     f"{before['judge_accuracy']:.3f} -> {after['judge_accuracy']:.3f}")
     lines += [f"run directory: {out}",
               f"  trained {summary['target']}: {out / 'final'} (float32)",
               f"  evaluation samples: {out / 'eval' / 'before.safetensors'}, {out / 'eval' / 'after.safetensors'}",

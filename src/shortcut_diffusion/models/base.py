@@ -19,7 +19,7 @@ is optimized, evaluated, checked and benchmarked is one computation.
 ``timestep_kwargs(N)``    the extra ``set_timesteps`` arguments of the model's pipeline
 ``decode``/``encode``     latents <-> images in [-1, 1] (float32 images)
 ``embedding_parameters``  the conditioning tensors an embedding target trains (fp32 masters)
-``classifier``            the testbed's digit classifier, or None
+``classifier``, ``judge``  the testbed's digit classifier (rewards) and held-out judge, or None
 ========================  ==========================================================================
 
 The precision policy (see :mod:`shortcut_diffusion.precision`): frozen weights are in the dtype the
@@ -74,6 +74,8 @@ class DiffusionModel(abc.ABC):
     guidance_rescale: float = 0.0
     num_classes: Optional[int] = None
     classifier: Optional[nn.Module] = None
+    judge: Optional[nn.Module] = None
+    """A second classifier that is never a reward (the testbed's held-out judge), or None."""
     cpu_threads: ClassVar[Optional[int]] = None
     """Intra-op threads the model runs best with on a CPU (None: torch's default). Small models
     lose more to thread synchronisation than they gain, most of all on a busy machine."""

@@ -48,6 +48,7 @@ class DigitsModel(TableConditioned):
     guidance_scale: float = 2.0
     info: dict[str, Any] = field(default_factory=dict)
     sample_shape: tuple[int, int, int] = (1, 8, 8)
+    judge: Optional[nn.Module] = None
 
     @property
     def network(self) -> UNet2DModel:
@@ -64,15 +65,24 @@ class DigitsModel(TableConditioned):
         reward and a judge, stays float32)."""
         super().to(device, dtype)
         self.classifier.to(device=device, dtype=torch.float32)
+        if self.judge is not None:
+            self.judge.to(device=device, dtype=torch.float32)
         return self
 
     def metrics(self, images: torch.Tensor, labels: Sequence[Any]) -> dict[str, float]:
-        """digits-FD, conditional accuracy and diversity (from two samples up)."""
+        """digits-FD, conditional accuracy and diversity (from two samples up), and the held-out
+        judge's accuracy on the conditioned classes."""
+        labels = torch.as_tensor(list(labels))
+        row = {}
+        if self.judge is not None:
+            with torch.no_grad():
+                read = self.judge(images.to(next(self.judge.parameters()).device).float()).argmax(1).cpu()
+            row["judge_accuracy"] = float((read == labels).float().mean())
         if len(images) < 2:  # a Frechet distance needs two samples
-            return {}
+            return row
         from . import metrics
 
-        return metrics.evaluate(self.classifier, images, torch.as_tensor(list(labels)))
+        return {**metrics.evaluate(self.classifier, images, labels), **row}
 
     def save(self, directory: Union[str, Path]) -> None:
         directory = Path(directory)
@@ -84,6 +94,10 @@ class DigitsModel(TableConditioned):
                   directory / "classifier.safetensors")
         info = {**self.info, "guidance_scale": self.guidance_scale, "classifier_config": self.classifier.config}
         (directory / "testbed.json").write_text(json.dumps(info, indent=2) + "\n")
+        if self.judge is not None:
+            from .judge import save_judge
+
+            save_judge(self.judge, float(self.info.get("judge_held_out_accuracy", float("nan"))), directory)
 
 
 def load_digits_model(directory: Union[str, Path, None] = None) -> DigitsModel:
@@ -105,5 +119,8 @@ def load_digits_model(directory: Union[str, Path, None] = None) -> DigitsModel:
                          "or damaged? train it again with `sdo train-testbed --out DIR`") from None
     embeddings = nn.Embedding.from_pretrained(weight, freeze=True)
     classifier.eval().requires_grad_(False)
+    from .judge import load_judge
+
+    judge = load_judge(directory)
     return DigitsModel(unet, embeddings, scheduler, classifier,
-                       guidance_scale=float(info["guidance_scale"]), info=info)
+                       guidance_scale=float(info["guidance_scale"]), info=info, judge=judge)

@@ -52,6 +52,7 @@ class TrainTestbedConfig:
     ema: float = field(default=0.999, metadata={"help": "EMA decay of the saved weights"})
     guidance: float = field(default=1.5, metadata={"help": "classifier-free guidance scale saved with the model"})
     classifier_epochs: int = field(default=60, metadata={"help": "classifier training epochs"})
+    judge_epochs: int = field(default=150, metadata={"help": "held-out judge training epochs (0: no judge)"})
     classifier_noise: float = field(default=0.8, metadata={"help": "classifier inputs get Gaussian noise of std U(0, this)"})
     eval_per_class: int = field(default=100, metadata={"help": "samples per class for the final metrics (0: skip)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
@@ -168,7 +169,7 @@ def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int
     }
 
 
-ARTIFACTS = ("unet", "scheduler", "embeddings.safetensors", "classifier.safetensors", "testbed.json")
+ARTIFACTS = ("unet", "scheduler", "embeddings.safetensors", "classifier.safetensors", "judge.safetensors", "testbed.json")
 """What train-testbed writes (what ``--overwrite`` may remove)."""
 
 
@@ -195,7 +196,14 @@ def _train_testbed(config: TrainTestbedConfig, progress: bool, log: Optional[Cal
         "train_seconds": None,
         "torch_threads": torch.get_num_threads(),
     }
-    model = DigitsModel(unet, embeddings, scheduler, classifier, guidance_scale=config.guidance, info=info)
+    from .judge import train_judge
+
+    judge = None
+    if config.judge_epochs:
+        judge, info["judge_held_out_accuracy"] = train_judge(epochs=config.judge_epochs)
+        if log:
+            log(f"judge held-out accuracy: {info['judge_held_out_accuracy']:.4f}")
+    model = DigitsModel(unet, embeddings, scheduler, classifier, guidance_scale=config.guidance, info=info, judge=judge)
     if config.eval_per_class:
         info["metrics"] = evaluate_model(model, config.eval_per_class, seed=config.seed)
     info["train_seconds"] = round(time.time() - start, 1)
