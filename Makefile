@@ -24,9 +24,9 @@ demo:
 gradcheck:
 	$(BIN)/sdo gradcheck --steps 50
 
-# The README's latent-optimization table (about 12 minutes on 2 CPU cores).
+# The latent-optimization table of docs/latent.md (about 25 minutes; one thread).
 latent-table:
-	$(BIN)/python benchmarks/latent_table.py --out runs/latent_table
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/latent_table.py --out runs/latent_table
 
 # The README's fine-tuning table (about 45 minutes; one thread, so that timings are not shared).
 finetune-table:

@@ -47,6 +47,7 @@ def run(out: Path, steps: int, iters: int, batch: int, lr: float, seed: int, est
             result = optimize_latent(model, reward, labels, estimator=name, steps=steps, iters=iters,
                                      lr=lr, seed=seed, progress=False)
             predicted = model.classifier(result.images).argmax(1)
+            judged = model.judge(result.images).argmax(1)  # the held-out judge, never a reward
             row = {
                 "task": task,
                 "estimator": name,
@@ -57,6 +58,7 @@ def run(out: Path, steps: int, iters: int, batch: int, lr: float, seed: int, est
                 # large bias, so the change from this baseline is what compares estimators.
                 "start_digits_fd": metrics.digits_fd(model.classifier, result.start_images),
                 "goal_fraction": None if goal is None else float((predicted == goal).float().mean()),
+                "judge_goal_fraction": None if goal is None else float((judged == goal).float().mean()),
                 "seconds_per_iter": statistics.median(r["seconds"] for r in result.history),
                 "saved_bytes": max(r["saved_bytes"] for r in result.history),
                 "wall_seconds": time.perf_counter() - began,
@@ -69,12 +71,14 @@ def run(out: Path, steps: int, iters: int, batch: int, lr: float, seed: int, est
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| task | estimator | reward (start -> final) | digits-FD (start -> final) | classified as goal | s/iter | saved MiB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| task | estimator | reward (start -> final) | digits-FD (start -> final) | classified as goal | judge reads goal | s/iter | saved MiB |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         goal = "-" if r["goal_fraction"] is None else f"{r['goal_fraction']:.0%}"
+        judge = "-" if r.get("judge_goal_fraction") is None else f"{r['judge_goal_fraction']:.0%}"
         lines.append(f"| {r['task']} | {r['estimator']} | {r['start_reward']:.2f} -> {r['final_reward']:.2f} | "
-                     f"{r['start_digits_fd']:.0f} -> {r['digits_fd']:.0f} | {goal} | {r['seconds_per_iter']:.2f} | {r['saved_bytes'] / 2**20:.1f} |")
+                     f"{r['start_digits_fd']:.0f} -> {r['digits_fd']:.0f} | {goal} | {judge} | {r['seconds_per_iter']:.2f} | "
+                     f"{r['saved_bytes'] / 2**20:.1f} |")
     return "\n".join(lines)
 
 

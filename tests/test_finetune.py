@@ -250,3 +250,20 @@ def test_gradient_accumulation_equals_the_larger_batch(base_config, tmp_path):
     a, b = final_tensors(tmp_path / "big"), final_tensors(tmp_path / "accum")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0.05 / 100, msg=k)
+
+
+def test_evaluation_on_held_out_conditions(base_config, capsys):
+    """Train on classes 1 and 7, evaluate on 3 and 5 (fixed held-out noise); the training
+    classes are reported apart, as seen_* metrics."""
+    config = replace(base_config, eval_cond=["3", "5"], max_steps=2, eval_every=1, reward="ink", lr=0.05)
+    summary = run_finetune(config)
+    out = Path(config.out)
+    after = load_file(out / "eval" / "after.safetensors")
+    assert after["labels"].tolist() == [3, 3, 5, 5]
+    rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert all({"reward", "seen_reward", "accuracy", "seen_accuracy"} <= set(r) for r in rows)
+    assert summary["after"]["reward"] != summary["after"]["seen_reward"]
+    from shortcut_diffusion.finetune import describe
+
+    text = describe(summary, out)
+    assert "(held-out conditions)" in text and "(training conditions)" in text

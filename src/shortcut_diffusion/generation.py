@@ -89,6 +89,15 @@ def generate(
     return Generation(out.sample, images, out.plan, out.plans)
 
 
+def detached(value: Any) -> Any:
+    """A conditioning (a tensor or dicts of them) cut from any graph: a constant to sample with."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, dict):
+        return {k: detached(v) for k, v in value.items()}
+    return value
+
+
 def reward_labels(labels: Sequence[Any], device: Any) -> Any:
     """What rewards receive: prompts as a list, class indices as a tensor on ``device``."""
     if len(labels) and isinstance(labels[0], str):

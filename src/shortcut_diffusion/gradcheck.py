@@ -20,7 +20,7 @@ from .config import resolve_device
 from .diagnostics import CountingDenoiser, SavedTensorMeter
 from .errors import UsageError
 from .estimators import get_estimator
-from .generation import generate, reward_labels
+from .generation import detached, generate, reward_labels
 from .loading import apply_thread_policy, load_model
 from .models.base import DiffusionModel
 from .options import ConditionOptions, ModelOptions, RewardOptions, SamplingOptions, redefault
@@ -124,7 +124,7 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, l
                         precision):
     device = model.device
     x = torch.randn((len(labels), *model.sample_shape), generator=torch.Generator().manual_seed(seed)).to(device)
-    cond, params = _variables(model, x, _detach(model.conditioning(labels)), target)
+    cond, params = _variables(model, x, detached(model.conditioning(labels)), target)
     counter: dict[str, CountingDenoiser] = {}
 
     def wrap(denoiser):
@@ -164,13 +164,6 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, l
                    "decode_reward": scored - sampled, "backward": end - scored},
     }
 
-
-def _detach(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, dict):
-        return {k: _detach(v) for k, v in value.items()}
-    return value
 
 
 def gradcheck_labels(config: GradcheckConfig, model: DiffusionModel) -> list:

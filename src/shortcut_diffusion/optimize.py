@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .diagnostics import SavedTensorMeter
 from .errors import UsageError
 from .estimators import GradientEstimator, get_estimator
-from .generation import generate
+from .generation import detached, generate
 from .models.base import DiffusionModel
 from .precision import DTYPES, Precision
 from .rewards.contract import checked
@@ -259,7 +259,7 @@ def optimize_latent(
     if isinstance(scheduler, str):
         scheduler = make_scheduler(scheduler, like=model.scheduler)
     problem = LatentProblem(model, checked(reward), labels if isinstance(labels, list) else labels.to(model.device),
-                            _detach(model.conditioning(labels)), scheduler or model.scheduler, steps, warmup, seed,
+                            detached(model.conditioning(labels)), scheduler or model.scheduler, steps, warmup, seed,
                             guidance, step_kwargs, precision if isinstance(precision, Precision) else Precision(name, model.device))
     z0 = starting_latent(problem, batch, init)
     start_images = problem.images(z0)
@@ -309,11 +309,3 @@ def _iterate(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.Opt
     if stopped and progress:
         bar.write(f"stopped: {stopped}")
     return history, stopped, last_good
-
-
-def _detach(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, dict):
-        return {k: _detach(v) for k, v in value.items()}
-    return value

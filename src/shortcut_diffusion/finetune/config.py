@@ -7,6 +7,7 @@ optimizer, run directory) come from the groups of :mod:`shortcut_diffusion.optio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from ..errors import UsageError
@@ -51,6 +52,11 @@ class FinetuneConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptio
     eval_every: int = field(default=25, metadata={"help": "evaluate every k optimizer steps (0: only before and after)"})
     eval_per_class: int = field(default=10, metadata={"help": "evaluation samples per condition, on fixed noise"})
     eval_seed: int = field(default=1234, metadata={"help": "seed of the evaluation noise (kept apart from training)"})
+    eval_cond: list[str] = field(default_factory=list, metadata={"help": "evaluate on these conditions instead of the training ones "
+                                                                         "(held-out classes or prompts); the training conditions are "
+                                                                         "then reported as seen_* metrics"})
+    eval_prompts_file: Optional[str] = field(default=None, metadata={"help": "file with one held-out evaluation condition per line "
+                                                                              "(replaces --eval-cond)"})
     early_stop: int = field(default=0, metadata={"help": "stop after this many evaluations without improvement (0: never); the best weights are kept"})
     early_stop_metric: str = field(default="reward", metadata={"help": "evaluation metric early stopping watches", "choices": list(EARLY_STOP_METRICS)})
     checkpoint_every: int = field(default=25, metadata={"help": "write a checkpoint every k optimizer steps (0: never)"})
@@ -90,5 +96,7 @@ class FinetuneConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptio
             raise UsageError("--eval-every, --checkpoint-every, --early-stop and --lr-warmup must be >= 0")
         if self.early_stop and not self.eval_every:
             raise UsageError("--early-stop needs periodic evaluation (--eval-every > 0)")
+        if self.eval_prompts_file is not None and not Path(self.eval_prompts_file).is_file():
+            raise UsageError(f"--eval-prompts-file {self.eval_prompts_file} does not exist")
         if self.resume and self.overwrite:
             raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")

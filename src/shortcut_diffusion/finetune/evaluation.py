@@ -34,6 +34,19 @@ def evaluate(model: Any, reward: Callable, images: torch.Tensor, labels: Sequenc
     return row
 
 
+def evaluation_conditions(config: Any, model: Any) -> Optional[list]:
+    """The held-out evaluation conditions (``--eval-prompts-file``, ``--eval-cond``), checked, or
+    None to evaluate on the training conditions."""
+    if config.eval_prompts_file:
+        text = Path(config.eval_prompts_file).read_text()
+        items, source = [line.strip() for line in text.splitlines() if line.strip()], f"--eval-prompts-file {config.eval_prompts_file}"
+    elif config.eval_cond:
+        items, source = list(config.eval_cond), "--eval-cond"
+    else:
+        return None
+    return model.labels_from(items, source)
+
+
 class Evaluation:
     """The evaluation of one run: fixed conditions and noise, rows in ``eval.jsonl``, grids and
     the ``before``/``after`` samples under ``eval/``."""
@@ -45,22 +58,35 @@ class Evaluation:
         from ..rewards import get_reward
 
         self.reward = get_reward(config.reward, shape=ft.model.image_shape, model=ft.model)
-        self.labels = eval_labels(ft.conditions, config.eval_per_class)
+        held_out = evaluation_conditions(config, ft.model)
+        self.conditions = held_out if held_out is not None else ft.conditions
+        self.labels = eval_labels(self.conditions, config.eval_per_class)
         self.noise = eval_noise(ft.model, len(self.labels), config.eval_seed)
+        self.seen_labels = eval_labels(ft.conditions, config.eval_per_class) if held_out is not None else None
+        self.seen_noise = eval_noise(ft.model, len(self.seen_labels), config.eval_seed + 1) if held_out is not None else None
 
-    def run(self, state: "TrainState", name: Optional[str] = None, final: bool = False) -> dict[str, Any]:
+    def _samples(self, state: "TrainState", noise: torch.Tensor, labels: list, seed: int) -> torch.Tensor:
         ft, config = self.ft, self.ft.config
         swap = ft.target.swapped(state.ema) if state.ema is not None else contextlib.nullcontext()
         with swap:
-            images = sample_images(ft.model, self.noise, self.labels, steps=config.steps, guidance=config.guidance,
-                                   scheduler=ft.scheduler, seed=config.eval_seed, step_kwargs=config.step_kwargs,
-                                   precision=ft.precision)
+            return sample_images(ft.model, noise, labels, steps=config.steps, guidance=config.guidance,
+                                 scheduler=ft.scheduler, seed=seed, step_kwargs=config.step_kwargs, precision=ft.precision)
+
+    def run(self, state: "TrainState", name: Optional[str] = None, final: bool = False) -> dict[str, Any]:
+        """Evaluate the current weights on the evaluation conditions (held out from training when
+        ``--eval-cond``/``--eval-prompts-file`` are given; then also on the training conditions,
+        as ``seen_*`` keys)."""
+        config = self.ft.config
+        images = self._samples(state, self.noise, self.labels, config.eval_seed)
         row = {"step": state.step, "wall_clock": state.wall_clock, "samples": state.samples,
-               **evaluate(ft.model, self.reward, images, self.labels)}
+               **evaluate(self.ft.model, self.reward, images, self.labels)}
+        if self.seen_labels is not None:
+            seen = self._samples(state, self.seen_noise, self.seen_labels, config.eval_seed + 1)
+            row.update({f"seen_{k}": v for k, v in evaluate(self.ft.model, self.reward, seen, self.seen_labels).items()})
         if final:
             row["final"] = True  # the exported weights (EMA or best), after the last step
         per = config.eval_per_class
-        rows = [images[i * per : (i + 1) * per] for i in range(len(ft.conditions))]
+        rows = [images[i * per : (i + 1) * per] for i in range(len(self.conditions))]
         reporting.save_grid(self.out / "eval" / f"grid_step_{state.step:06d}.png", rows)
         if name:
             from .run import label_index

@@ -256,9 +256,13 @@ def _finish(ft: FineTuning, state: TrainState, accelerator: Any, evaluation: Eva
 
 def describe(summary: dict[str, Any], out: Path) -> str:
     before, after = summary["before"], summary["after"]
-    lines = [f"evaluation reward {_number(before['reward'])} -> {_number(after['reward'])} "
-             f"after {summary['steps']} steps ({summary['samples']} samples, {summary['wall_clock'] / 60:.1f} min; "
-             f"stopped: {summary['stopped']})"]
+    held_out = "seen_reward" in after
+    lines = [f"evaluation reward{' (held-out conditions)' if held_out else ''} {_number(before['reward'])} -> "
+             f"{_number(after['reward'])} after {summary['steps']} steps ({summary['samples']} samples, "
+             f"{summary['wall_clock'] / 60:.1f} min; stopped: {summary['stopped']})"]
+    if held_out:
+        lines.append(f"evaluation reward (training conditions) {_number(before['seen_reward'])} -> "
+                     f"{_number(after['seen_reward'])}")
     if summary.get("skipped_steps"):
         lines.append(f"fp16 loss scaling skipped {summary['skipped_steps']} step(s) whose gradient overflowed")
     if "digits_fd" in after and "digits_fd" in before:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from .denoisers import ClassifierFreeGuidance
+from .denoisers import ClassifierFreeGuidance, UNet2DDenoiser
 
 CONDITION_KINDS = ("class", "prompt", "none")
 
@@ -225,9 +225,22 @@ class DiffusionModel(abc.ABC):
 class TableConditioned(DiffusionModel):
     """A class-conditional model whose conditioning is a table of embeddings outside the network
     (``embeddings``: an ``nn.Embedding`` with one row per class and, for guidance, a null row at
-    ``num_classes``), shaped by :meth:`shape_embedding`."""
+    ``num_classes``), shaped by :meth:`shape_embedding`; the network is ``unet``, run through the
+    ``adapter`` denoiser class."""
 
     embeddings: nn.Embedding
+    unet: nn.Module
+    adapter: ClassVar[type] = UNet2DDenoiser
+
+    @property
+    def network(self) -> nn.Module:
+        return self.unet
+
+    def set_network(self, module: nn.Module) -> None:
+        self.unet = module
+
+    def network_denoiser(self, guidance: float = 1.0) -> nn.Module:
+        return self.adapter(self.unet)
 
     @property
     def num_classes(self) -> int:  # type: ignore[override]

@@ -47,19 +47,10 @@ class SD15Shaped(TableConditioned):
     scheduler: DDIMScheduler
     sample_shape: tuple[int, int, int]
     guidance_scale: float = 7.5
-
-    @property
-    def network(self) -> UNet2DConditionModel:
-        return self.unet
-
-    def set_network(self, module: nn.Module) -> None:
-        self.unet = module
+    adapter: ClassVar[type] = UNet2DConditionDenoiser
 
     def shape_embedding(self, rows: torch.Tensor) -> torch.Tensor:
         return rows.view(-1, TOKENS, WIDTH)
-
-    def network_denoiser(self, guidance: float = 1.0) -> UNet2DConditionDenoiser:
-        return UNet2DConditionDenoiser(self.unet)
 
 
 def sd15_shaped(resolution: int = 512, seed: int = 0) -> SD15Shaped:

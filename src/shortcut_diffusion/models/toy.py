@@ -16,7 +16,6 @@ from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
 from .base import TableConditioned
-from .denoisers import UNet2DDenoiser
 
 
 @dataclass(eq=False)
@@ -30,16 +29,6 @@ class ToyModel(TableConditioned):
     embeddings: nn.Embedding
     scheduler: DDIMScheduler
     sample_shape: tuple[int, int, int] = (1, 16, 16)
-
-    @property
-    def network(self) -> UNet2DModel:
-        return self.unet
-
-    def set_network(self, module: nn.Module) -> None:
-        self.unet = module
-
-    def network_denoiser(self, guidance: float = 1.0) -> UNet2DDenoiser:
-        return UNet2DDenoiser(self.unet)
 
 
 def toy_model(seed: int = 0, channels: tuple[int, ...] = (16, 32), num_classes: int = 10) -> ToyModel:

@@ -26,7 +26,6 @@ from torch import nn
 
 from ..errors import UsageError
 from ..models.base import TableConditioned
-from ..models.denoisers import UNet2DDenoiser
 from .classifier import DigitClassifier
 
 BUNDLED = Path(__file__).parent / "weights"
@@ -49,16 +48,6 @@ class DigitsModel(TableConditioned):
     info: dict[str, Any] = field(default_factory=dict)
     sample_shape: tuple[int, int, int] = (1, 8, 8)
     judge: Optional[nn.Module] = None
-
-    @property
-    def network(self) -> UNet2DModel:
-        return self.unet
-
-    def set_network(self, module: nn.Module) -> None:
-        self.unet = module
-
-    def network_denoiser(self, guidance: float = 1.0) -> UNet2DDenoiser:
-        return UNet2DDenoiser(self.unet)
 
     def to(self, device: Any = None, dtype: Optional[torch.dtype] = None) -> "DigitsModel":
         """Move every network; ``dtype`` casts the frozen diffusion weights (the classifier, a
