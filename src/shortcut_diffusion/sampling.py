@@ -98,10 +98,15 @@ class SampleOutput:
     """One plan per row when the plans differed between rows, else None."""
 
 
+def derived_generator(*key: Any) -> torch.Generator:
+    """A generator seeded by a hash of ``key``: independent streams that depend on the key only."""
+    digest = hashlib.sha256(":".join(map(str, key)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
 def step_noise_generator(seed: int, step: int) -> torch.Generator:
     """The generator of step ``step``'s noise for the integer ``seed``: a function of both only."""
-    key = hashlib.sha256(f"sdo-step-noise:{seed}:{step}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
+    return derived_generator("sdo-step-noise", seed, step)
 
 
 def _step_generators(generator: Union[torch.Generator, int, None]) -> Callable[[int], Optional[torch.Generator]]:

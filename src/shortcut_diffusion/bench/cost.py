@@ -275,7 +275,7 @@ def report(rows: list[dict[str, Any]], config: BenchConfig, command: str,
     first = rows[0] if rows else {}
     device = first.get("device", "?")
     parts = [f"# Cost per optimization iteration\n\nCommand: `{command}`\n\nModel `{config.model}` "
-             f"({first.get('resolution', '?')}, {first.get('dtype', '?')}, guidance {first.get('guidance', '?')}: the "
+             f"(decoded {first.get('resolution', '?')}, {first.get('dtype', '?')}, guidance {first.get('guidance', '?')}: the "
              f"guided computation users run), batch {config.batch}, latent target, median of {config.repeats} "
              f"timed iterations, device {device}. "
              "Ratios come two ways, both from synchronised clocks (CUDA is synchronised around every timed "

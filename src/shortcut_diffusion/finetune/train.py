@@ -15,7 +15,6 @@ The run directory (checkpoints, evaluation schedule, export) is a thin layer abo
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from ..estimators import GradientEstimator
 from ..generation import generate, reward_labels
 from ..models.base import DiffusionModel
 from ..precision import Precision
-from ..sampling import Mode
+from ..sampling import Mode, derived_generator
 from ..schedulers import fresh_scheduler
 from .config import EARLY_STOP_METRICS, FinetuneConfig
 from .targets import Target
@@ -38,8 +37,7 @@ _NOISE, _PLAN, _KL = 1, 2, 3
 
 def stream(seed: int, kind: int, index: int) -> torch.Generator:
     """The random stream ``kind`` of global sample ``index``: a function of the seed and both only."""
-    key = hashlib.sha256(f"{seed}:{kind}:{index}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
+    return derived_generator(seed, kind, index)
 
 
 @dataclass
