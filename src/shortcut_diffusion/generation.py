@@ -16,6 +16,8 @@ scheduler's timesteps, its decode, under the run's precision.
 from __future__ import annotations
 
 import contextlib
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -23,6 +25,46 @@ import torch
 
 from .models.base import DiffusionModel
 from .sampling import Plan, PlanSource, sample
+
+
+class CompiledDenoiser:
+    """A denoiser whose calls without grad run through ``torch.compile``; calls that record a
+    graph (the steps an estimator keeps, their checkpoint recomputation) run eagerly.
+
+    The sampler evaluates detached and stopped steps under ``torch.no_grad()``, so those, the
+    warm-up and plain sampling take the compiled path. Compilation happens on the first such
+    call; where it is unavailable (no compiler, an unsupported platform or operator) the failure
+    is reported once as a warning and every later call runs eagerly."""
+
+    def __init__(self, denoiser: Callable, mode: Optional[str] = None):
+        self.eager = denoiser
+        self.compiled = torch.compile(denoiser, dynamic=False, mode=mode)
+        self.failure: Optional[str] = None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self.eager(x, t, cond)
+        if self.failure is None:
+            try:
+                return self.compiled(x, t, cond)
+            except Exception as error:  # torch._dynamo / inductor errors: fall back, say so once
+                self.failure = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                warnings.warn(f"--compile: torch.compile is unavailable here ({self.failure}); running eagerly",
+                              RuntimeWarning, stacklevel=2)
+        return self.eager(x, t, cond)
+
+
+_COMPILED: "weakref.WeakKeyDictionary[DiffusionModel, dict]" = weakref.WeakKeyDictionary()
+
+
+def compiled_denoiser(model: DiffusionModel, guidance: Optional[float] = None) -> CompiledDenoiser:
+    """The model's denoiser at ``guidance``, compiled once per model and guidance (the steps that
+    record no graph reuse it across calls and iterations)."""
+    cache = _COMPILED.setdefault(model, {})
+    key = (model.guidance_scale if guidance is None else float(guidance), model.dtype, id(model.network))
+    if key not in cache:
+        cache[key] = CompiledDenoiser(model.denoiser(guidance))
+    return cache[key]
 
 
 @dataclass
@@ -58,6 +100,7 @@ def generate(
     callback: Optional[Callable[[dict[str, Any]], None]] = None,
     progress: bool = False,
     decode: bool = True,
+    compile: bool = False,
 ) -> Generation:
     """Sample from ``noise`` (the latent at step ``start``) and decode.
 
@@ -74,8 +117,11 @@ def generate(
         precision: a :class:`~shortcut_diffusion.precision.Precision`; sampling and decoding run
             under its autocast.
         wrap: applied to the denoiser before sampling (e.g. a counting wrapper).
+        compile: run the network calls that record no graph (detached steps, warm-up, plain
+            sampling) through ``torch.compile`` (:func:`compiled_denoiser`); the kept steps run
+            eagerly with their graph.
     """
-    denoiser = model.denoiser(guidance)
+    denoiser = compiled_denoiser(model, guidance) if compile else model.denoiser(guidance)
     if wrap is not None:
         denoiser = wrap(denoiser)
     if cond is None:

@@ -109,6 +109,7 @@ def estimator_gradient(
     guidance: Optional[float] = None,
     step_kwargs: Optional[dict] = None,
     precision: Optional[Precision] = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """One estimator's gradient of ``reward`` w.r.t. ``target`` through :func:`generate` (the
     guided computation users run), with its measured cost.
@@ -117,11 +118,12 @@ def estimator_gradient(
     """
     with torch.set_grad_enabled(estimator is not None):
         return _estimator_gradient(model, scheduler, estimator, reward, target=target, steps=steps, labels=labels,
-                                   seed=seed, guidance=guidance, step_kwargs=step_kwargs, precision=precision)
+                                   seed=seed, guidance=guidance, step_kwargs=step_kwargs, precision=precision,
+                                   compile=compile)
 
 
 def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, labels, seed, guidance, step_kwargs,
-                        precision):
+                        precision, compile):
     device = model.device
     x = torch.randn((len(labels), *model.sample_shape), generator=torch.Generator().manual_seed(seed)).to(device)
     cond, params = _variables(model, x, detached(model.conditioning(labels)), target)
@@ -139,7 +141,8 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, l
     start = clock()
     with SavedTensorMeter(exclude=[p for m in model.modules() for p in m.parameters()]) as meter:
         out = generate(model, x, labels, steps=steps, estimator=estimator, guidance=guidance, scheduler=scheduler,
-                       cond=cond, seed=seed + 1, step_kwargs=step_kwargs, precision=precision, wrap=wrap, decode=False)
+                       cond=cond, seed=seed + 1, step_kwargs=step_kwargs, precision=precision, wrap=wrap, decode=False,
+                       compile=compile)
     sampled = clock()
     with precision.autocast() if precision is not None else contextlib.nullcontext():
         images = model.decode(out.latents).float().clamp(-1, 1)
@@ -189,7 +192,7 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
     for spec, estimator in zip(specs, estimators):
         r = estimator_gradient(model, scheduler, estimator, reward, target=config.target, steps=config.steps,
                                labels=labels, seed=config.seed, guidance=config.guidance,
-                               step_kwargs=config.step_kwargs, precision=precision)
+                               step_kwargs=config.step_kwargs, precision=precision, compile=config.compile)
         g = r.pop("gradient")
         if reference is None:
             reference = g

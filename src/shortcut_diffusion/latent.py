@@ -166,7 +166,7 @@ def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out
         clip_grad=config.clip_grad or None, prior_weight=config.prior_weight,
         proximity_weight=config.proximity_weight, init=init, batch=config.batch_size, seed=config.seed,
         step_kwargs=config.step_kwargs, guidance=config.guidance, precision=config.dtype,
-        progress=config.progress, callback=_recorder(config, out),
+        progress=config.progress, callback=_recorder(config, out), compile=config.compile,
     )
     _write_results(config, model, labels, result, estimator.spec, out)
     return result, out

@@ -130,11 +130,12 @@ class LatentProblem:
     guidance: Optional[float]
     step_kwargs: Optional[dict[str, Any]]
     precision: Precision
+    compile: bool = False
 
     def generate(self, z: torch.Tensor, estimator: Any = None, **options: Any):
         return generate(self.model, z, steps=self.steps, estimator=estimator, guidance=self.guidance,
                         scheduler=self.scheduler, cond=self.cond, seed=self.seed + 1, start=self.warmup,
-                        step_kwargs=self.step_kwargs, precision=self.precision, **options)
+                        step_kwargs=self.step_kwargs, precision=self.precision, compile=self.compile, **options)
 
     @torch.no_grad()
     def images(self, z: torch.Tensor) -> torch.Tensor:
@@ -153,7 +154,7 @@ def starting_latent(problem: LatentProblem, batch: int, init: Optional[torch.Ten
         with torch.no_grad(), problem.precision.autocast():
             z = generate(model, z, steps=problem.steps, guidance=problem.guidance, scheduler=problem.scheduler,
                          cond=problem.cond, seed=problem.seed + 1, stop=problem.warmup,
-                         step_kwargs=problem.step_kwargs, decode=False).latents
+                         step_kwargs=problem.step_kwargs, decode=False, compile=problem.compile).latents
     return z.float()
 
 
@@ -221,6 +222,7 @@ def optimize_latent(
     progress: bool = True,
     callback: Optional[Callable[[dict[str, Any], torch.Tensor, torch.Tensor], None]] = None,
     max_seconds: Optional[float] = None,
+    compile: bool = False,
 ) -> LatentResult:
     """Optimize latents of ``model`` so that ``reward(decode(sample), labels)`` increases.
 
@@ -242,6 +244,7 @@ def optimize_latent(
         callback: called after every iteration with ``(row, latents, images)``.
         max_seconds: also stop once the iterations have taken this long (a wall-clock budget;
             the callback's time is not counted).
+        compile: run the network calls that record no graph through ``torch.compile``.
     """
     labels, batch = _labels(labels, batch)
     optimizes_noise = warmup == 0 and init is None
@@ -260,7 +263,8 @@ def optimize_latent(
         scheduler = make_scheduler(scheduler, like=model.scheduler)
     problem = LatentProblem(model, checked(reward), labels if isinstance(labels, list) else labels.to(model.device),
                             detached(model.conditioning(labels)), scheduler or model.scheduler, steps, warmup, seed,
-                            guidance, step_kwargs, precision if isinstance(precision, Precision) else Precision(name, model.device))
+                            guidance, step_kwargs, precision if isinstance(precision, Precision) else Precision(name, model.device),
+                            compile)
     z0 = starting_latent(problem, batch, init)
     start_images = problem.images(z0)
     start_rewards = problem.reward(start_images, problem.labels).detach()

@@ -96,6 +96,8 @@ class SamplingOptions(Options):
     scheduler: str = field(default="auto", metadata={"help": "scheduler (auto: the model's own)", "choices": ["auto", *SCHEDULERS]})
     steps: int = field(default=50, metadata={"help": "sampling steps"})
     eta: Optional[float] = field(default=None, metadata={"help": "DDIM eta (stochastic DDIM when > 0)"})
+    compile: bool = field(default=False, metadata={"help": "run the network calls that record no graph (detached steps, "
+                                                            "warm-up, evaluation) through torch.compile; kept steps stay eager"})
 
     def _check(self) -> None:
         if self.steps < 1:

@@ -28,7 +28,7 @@ from ..errors import UsageError
 from ..options import ModelOptions
 
 COLUMNS = ["model", "task", "estimator", "steps", "batch", "seconds_per_iter", "paired_sampling_seconds",
-           "nfe_forward", "nfe_backward", "saved_bytes", "peak_mem_mb", "cosine_to_full", "device", "threads", "dtype",
+           "nfe_forward", "nfe_backward", "saved_bytes", "peak_mem_mb", "cosine_to_full", "device", "threads", "compile", "dtype",
            "guidance", "resolution",
            "network_forward_s", "sampler_other_s", "decode_reward_s", "backward_s"]
 PHASES = {"network_forward": "network forwards", "sampler_other": "rest of sampling",
@@ -56,13 +56,15 @@ class BenchConfig(ModelOptions):
     time_to_reward: bool = field(default=False, metadata={"help": "also measure time-to-reward on the latent and the fine-tuning task (digits testbed)"})
     latent_seconds: float = field(default=60.0, metadata={"help": "time-to-reward: seconds of latent optimization per estimator"})
     finetune_minutes: float = field(default=2.0, metadata={"help": "time-to-reward: minutes of LoRA fine-tuning per estimator"})
+    compile: bool = field(default=False, metadata={"help": "run the network calls that record no graph through torch.compile "
+                                                            "(compiled in the warm-up round, outside the timed iterations)"})
     quick: bool = field(default=False, metadata={"help": "tiny run that checks the harness (steps 2 and 4, 1 repeat, batch 2, "
                                                          "in this process: peak memory is not per configuration)"})
 
 
 def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeats: int, reward_spec: str,
             seed: int, device_name: str, model_options: Optional[dict[str, Any]] = None,
-            prompts: Sequence[str] = (), threads: Optional[int] = None) -> dict[str, Any]:
+            prompts: Sequence[str] = (), threads: Optional[int] = None, compile: bool = False) -> dict[str, Any]:
     """One configuration, in this process: the median over ``repeats`` timed iterations of the
     guided computation users run (the model's own guidance unless ``model_options`` sets one)."""
     import resource
@@ -89,7 +91,7 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
 
     def once(est):
         return estimator_gradient(model, model.scheduler, est, reward, target="latent", steps=steps,
-                                  labels=labels, seed=seed, precision=precision)
+                                  labels=labels, seed=seed, precision=precision, compile=compile)
 
     runs, floor = [], []
     for i in range(repeats + 1):  # the first round warms up allocators and caches
@@ -118,7 +120,7 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
         "paired_sampling_seconds": statistics.median(floor),
         "nfe_forward": last["nfe_forward"], "nfe_backward": last["nfe_backward"],
         "saved_bytes": last["saved_bytes"], "peak_mem_mb": round(peak, 1), "cosine_to_full": cosine,
-        "device": _device_name(device), "threads": torch.get_num_threads(), "dtype": precision.name, "guidance": model.guidance_scale,
+        "device": _device_name(device), "threads": torch.get_num_threads(), "compile": compile, "dtype": precision.name, "guidance": model.guidance_scale,
         "resolution": "x".join(map(str, model.image_shape[1:])),
         **{f"{phase}_s": statistics.median(r["phases"][phase] for r in runs) for phase in PHASES},
     }
@@ -172,7 +174,7 @@ def _bench(config: BenchConfig, specs: list[str], out: Path, command: str, log) 
             args = {"model_name": config.model, "spec": spec, "steps": steps, "batch": config.batch,
                     "repeats": config.repeats, "reward_spec": config.reward, "seed": config.seed,
                     "device_name": config.device, "model_options": config.load_options(), "prompts": config.prompt,
-                    "threads": config.threads}
+                    "threads": config.threads, "compile": config.compile}
             # --quick checks the harness in this process (its peak memory is not a configuration's own)
             row = measure(**args) if config.quick else _run_worker(args)
             rows.append(row)

@@ -17,7 +17,7 @@ from .targets import TARGETS
 
 DEFAULT_LR = {"lora": 1e-3, "full": 2e-5, "embedding": 5e-3}
 LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear")
-EARLY_STOP_METRICS = {"reward": 1, "accuracy": 1, "diversity": 1, "digits_fd": -1}
+EARLY_STOP_METRICS = {"reward": 1, "accuracy": 1, "judge_accuracy": 1, "diversity": 1, "digits_fd": -1, "class_fd": -1}
 """Evaluation metrics early stopping can watch, with +1 where higher is better."""
 
 # What a checkpoint must agree on to be resumed: the options that change the training itself.

@@ -70,7 +70,8 @@ class Evaluation:
         swap = ft.target.swapped(state.ema) if state.ema is not None else contextlib.nullcontext()
         with swap:
             return sample_images(ft.model, noise, labels, steps=config.steps, guidance=config.guidance,
-                                 scheduler=ft.scheduler, seed=seed, step_kwargs=config.step_kwargs, precision=ft.precision)
+                                 scheduler=ft.scheduler, seed=seed, step_kwargs=config.step_kwargs, precision=ft.precision,
+                                 compile=config.compile)
 
     def run(self, state: "TrainState", name: Optional[str] = None, final: bool = False) -> dict[str, Any]:
         """Evaluate the current weights on the evaluation conditions (held out from training when

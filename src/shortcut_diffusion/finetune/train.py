@@ -190,7 +190,7 @@ def _micro_step(ft: FineTuning, first: int, totals: torch.Tensor) -> None:
 
     out = generate(ft.model, noise, labels, steps=config.steps, estimator=plans, guidance=config.guidance,
                    scheduler=ft.scheduler, seed=config.seed + first, step_kwargs=config.step_kwargs,
-                   precision=ft.precision, callback=keep_state if config.kl_weight else None)
+                   precision=ft.precision, callback=keep_state if config.kl_weight else None, compile=config.compile)
     r = ft.reward(out.images, reward_labels(labels, ft.model.device))
     loss = -r.sum() / ft.global_batch
     if config.kl_weight:

@@ -255,19 +255,14 @@ class TableConditioned(DiffusionModel):
         return [self.network, self.embeddings]
 
     def conditioning(self, labels: Sequence[Any]) -> torch.Tensor:
-        weight = self.embeddings.weight
-        index = torch.as_tensor(labels if not isinstance(labels, torch.Tensor) else labels, dtype=torch.long)
-        return self.shape_embedding(self.embeddings(index.to(weight.device)))
+        index = torch.as_tensor(labels, dtype=torch.long).to(self.embeddings.weight.device)
+        return self.shape_embedding(self.embeddings(index))
 
     def unconditional(self) -> Optional[torch.Tensor]:
         if not self.has_null_row:
             return None
         n = self.num_classes
         return self.shape_embedding(self.embeddings.weight[n : n + 1].detach())
-
-    def to(self, device: Any = None, dtype: Optional[torch.dtype] = None) -> "TableConditioned":
-        super().to(device, dtype)
-        return self
 
     def embedding_parameters(self, labels: Sequence[Any]) -> dict[str, nn.Parameter]:
         weight = self.embeddings.weight
