@@ -35,6 +35,8 @@ ESTIMATOR_SPECS = [
     "sdo:keep=random",
     "sdo:keep=2",
     "sdo:k=2,keep=random",
+    "drtune",
+    "drtune:k=2",
 ]
 
 

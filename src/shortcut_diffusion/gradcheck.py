@@ -26,7 +26,6 @@ from .models.base import DiffusionModel
 from .options import ConditionOptions, ModelOptions, RewardOptions, SamplingOptions, redefault
 from .precision import Precision
 from .rewards import get_reward, resolve_reward_spec
-from .sampling import Mode
 from .schedulers import scheduler_for
 
 DEFAULT_ESTIMATORS = [
@@ -38,6 +37,7 @@ DEFAULT_ESTIMATORS = [
     "refl",
     "sdo",
     "sdo:keep=last",
+    "drtune",
 ]
 TARGETS = ("latent", "cond", "weights")
 
@@ -157,7 +157,7 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, l
         "reward": float(-loss.detach()) / len(labels),
         "nfe_forward": counted.forward_count,
         "nfe_backward": counted.backward_count,
-        "grad_steps": out.plan.count(Mode.GRAD, Mode.CHECKPOINT) if estimator is not None else 0,
+        "grad_steps": out.plan.graph_steps if estimator is not None else 0,
         "saved_bytes": meter.bytes,
         "seconds": end - start,
         # where the time goes: network forwards while sampling, the rest of sampling (scheduler

@@ -65,7 +65,7 @@ def check_batch_fits(model: Any, estimator: Any, *, steps: int, batch: int, labe
         return
     network, decode = sample_graph_bytes(model, labels[0], guidance=guidance, precision=precision)
     plan = copy.deepcopy(estimator).plan(steps)  # a copy: the run's own draws stay untouched
-    kept = max(plan.count(Mode.GRAD), 1) + (1 if plan.count(Mode.CHECKPOINT) else 0)
+    kept = max(plan.count(Mode.GRAD, Mode.INPUT_STOP), 1) + (1 if plan.count(Mode.CHECKPOINT) else 0)
     per_sample = network * kept + decode
     need = per_sample * batch
     if need <= HEADROOM * free:

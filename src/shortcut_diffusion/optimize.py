@@ -30,7 +30,6 @@ from .generation import detached, generate
 from .models.base import DiffusionModel
 from .precision import DTYPES, Precision
 from .rewards.contract import checked
-from .sampling import Mode
 from .schedulers import make_scheduler
 
 PRECISIONS = dict(DTYPES)
@@ -186,7 +185,7 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
     grad_norm = float(z.grad.norm()) if z.grad is not None else 0.0
     stepped = problem.precision.step(optimizer) if z.grad is not None else False
     row = {"reward": float(r.detach().mean()), "loss": float(loss.detach()), "seconds": time.perf_counter() - began,
-           "saved_bytes": meter.bytes, "grad_norm": grad_norm, "grad_steps": out.plan.count(Mode.GRAD, Mode.CHECKPOINT)}
+           "saved_bytes": meter.bytes, "grad_norm": grad_norm, "grad_steps": out.plan.graph_steps}
     if problem.precision.scaled:
         row["step_skipped"] = not stepped  # fp16: the scaled gradient overflowed; the scale is lowered
     return row, out.images

@@ -15,6 +15,10 @@ one :class:`Mode` per step:
     linear update ``x_prev = a_t * x_t + b_t * eps`` stays differentiable: the gradient shortcut;
 ``STOP``
     nothing is recorded and ``x`` is detached before the step: gradients stop here.
+``INPUT_STOP``
+    the network call is recorded for everything but its input: it runs on ``x.detach()``, so the
+    gradient reaches the weights and the conditioning but stops at the denoiser input (DRTune);
+    the scheduler update stays differentiable.
 
 A plan may also end sampling early at a step (``x0_at``) and return that step's predicted clean
 sample, as ReFL does.
@@ -56,6 +60,11 @@ class Mode(enum.Enum):
     CHECKPOINT = "checkpoint"
     DETACH = "detach"
     STOP = "stop"
+    INPUT_STOP = "input-stop"
+
+
+GRAPH_MODES = (Mode.GRAD, Mode.CHECKPOINT, Mode.INPUT_STOP)
+"""The modes whose network call keeps its graph."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,11 @@ class Plan:
         """Steps run in any of ``modes`` (steps after ``x0_at`` are not run)."""
         last = len(self.modes) if self.x0_at is None else self.x0_at + 1
         return sum(m in modes for m in self.modes[:last])
+
+    @property
+    def graph_steps(self) -> int:
+        """Steps whose network call keeps its graph."""
+        return self.count(*GRAPH_MODES)
 
 
 class Estimator(Protocol):
@@ -125,6 +139,8 @@ def _step_generators(generator: Union[torch.Generator, int, None]) -> Callable[[
 def _call_network(
     denoiser: Denoiser, x_in: torch.Tensor, t: torch.Tensor, cond: Any, mode: Mode
 ) -> torch.Tensor:
+    if mode is Mode.INPUT_STOP and torch.is_grad_enabled():
+        return denoiser(x_in.detach(), t, cond)
     if mode is Mode.GRAD or not torch.is_grad_enabled():
         return denoiser(x_in, t, cond)
     if mode is Mode.CHECKPOINT:
@@ -174,7 +190,8 @@ def _call_network_rows(
     denoiser: Denoiser, x_in: torch.Tensor, t: torch.Tensor, cond: Any, modes: list[Mode]
 ) -> torch.Tensor:
     """One network call per group of rows sharing a mode; the outputs back in row order."""
-    kind = {Mode.GRAD: Mode.GRAD, Mode.CHECKPOINT: Mode.CHECKPOINT, Mode.DETACH: Mode.DETACH, Mode.STOP: Mode.DETACH}
+    kind = {Mode.GRAD: Mode.GRAD, Mode.CHECKPOINT: Mode.CHECKPOINT, Mode.INPUT_STOP: Mode.INPUT_STOP,
+            Mode.DETACH: Mode.DETACH, Mode.STOP: Mode.DETACH}
     groups: dict[Mode, list[int]] = {}
     for row, mode in enumerate(modes):
         groups.setdefault(kind[mode], []).append(row)

@@ -36,7 +36,7 @@ PHASES = {"network_forward": "network forwards", "sampler_other": "rest of sampl
 ARTIFACTS = ("results.csv", "report.md", "cost_vs_steps.png", "time_to_reward.json", "reward_vs_time.png",
              "latent", "finetune")
 """What a bench run writes (what ``--overwrite`` may remove)."""
-DEFAULT_ESTIMATORS = ["full", "checkpointed", "truncated:k=1", "alignprop", "refl", "sdo"]
+DEFAULT_ESTIMATORS = ["full", "checkpointed", "truncated:k=1", "alignprop", "refl", "drtune", "sdo"]
 
 
 @dataclass

@@ -15,19 +15,21 @@ from ..errors import UsageError
 from .alignprop import AlignProp
 from .base import GradientEstimator
 from .checkpointed import Checkpointed
+from .drtune import DRTune
 from .full import Full
 from .refl import ReFL
 from .sdo import SDO
 from .truncated import Truncated
 
 ESTIMATORS: dict[str, type[GradientEstimator]] = {
-    cls.name: cls for cls in (Full, Checkpointed, Truncated, AlignProp, ReFL, SDO)
+    cls.name: cls for cls in (Full, Checkpointed, Truncated, AlignProp, ReFL, SDO, DRTune)
 }
 
 __all__ = [
     "ESTIMATORS",
     "AlignProp",
     "Checkpointed",
+    "DRTune",
     "Full",
     "GradientEstimator",
     "ReFL",

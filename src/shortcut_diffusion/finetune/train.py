@@ -26,7 +26,7 @@ from ..estimators import GradientEstimator
 from ..generation import generate, reward_labels
 from ..models.base import DiffusionModel
 from ..precision import Precision
-from ..sampling import Mode, derived_generator
+from ..sampling import derived_generator
 from ..schedulers import fresh_scheduler
 from .config import EARLY_STOP_METRICS, FinetuneConfig
 from .targets import Target
@@ -201,7 +201,7 @@ def _micro_step(ft: FineTuning, first: int, totals: torch.Tensor) -> None:
         ft.precision.backward(loss)
     totals[0] += r.detach().sum()
     totals[2] += len(labels)
-    totals[3] += sum(p.count(Mode.GRAD, Mode.CHECKPOINT) for p in plans) / len(plans)
+    totals[3] += sum(p.graph_steps for p in plans) / len(plans)
 
 
 def _reduce_gradients(ft: FineTuning) -> None:
