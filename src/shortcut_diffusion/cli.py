@@ -29,6 +29,14 @@ def _latent(args: argparse.Namespace) -> int:
     return 0 if result.stopped is None else 1
 
 
+def _guide(args: argparse.Namespace) -> int:
+    from .guide import describe, run_guide
+
+    result, out = run_guide(from_args(args.config_cls, args))
+    print(describe(result, out))
+    return 0
+
+
 def _finetune(args: argparse.Namespace) -> int:
     from .finetune import FinetuneConfig, describe, run_finetune
 
@@ -80,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import BenchConfig
     from .finetune import FinetuneConfig
     from .gradcheck import GradcheckConfig
+    from .guide import GuideConfig
     from . import __version__
     from .latent import DemoConfig, LatentConfig
     from .testbed.train import EvalTestbedConfig, TrainTestbedConfig
@@ -92,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
          "(sdo latent with its defaults and --reward-augment translation, written to runs/demo)")
     _add(commands, "latent", LatentConfig, _latent,
          "optimize latents (initial noise, a warmed-up latent, or an inverted image) against a reward")
+    _add(commands, "guide", GuideConfig, _guide,
+         "training-free guidance (FreeDoM): one sampling pass steered by the reward's gradient through the "
+         "predicted clean sample, the baseline for sdo latent without an optimization loop")
     _add(commands, "finetune", FinetuneConfig, _finetune,
          "align a model to a reward by fine-tuning LoRA adapters, all weights or the conditioning "
          "embeddings through its sampler (any estimator; runs under accelerate launch)")

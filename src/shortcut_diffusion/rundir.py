@@ -31,7 +31,7 @@ from .errors import UsageError
 MARKER = ".sdo-run.json"
 LOCK = ".sdo-run.lock"
 KINDS = {"latent": "latent-optimization", "finetune": "fine-tuning", "bench": "benchmark",
-         "train-testbed": "testbed-training"}
+         "train-testbed": "testbed-training", "guide": "guided-sampling"}
 _HELD: dict[str, int] = {}  # resolved path -> lock file descriptor, held until the process ends
 _CREATED: dict[str, Optional[list[Path]]] = {}  # resolved path -> the directories open_run_dir created
 # for it, when it found it missing or empty (None: it held a run already)

@@ -1,0 +1,97 @@
+"""``sdo guide``: training-free guidance (FreeDoM) into a run directory, for comparison with ``sdo latent``.
+
+The run directory holds ``config.json``, ``summary.json`` (the reward of the plain samples of the
+same noise and of the guided ones, seconds, network calls, and on the testbed the classifier's and
+the held-out judge's readings), ``before_after.png`` and ``final.safetensors`` (``images``,
+``start_images``, ``latents``, ``rewards``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import reporting, rundir
+from .config import resolve_device
+from .errors import UsageError
+from .generation import reward_labels, sample_images
+from .guidance import GuidedResult, freedom_sample
+from .loading import apply_thread_policy, load_model
+from .options import ConditionOptions, ModelOptions, RewardOptions, RunOptions, SamplingOptions, check_number, redefault
+from .rewards import get_reward
+from .schedulers import scheduler_for
+
+ARTIFACTS = ("config.json", "summary.json", "before_after.png", "final.safetensors")
+
+
+@dataclass
+class GuideConfig(RunOptions, RewardOptions, ConditionOptions, SamplingOptions, ModelOptions):
+    reward: str = redefault(RewardOptions, "reward", "digit-class:7")
+    cond: list[str] = redefault(ConditionOptions, "cond", ["1"])
+    out: str = redefault(RunOptions, "out", "runs/guide")
+    scale: float = field(default=0.2, metadata={"help": "guidance strength relative to the noise level (0: plain sampling)"})
+    travel: int = field(default=1, metadata={"help": "FreeDoM's time travel: repeat each step of the window this many times"})
+    travel_window: list[int] = field(default_factory=lambda: [0, 0], metadata={"help": "first and last (exclusive) step of the time-travel window"})
+
+    def _check(self) -> None:
+        check_number("--scale", self.scale, low=0)
+        if self.travel < 1 or len(self.travel_window) != 2 or not 0 <= self.travel_window[0] <= self.travel_window[1] <= self.steps:
+            raise UsageError(f"--travel must be >= 1 and --travel-window two steps within 0..{self.steps}")
+
+
+def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
+    config.check()
+    device = resolve_device(config.device)
+    with rundir.claimed(config.out, "guide", ARTIFACTS, overwrite=config.overwrite) as out:
+        model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
+        apply_thread_policy(model, config.threads)
+        items, source = config.condition_items(model.condition_kind)
+        conditions = model.labels_from(items, source)
+        labels = [conditions[i % len(conditions)] for i in range(config.batch)]
+        reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
+                            views=config.reward_views, seed=config.seed)
+        scheduler = scheduler_for(model, config.scheduler)
+        noise = torch.randn((config.batch, *model.sample_shape), generator=torch.Generator().manual_seed(config.seed))
+        reporting.write_json(out / "config.json", {**config.as_dict(), "device": str(device)})
+        start = sample_images(model, noise, labels, steps=config.steps, guidance=config.guidance, scheduler=scheduler,
+                              seed=config.seed + 1)
+        result = freedom_sample(model, noise.to(device), labels, reward, steps=config.steps, scale=config.scale,
+                                travel=config.travel, travel_window=tuple(config.travel_window), scheduler=scheduler,
+                                guidance=config.guidance, seed=config.seed + 1, progress=config.progress)
+        with torch.no_grad():
+            start_rewards = reward(start.to(device), reward_labels(labels, device)).cpu()
+        _write(out, model, labels, start, start_rewards, result)
+        return result, out
+
+
+def _write(out: Path, model, labels: list, start: torch.Tensor, start_rewards: torch.Tensor, result: GuidedResult) -> None:
+    reporting.save_tensors(out / "final.safetensors", {"images": result.images, "start_images": start,
+                                                        "latents": result.latents, "rewards": result.rewards})
+    reporting.save_grid(out / "before_after.png", [start, result.images])
+    summary = {"start_reward": float(start_rewards.mean()), "final_reward": float(result.rewards.mean()),
+               "seconds": result.seconds, "network_calls": result.network_calls}
+    for name, network in (("", model.classifier), ("judge_", model.judge)):
+        if network is not None:
+            with torch.no_grad():
+                summary[f"{name}final_predicted"] = network(result.images.to(model.device)).argmax(1).tolist()
+                summary[f"{name}start_predicted"] = network(start.to(model.device)).argmax(1).tolist()
+    reporting.write_json(out / "summary.json", summary)
+
+
+def describe(result: GuidedResult, out: Path) -> str:
+    summary = json.loads((out / "summary.json").read_text())
+    lines = [f"reward {summary['start_reward']:.3f} (plain samples of the same noise) -> {summary['final_reward']:.3f} "
+             f"(guided; {summary['seconds']:.1f} s, {summary['network_calls']} network calls with grad)"]
+    if "final_predicted" in summary:
+        lines.append(f"classifier: before {summary['start_predicted']} after {summary['final_predicted']}")
+    if "judge_final_predicted" in summary:
+        lines.append(f"held-out judge (never a reward): before {summary['judge_start_predicted']} after "
+                     f"{summary['judge_final_predicted']}")
+    lines += [f"run directory: {out}", f"  before/after grid: {out / 'before_after.png'}"]
+    return "\n".join(lines)
+
+
+__all__ = ["GuideConfig", "describe", "run_guide"]
