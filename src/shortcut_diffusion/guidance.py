@@ -107,7 +107,7 @@ def freedom_sample(model: DiffusionModel, noise: torch.Tensor, labels: Sequence[
         repeats = travel if travel_window[0] <= i < travel_window[1] else 1
         for r in range(repeats):
             sched = fresh_scheduler(template, steps, device=x.device, **timestep_kwargs)
-            if i:
+            if i and hasattr(sched, "set_begin_index"):  # schedulers that count their steps (Euler, DPM-Solver)
                 sched.set_begin_index(i)
             step_kwargs = {"generator": derived_generator("sdo-guide", seed, i, r)} if "generator" in accepted_step_kwargs(sched) else {}
             rho = scale * _noise_std(levels[i + 1], sigma_scaled)
