@@ -66,6 +66,16 @@ class GradientEstimator:
         """Uniform integer in ``[low, high]`` from this estimator's generator."""
         return int(torch.randint(low, high + 1, (1,), generator=self._generator))
 
+    def _choose_steps(self, k: "int | str", steps: int, keep: str) -> list[int]:
+        """``k`` steps of ``steps``: the ``first`` k, the ``last`` k, or k distinct ``random`` ones."""
+        k = resolve_k(k, steps)
+        self._check_k(k, steps)
+        if keep == "first":
+            return list(range(k))
+        if keep == "last":
+            return list(range(steps - k, steps))
+        return sorted(torch.randperm(steps, generator=self._generator)[:k].tolist())
+
     def _check_k(self, k: int, steps: int) -> None:
         if not 1 <= k <= steps:
             raise UsageError(f"{self.name}: k={k} is out of range 1..{steps} for {steps} steps")

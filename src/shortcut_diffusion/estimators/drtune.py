@@ -23,11 +23,9 @@ and ``last`` take the first or last K. ``k`` defaults to 1.
 
 from __future__ import annotations
 
-import torch
-
 from ..errors import UsageError
 from ..sampling import Mode, Plan
-from .base import GradientEstimator, resolve_k
+from .base import GradientEstimator
 
 KEEP = ("random", "first", "last")
 
@@ -47,15 +45,6 @@ class DRTune(GradientEstimator):
         p = {} if self.k == 1 else {"k": self.k}
         return p | ({} if self.keep == "random" else {"keep": self.keep})
 
-    def kept_steps(self, steps: int) -> list[int]:
-        k = resolve_k(self.k, steps)
-        self._check_k(k, steps)
-        if self.keep == "first":
-            return list(range(k))
-        if self.keep == "last":
-            return list(range(steps - k, steps))
-        return sorted(torch.randperm(steps, generator=self._generator)[:k].tolist())
-
     def plan(self, steps: int) -> Plan:
-        kept = set(self.kept_steps(steps))
+        kept = set(self._choose_steps(self.k, steps, self.keep))
         return Plan(tuple(Mode.INPUT_STOP if i in kept else Mode.DETACH for i in range(steps)))

@@ -26,11 +26,10 @@ steps; ``k=all`` keeps every step, which is full backpropagation) for ablations.
 
 from __future__ import annotations
 
-import torch
 
 from ..errors import UsageError
 from ..sampling import Mode, Plan
-from .base import GradientEstimator, resolve_k
+from .base import GradientEstimator
 
 KEEP_CHOICES = ("first", "last", "random")
 
@@ -65,13 +64,7 @@ class SDO(GradientEstimator):
             if not 0 <= index < steps:
                 raise UsageError(f"sdo: keep={self.keep} is out of range for {steps} steps")
             return [index]
-        k = resolve_k(self.k, steps)
-        self._check_k(k, steps)
-        if self.keep == "first":
-            return list(range(k))
-        if self.keep == "last":
-            return list(range(steps - k, steps))
-        return sorted(torch.randperm(steps, generator=self._generator)[:k].tolist())
+        return self._choose_steps(self.k, steps, self.keep)
 
     def plan(self, steps: int) -> Plan:
         kept = set(self.kept_steps(steps))
