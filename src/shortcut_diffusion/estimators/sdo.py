@@ -26,7 +26,6 @@ steps; ``k=all`` keeps every step, which is full backpropagation) for ablations.
 
 from __future__ import annotations
 
-
 from ..errors import UsageError
 from ..sampling import Mode, Plan
 from .base import GradientEstimator
