@@ -5,7 +5,8 @@ precision policy's first rule: the model's frozen weights are loaded in, or cast
 
 - ``digits``: the bundled digits testbed; a directory with ``testbed.json``: a saved one;
 - ``toy``: a small random class-conditional UNet built in code;
-- ``sd15-random[:RESOLUTION]``: an SD 1.5-shaped UNet with random weights (cost at real scale);
+- ``random:FAMILY[:RESOLUTION][:tiny]`` (``sd15``, ``sdxl``, ``sd3``, ``flux``; ``sd15-random[:RESOLUTION]``
+  is ``random:sd15``): the family's real network with random weights (cost at real scale);
 - a diffusers pipeline: a ``save_pretrained`` directory or a hub id (SD 1.x/2.x, SDXL, SD3, Flux,
   pixel-space DDPM/DDIM).
 """
@@ -35,15 +36,6 @@ def _toy() -> DiffusionModel:
 BUILT_IN: dict[str, Callable[[], DiffusionModel]] = {"digits": _digits, "toy": _toy}
 
 
-def _sd15_random(name: str) -> DiffusionModel:
-    from .models.sd15 import sd15_shaped
-
-    size = name.partition(":")[2] or "512"
-    if not size.isdigit():
-        raise UsageError(f"sd15-random:RESOLUTION needs an integer resolution, got {size!r}")
-    return sd15_shaped(int(size))
-
-
 def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Optional[int] = None,
                width: Optional[int] = None, guidance_scale: Optional[float] = None, guidance_rescale: float = 0.0,
                negative_prompt: Optional[str] = None, variant: Optional[str] = None,
@@ -55,8 +47,10 @@ def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Op
     torch_dtype = dtype_of(dtype)
     if name in BUILT_IN:
         model = BUILT_IN[name]()
-    elif name == "sd15-random" or name.startswith("sd15-random:"):
-        model = _sd15_random(name)
+    elif name == "sd15-random" or name.startswith(("sd15-random:", "random:")):
+        from .models.shaped import parse_random
+
+        model = parse_random(name)()
     elif (Path(name) / "testbed.json").is_file():
         from .testbed import load_digits_model
 
@@ -65,7 +59,7 @@ def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Op
         from .pipelines import from_pipeline, load_pipeline, looks_like_pipeline
 
         if not looks_like_pipeline(name):
-            raise UsageError(f"unknown model {name!r}; choose one of {', '.join(BUILT_IN)}, sd15-random[:RESOLUTION], "
+            raise UsageError(f"unknown model {name!r}; choose one of {', '.join(BUILT_IN)}, random:FAMILY[:RESOLUTION], "
                              "a saved testbed directory, or a diffusers pipeline (directory or hub id)")
         pipe = load_pipeline(name, dtype=dtype, variant=variant, progress=progress)
         pipe.set_progress_bar_config(disable=True)

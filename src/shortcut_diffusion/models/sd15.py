@@ -7,22 +7,11 @@ class indices mapped to fixed random "prompt embeddings" (77 x 768), guided with
 guidance at 7.5 (two network evaluations per step, as Stable Diffusion is run), and ``decode`` is
 the identity (rewards see the latents), so the benchmark measures the sampling graph only.
 
-``load_model("sd15-random:256")`` builds it for 256 x 256 images (32 x 32 latents); the default is
-512 x 512.
+``load_model("sd15-random:256")`` (the same as ``random:sd15:256``) builds it for 256 x 256 images
+(32 x 32 latents); the default is 512 x 512. The other families: :mod:`.shaped`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import ClassVar
-
-import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
-from torch import nn
-
-from ..errors import UsageError
-from .base import TableConditioned
-from .denoisers import UNet2DConditionDenoiser
 
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -33,33 +22,10 @@ SD15_UNET = dict(
 )
 SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                       clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-TOKENS, WIDTH = 77, 768
 
 
-@dataclass(eq=False)
-class SD15Shaped(TableConditioned):
-    """Class indices -> fixed random 77 x 768 "prompt embeddings" (a null row for guidance);
-    ``decode`` is the identity."""
+def sd15_shaped(resolution: int = 512, seed: int = 0):
+    """The SD 1.5-shaped model for ``resolution`` pixels (see :mod:`.shaped`)."""
+    from .shaped import shaped_model
 
-    family: ClassVar[str] = "sd15-shaped"
-    unet: UNet2DConditionModel
-    embeddings: nn.Embedding
-    scheduler: DDIMScheduler
-    sample_shape: tuple[int, int, int]
-    guidance_scale: float = 7.5
-    adapter: ClassVar[type] = UNet2DConditionDenoiser
-
-    def shape_embedding(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows.view(-1, TOKENS, WIDTH)
-
-
-def sd15_shaped(resolution: int = 512, seed: int = 0) -> SD15Shaped:
-    if resolution % 64:
-        raise UsageError(f"sd15-random: the resolution must be a multiple of 64, got {resolution}")
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**SD15_UNET).eval().requires_grad_(False)
-    # 10 conditions and one null row (classifier-free guidance), each a 77 x 768 "prompt embedding".
-    table = torch.randn(11, TOKENS * WIDTH, generator=torch.Generator().manual_seed(seed))
-    embeddings = nn.Embedding.from_pretrained(table, freeze=True)
-    latent = resolution // 8
-    return SD15Shaped(unet, embeddings, DDIMScheduler(**SD15_SCHEDULER), (4, latent, latent))
+    return shaped_model("sd15", resolution, seed=seed)
