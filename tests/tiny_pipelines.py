@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "flux", "ddpm")
+FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "flux", "ddpm", "sd-turbo", "flux-schnell")
 
 
 def _byte_chars() -> list[str]:
@@ -80,7 +80,7 @@ def build(family: str, directory: Path) -> Path:
 
     torch.manual_seed(0)
     tok_dir = directory.parent / f"{directory.name}-tok"
-    if family in ("sd", "sd-v"):
+    if family in ("sd", "sd-v", "sd-turbo"):
         unet = diffusers.UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8,
                                               in_channels=4, out_channels=4, norm_num_groups=4,
                                               down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -89,6 +89,10 @@ def build(family: str, directory: Path) -> Path:
         scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                             clip_sample=False, set_alpha_to_one=False, steps_offset=1,
                                             prediction_type="v_prediction" if family == "sd-v" else "epsilon")
+        if family == "sd-turbo":  # SD-Turbo's scheduler: Euler ancestral on trailing timesteps
+            scheduler = diffusers.EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
+                                                                  beta_schedule="scaled_linear", timestep_spacing="trailing",
+                                                                  steps_offset=1)
         pipe = diffusers.StableDiffusionPipeline(unet=unet, scheduler=scheduler, vae=tiny_vae(), text_encoder=clip_text(),
                                                  tokenizer=clip_tokenizer(tok_dir), safety_checker=None,
                                                  feature_extractor=None, requires_safety_checker=False)
@@ -117,12 +121,15 @@ def build(family: str, directory: Path) -> Path:
             vae=tiny_vae(shift_factor=0.0609, scaling_factor=1.5035),
             text_encoder=clip_text(projection=True), text_encoder_2=clip_text(projection=True), text_encoder_3=t5_text(),
             tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=t5_tokenizer())
-    elif family == "flux":
+    elif family in ("flux", "flux-schnell"):  # schnell: no guidance input, no dynamic shift (few steps)
+        schnell = family == "flux-schnell"
         transformer = diffusers.FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
                                                        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                                       pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True)
-        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=256,
-                                                              max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+                                                       pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                                                       guidance_embeds=not schnell)
+        scheduler = (diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False) if schnell else
+                     diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=256,
+                                                               max_image_seq_len=4096, base_shift=0.5, max_shift=1.15))
         pipe = diffusers.FluxPipeline(transformer=transformer, scheduler=scheduler,
                                       vae=tiny_vae(latent_channels=4, shift_factor=0.0609, scaling_factor=1.5035),
                                       text_encoder=clip_text(projection=False), text_encoder_2=t5_text(),
