@@ -62,6 +62,10 @@ class LatentConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptions
     prior_weight: Optional[float] = field(default=None, metadata={"help": "weight of the Gaussian (chi) prior on the initial noise (default: 100 when the initial noise is optimized, else 0)"})
     proximity_weight: float = field(default=0.0, metadata={"help": "weight of the pixel distance to the starting samples"})
     grid_every: int = field(default=10, metadata={"help": "write a start-vs-current grid every k iterations (0: never)"})
+    method: str = field(default="optimize", metadata={"help": "optimize: sample with the scheduler, gradients from "
+                                                                 "--estimator; doodl: EDICT sampling with DOODL's exact "
+                                                                 "constant-memory gradient and noise renormalisation",
+                                                         "choices": ["optimize", "doodl"]})
     preset: Optional[str] = field(default=None, metadata={"help": "named settings: paper (the SDO authors' scripts: DDIM, "
                                                                   "--steps 50 --warmup 45 --lr 0.01 --betas 0.9 0.9, no "
                                                                   "prior); options you set to other values win",
@@ -89,6 +93,8 @@ class LatentConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptions
         check_latent_options(steps=self.steps, warmup=self.warmup, iters=self.iters, lr=self.lr,
                              batch=self.batch_size, prior_weight=prior, proximity_weight=self.proximity_weight,
                              optimizes_noise=optimizes_noise, betas=self.betas, clip_grad=self.clip_grad or None)
+        if self.method == "doodl" and (self.warmup or self.init != "noise"):
+            raise UsageError("--method doodl optimizes the initial noise: use it without --warmup and --init")
         if self.grid_every < 0:
             raise UsageError(f"--grid-every must be >= 0, got {self.grid_every}")
 
@@ -160,6 +166,14 @@ def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out
     reporting.write_json(out / "config.json", {**config.as_dict(), "batch": config.batch_size,
                                                "estimator_spec": estimator.spec, "device": str(model.device),
                                                "torch_threads": torch.get_num_threads()})
+    if config.method == "doodl":
+        from .doodl import optimize_doodl
+
+        result = optimize_doodl(model, reward, labels, steps=config.steps, iters=config.iters, lr=config.lr,
+                                betas=config.betas, seed=config.seed, guidance=config.guidance, scheduler=scheduler,
+                                progress=config.progress, callback=_recorder(config, out))
+        _write_results(config, model, labels, result, "doodl", out)
+        return result, out
     result = optimize_latent(
         model, reward, labels, estimator=estimator, scheduler=scheduler, steps=config.steps,
         warmup=config.warmup, iters=config.iters, lr=config.lr, betas=config.betas,

@@ -1,0 +1,135 @@
+"""EDICT's invertible sampling and DOODL's exact, constant-memory gradient through it.
+
+Wallace, Gokul, Naik, "EDICT: Exact Diffusion Inversion via Coupled Transformations", CVPR 2023
+(arXiv 2211.12446); Wallace, Gokul, Ermon, Naik, "End-to-End Diffusion Latent Optimization
+Improves Classifier Guidance" (DOODL), ICCV 2023 (arXiv 2303.13703).
+
+EDICT runs two coupled DDIM chains ``(x, y)``, both starting from the noise ``z``. With DDIM's
+``x_prev = a x + b eps`` (``a = sqrt(abar_prev / abar)``, ``b = sqrt(1 - abar_prev) - a sqrt(1 - abar)``)
+and the mixing weight ``p`` (0.93 in the papers), one step is::
+
+    x' = a x + b eps(y)          y' = a y + b eps(x')
+    x'' = p x' + (1 - p) y'      y'' = p y' + (1 - p) x''
+
+and every line can be solved for its input, so the step is inverted exactly (up to float
+rounding) by running the lines backwards. DOODL differentiates a loss of the final ``x`` with
+respect to ``z``: the forward pass keeps only the final pair; the backward pass reconstructs each
+step's input pair from its output and recomputes that step with grad to pull the gradient through
+it. The result equals full backpropagation through the same EDICT chain, with the memory of one
+step (two network calls) whatever the number of steps. DOODL's other pieces are here too:
+:func:`renormalize` keeps the optimized noise on the Gaussian shell, and ``--reward-augment crop``
+is its multi-crop reward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .errors import UsageError
+from .inversion import noise_levels
+from .schedulers import fresh_scheduler, is_flow_matching, make_scheduler
+
+MIX = 0.93
+
+
+@dataclass(frozen=True)
+class EdictStep:
+    t: torch.Tensor
+    a: float
+    b: float
+    abar: float
+    """The noise level at ``t`` (for v-prediction)."""
+
+
+def edict_schedule(scheduler: Any, steps: int, device: Any = None) -> list[EdictStep]:
+    """DDIM's coefficients on ``scheduler``'s noise schedule, step by step."""
+    if is_flow_matching(scheduler):
+        raise UsageError("EDICT needs a diffusion (epsilon or v) model, not flow matching")
+    ddim = fresh_scheduler(make_scheduler("ddim", like=scheduler), steps, device=device)
+    levels = noise_levels(ddim).tolist()
+    out = []
+    for i, t in enumerate(ddim.timesteps):
+        abar, abar_prev = levels[i], levels[i + 1]
+        a = (abar_prev / abar) ** 0.5
+        out.append(EdictStep(t, a, (1 - abar_prev) ** 0.5 - a * (1 - abar) ** 0.5, abar))
+    return out
+
+
+def _eps(denoiser: Callable, x: torch.Tensor, step: EdictStep, cond: Any, kind: str) -> torch.Tensor:
+    out = denoiser(x, step.t, cond)
+    if kind == "v_prediction":  # eps = sqrt(abar) v + sqrt(1 - abar) x
+        return step.abar ** 0.5 * out + (1 - step.abar) ** 0.5 * x
+    return out
+
+
+def edict_step(denoiser: Callable, x: torch.Tensor, y: torch.Tensor, step: EdictStep, cond: Any,
+               kind: str = "epsilon", p: float = MIX) -> tuple[torch.Tensor, torch.Tensor]:
+    x_inter = step.a * x + step.b * _eps(denoiser, y, step, cond, kind)
+    y_inter = step.a * y + step.b * _eps(denoiser, x_inter, step, cond, kind)
+    x_new = p * x_inter + (1 - p) * y_inter
+    return x_new, p * y_inter + (1 - p) * x_new
+
+
+def edict_unstep(denoiser: Callable, x_new: torch.Tensor, y_new: torch.Tensor, step: EdictStep, cond: Any,
+                 kind: str = "epsilon", p: float = MIX) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact inverse of :func:`edict_step`."""
+    y_inter = (y_new - (1 - p) * x_new) / p
+    x_inter = (x_new - (1 - p) * y_inter) / p
+    y = (y_inter - step.b * _eps(denoiser, x_inter, step, cond, kind)) / step.a
+    return (x_inter - step.b * _eps(denoiser, y, step, cond, kind)) / step.a, y
+
+
+def edict_sample(denoiser: Callable, scheduler: Any, z: torch.Tensor, *, steps: int, cond: Any = None,
+                 p: float = MIX) -> tuple[torch.Tensor, torch.Tensor]:
+    """The final pair ``(x, y)`` of EDICT sampling from ``x = y = z`` (records a graph if grad is on)."""
+    kind = scheduler.config.prediction_type
+    x = y = z
+    for step in edict_schedule(scheduler, steps, device=z.device):
+        x, y = edict_step(denoiser, x, y, step, cond, kind, p)
+    return x, y
+
+
+@torch.no_grad()
+def edict_invert(denoiser: Callable, scheduler: Any, x: torch.Tensor, y: torch.Tensor, *, steps: int,
+                 cond: Any = None, p: float = MIX) -> tuple[torch.Tensor, torch.Tensor]:
+    """The starting pair from which EDICT sampling ends at ``(x, y)``; for an image's latent, pass
+    it as both (EDICT's inversion of a real image)."""
+    kind = scheduler.config.prediction_type
+    for step in reversed(edict_schedule(scheduler, steps, device=x.device)):
+        x, y = edict_unstep(denoiser, x, y, step, cond, kind, p)
+    return x, y
+
+
+def doodl_gradient(denoiser: Callable, scheduler: Any, z: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor],
+                   *, steps: int, cond: Any = None, p: float = MIX
+                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int], torch.Tensor]:
+    """``(loss value, d loss / d z, network calls, final x)`` for ``loss(x_final)`` of EDICT sampling
+    from ``z``, backpropagated by reconstructing every step's input (constant memory in ``steps``)."""
+    kind = scheduler.config.prediction_type
+    schedule = edict_schedule(scheduler, steps, device=z.device)
+    with torch.no_grad():
+        x, y = z, z
+        for step in schedule:
+            x, y = edict_step(denoiser, x, y, step, cond, kind, p)
+    x_final = x.detach().requires_grad_(True)
+    value = loss(x_final)
+    (gx,) = torch.autograd.grad(value, x_final)
+    gy = torch.zeros_like(gx)
+    for step in reversed(schedule):
+        with torch.no_grad():
+            x, y = edict_unstep(denoiser, x, y, step, cond, kind, p)
+        x_in, y_in = x.detach().requires_grad_(True), y.detach().requires_grad_(True)
+        x_out, y_out = edict_step(denoiser, x_in, y_in, step, cond, kind, p)
+        gx, gy = torch.autograd.grad((x_out, y_out), (x_in, y_in), grad_outputs=(gx, gy))
+    calls = {"forward": 2 * steps + 4 * steps, "backward": 2 * steps}  # sample, reconstruct + recompute; VJPs
+    return value.detach(), gx + gy, calls, x_final.detach()
+
+
+def renormalize(z: torch.Tensor) -> torch.Tensor:
+    """``z`` rescaled per sample to the norm ``sqrt(d)`` of standard normal noise (DOODL's projection
+    back onto the Gaussian shell after each update)."""
+    d = z[0].numel()
+    return z * (d ** 0.5 / z.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, *[1] * (z.dim() - 1))
