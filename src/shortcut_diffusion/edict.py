@@ -48,6 +48,9 @@ def edict_schedule(scheduler: Any, steps: int, device: Any = None) -> list[Edict
     """DDIM's coefficients on ``scheduler``'s noise schedule, step by step."""
     if is_flow_matching(scheduler):
         raise UsageError("EDICT needs a diffusion (epsilon or v) model, not flow matching")
+    if scheduler.config.get("clip_sample", False) or scheduler.config.get("thresholding", False):
+        raise UsageError("EDICT and the adjoint follow the ODE, which has no clipping: use a scheduler with "
+                         "clip_sample=False and thresholding=False")
     ddim = fresh_scheduler(make_scheduler("ddim", like=scheduler), steps, device=device)
     levels = noise_levels(ddim).tolist()
     out = []
