@@ -167,3 +167,11 @@ def test_the_paper_preset_fills_the_defaults_and_yields_to_explicit_options():
     mine = LatentConfig(preset="paper", lr=0.05, warmup=40).resolved()
     assert (mine.lr, mine.warmup, mine.betas, mine.prior_weight) == (0.05, 40, [0.9, 0.9], 0.0)
     assert LatentConfig().resolved() == LatentConfig()
+
+
+def test_an_inversion_optimizes_one_latent_unless_told_otherwise():
+    from shortcut_diffusion.latent import LatentConfig
+
+    assert LatentConfig(init="invert:3").batch_size == 1
+    assert LatentConfig(init="invert:3", batch=4).batch_size == 4
+    assert LatentConfig().batch_size == 8

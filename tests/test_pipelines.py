@@ -242,3 +242,24 @@ def test_low_precision_weights_with_fp32_latents(pipeline_dirs, family):
     assert images.dtype == torch.float32
     (grad,) = torch.autograd.grad(images.square().mean(), x)
     assert grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_finetune_evaluates_held_out_prompts(pipeline_dirs, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from shortcut_diffusion.finetune import FinetuneConfig, run_finetune
+
+    prompts = tmp_path / "eval_prompts.txt"
+    prompts.write_text("a green tree\na yellow car\n")
+    config = FinetuneConfig(model=str(pipeline_dirs["sd"]), prompt=["a red cube", "a blue ball"],
+                            eval_prompts_file=str(prompts), reward="ink", steps=3, batch=2, max_steps=1,
+                            eval_every=0, eval_per_class=1, checkpoint_every=0, lr=0.05, height=16, width=16,
+                            device="cpu", progress=False, out=str(tmp_path / "ft"))
+    summary = run_finetune(config)
+    assert {"reward", "seen_reward"} <= set(summary["after"])
+    after = load_file(tmp_path / "ft" / "eval" / "after.safetensors")
+    assert after["labels"].tolist() == [0, 1] and after["images"].shape == (2, 3, 16, 16)
+    rows = [json.loads(line) for line in (tmp_path / "ft" / "eval.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("seen_reward" in r for r in rows)

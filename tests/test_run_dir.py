@@ -106,7 +106,7 @@ def test_the_same_process_cannot_claim_a_directory_twice(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["file", "proc", "read-only"])
-def test_unwritable_out_is_one_line_before_loading(case, tmp_path, capsys):
+def test_unwritable_out_is_one_line_before_loading(case, tmp_path, capsys, monkeypatch):
     if case == "file":
         out = tmp_path / "a-file"
         out.write_text("x")
@@ -115,13 +115,32 @@ def test_unwritable_out_is_one_line_before_loading(case, tmp_path, capsys):
         out = "/proc/sdo-run"
         message = "cannot be written"
     else:
-        if os.geteuid() == 0:
-            pytest.skip("root writes into read-only directories")
         parent = tmp_path / "ro"
         parent.mkdir()
         parent.chmod(0o500)
         out = parent / "run"
-        message = "cannot be written"
+        message = "cannot be written: Permission denied"
+        if os.geteuid() == 0:  # root writes anyway: the file system's refusal, as a read-only one gives it
+            from pathlib import Path
+
+            def refuse(self, data):
+                raise PermissionError(13, "Permission denied", str(self))
+
+            monkeypatch.setattr(Path, "write_bytes", refuse)
     assert main(["latent", "--model", "toy", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sdo: error: --out") and message in err and err.count("\n") == 1
+
+
+def test_every_file_of_a_run_has_the_same_mode_and_summaries_are_strict_json(tmp_path):
+    import json
+    import stat
+
+    from shortcut_diffusion.reporting import FILE_MODE, write_json
+
+    out = tmp_path / "run"
+    assert main(["latent", *FAST_LATENT, "--out", str(out)]) == 0
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()}
+    assert set(modes.values()) == {FILE_MODE}, modes
+    write_json(tmp_path / "s.json", {"reward": float("nan"), "rows": [float("inf"), 1.0]})
+    assert json.loads((tmp_path / "s.json").read_text(), parse_constant=lambda c: 1 / 0) == {"reward": None, "rows": [None, 1.0]}

@@ -75,7 +75,7 @@ def _lock(path: Path) -> None:
     if key in _HELD:  # a run of this very process is still writing there
         raise UsageError(f"--out {path} is in use by another sdo run (pid {os.getpid()}, this process); "
                          "choose another --out")
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)  # (the umask applies, as to every file of a run)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
