@@ -32,7 +32,7 @@ def test_exact_when_the_network_ignores_the_state():
     def loss(x):
         return (x - target).square().sum()
 
-    value, grad, info = adjoint_gradient(denoiser, scheduler, z, loss, steps=10)
+    value, grad, _, info, _ = adjoint_gradient(denoiser, scheduler, z, loss, steps=10)
     expected_value, expected = full_gradient(denoiser, scheduler, z, loss, 10)
     # (diffusers keeps the schedule in float32, the adjoint's coefficients are float64 of them)
     torch.testing.assert_close(value, expected_value, rtol=1e-5, atol=0)
@@ -56,7 +56,7 @@ def test_on_a_trained_model_more_steps_drift_less_and_agree_more(digits):
 
     cosines, drifts = [], []
     for steps in (5, 50):
-        value, grad, info = adjoint_gradient(digits.denoiser(), scheduler, z, loss, steps=steps, cond=cond)
+        value, grad, _, info, _ = adjoint_gradient(digits.denoiser(), scheduler, z, loss, steps=steps, cond=cond)
         expected_value, expected = full_gradient(digits.denoiser(), scheduler, z, loss, steps, cond)
         torch.testing.assert_close(value, expected_value, rtol=1e-5, atol=1e-4)  # the same forward pass
         cosines.append(float(torch.nn.functional.cosine_similarity(grad.flatten(), expected.flatten(), dim=0)))

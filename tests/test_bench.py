@@ -88,3 +88,11 @@ def test_class_fd_compares_with_the_real_digits_of_one_class():
     assert _target_class("digit-class:7") == 7 and _target_class("digit-match") is None
     mean, std = real_fd_spread(classifier, 7, batch=8, draws=20)
     assert 0 < std < mean < metrics.digits_fd(classifier, ones[:8], "held_out", [7])
+
+
+def test_the_recomputing_methods_are_rows_of_the_bench():
+    rows = {name: measure("toy", name, steps=4, batch=1, repeats=1, reward_spec="auto", seed=0, device_name="cpu")
+            for name in ("adjoint", "doodl")}
+    assert (rows["adjoint"]["nfe_forward"], rows["adjoint"]["nfe_backward"]) == (12, 4)
+    assert (rows["doodl"]["nfe_forward"], rows["doodl"]["nfe_backward"]) == (24, 8)
+    assert rows["adjoint"]["cosine_to_full"] > 0.9 and all(r["saved_bytes"] > 0 for r in rows.values())

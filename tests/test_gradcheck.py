@@ -66,3 +66,29 @@ def test_default_is_the_digits_testbed(capsys):
     results = {r["estimator"]: r for r in report["results"]}
     assert results["truncated:k=all"]["cosine"] >= 0.9999
     assert results["sdo"]["nfe_backward"] == 1 and results["sdo"]["saved_bytes"] < results["full"]["saved_bytes"] / 2
+
+
+def test_recomputing_methods_print_their_rows_with_the_memory_of_one_step(capsys):
+    """``sdo gradcheck --estimators full adjoint doodl drtune sdo``: every row, the adjoint close to full
+    on DDIM, and the memory of the recomputing methods flat in N while full's grows."""
+    rows = {}
+    for steps in (5, 20):
+        report = run_json(capsys, "--steps", str(steps), "--estimators", "full", "adjoint", "doodl", "drtune", "sdo")
+        rows[steps] = {r["estimator"]: r for r in report["results"]}
+        assert list(rows[steps]) == ["full", "adjoint", "doodl", "drtune", "sdo"]
+    assert rows[20]["adjoint"]["cosine"] > 0.9 and rows[20]["doodl"]["cosine"] is not None  # (another chain)
+    assert (rows[20]["adjoint"]["nfe_forward"], rows[20]["adjoint"]["nfe_backward"]) == (60, 20)
+    assert (rows[20]["doodl"]["nfe_forward"], rows[20]["doodl"]["nfe_backward"]) == (120, 40)
+    for name in ("adjoint", "doodl"):
+        assert 0 < rows[20][name]["saved_bytes"] <= 1.05 * rows[5][name]["saved_bytes"]
+    assert rows[20]["full"]["saved_bytes"] > 3.5 * rows[5]["full"]["saved_bytes"]
+    assert rows[20]["adjoint"]["saved_bytes"] < rows[20]["full"]["saved_bytes"] / 10
+    assert main(["gradcheck", "--steps", "3", "--estimators", "adjoint", "doodl"]) == 0
+    assert "doodl differentiates EDICT" in capsys.readouterr().out
+
+
+def test_recomputing_methods_refuse_what_their_sampler_cannot_follow(capsys):
+    assert main(["gradcheck", "--steps", "3", "--estimators", "adjoint", "--model", "random:sd3:tiny", "--prompt", "a cat"]) == 2
+    assert "the adjoint need a diffusion (epsilon or v) model, not flow matching" in capsys.readouterr().err
+    assert main(["gradcheck", "--estimators", "doodl:p=0.9"]) == 2
+    assert "doodl takes no options" in capsys.readouterr().err

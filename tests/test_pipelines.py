@@ -263,3 +263,24 @@ def test_finetune_evaluates_held_out_prompts(pipeline_dirs, tmp_path):
     assert after["labels"].tolist() == [0, 1] and after["images"].shape == (2, 3, 16, 16)
     rows = [json.loads(line) for line in (tmp_path / "ft" / "eval.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all("seen_reward" in r for r in rows)
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_recomputing_methods_on_pipelines(pipeline_dirs, family, tmp_path, capsys):
+    """adjoint and doodl through the model interface of a real pipeline: gradcheck rows and a latent run."""
+    import json
+
+    from shortcut_diffusion.cli import main
+
+    model = str(pipeline_dirs[family])
+    assert main(["gradcheck", "--json", "--model", model, "--prompt", "a cat", "--steps", "3", "--batch", "1",
+                 "--height", "16", "--width", "16", "--estimators", "adjoint", "doodl"]) == 0
+    rows = {r["estimator"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert rows["adjoint"]["cosine"] > 0.5 and rows["doodl"]["nfe_backward"] == 6
+    out = tmp_path / "run"
+    assert main(["latent", "--model", model, "--prompt", "a cat", "--estimator", "adjoint", "--reward", "ink",
+                 "--steps", "3", "--iters", "2", "--batch", "1", "--height", "16", "--width", "16",
+                 "--no-progress", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert json.loads((out / "config.json").read_text())["estimator_spec"] == "adjoint"
+    assert summary["final_reward"] is not None and len((out / "metrics.jsonl").read_text().splitlines()) == 2

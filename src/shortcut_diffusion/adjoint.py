@@ -16,11 +16,11 @@ the gap between the adjoint gradient and full backpropagation's.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .edict import EdictStep, _eps, edict_schedule
+from .edict import EdictStep, RecomputedGradient, _eps, accumulate, edict_schedule
 
 
 def _ddim_step(denoiser: Callable, x: torch.Tensor, step: EdictStep, cond: Any, kind: str) -> torch.Tensor:
@@ -32,24 +32,36 @@ def _ddim_unstep(denoiser: Callable, x_next: torch.Tensor, step: EdictStep, cond
     return (x_next - step.b * _eps(denoiser, x_next, step, cond, kind)) / step.a
 
 
+def ddim_sample(denoiser: Callable, scheduler: Any, z: torch.Tensor, *, steps: int, cond: Any = None) -> torch.Tensor:
+    """DDIM (eta 0) sampling from ``z`` on ``scheduler``'s noise schedule: the chain the adjoint
+    differentiates (records a graph if grad is on)."""
+    kind = scheduler.config.prediction_type
+    x = z
+    for step in edict_schedule(scheduler, steps, device=z.device):
+        x = _ddim_step(denoiser, x, step, cond, kind)
+    return x
+
+
 def adjoint_gradient(denoiser: Callable, scheduler: Any, z: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor],
-                     *, steps: int, cond: Any = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """``(loss value, d loss / d z, info)`` for ``loss(x_N)`` of DDIM sampling from ``z``, by the
-    adjoint with recomputed states; ``info`` has the network calls and the trajectory's drift
-    (``||recomputed z - z|| / ||z||``)."""
+                     *, steps: int, cond: Any = None, params: Sequence[torch.Tensor] = ()) -> RecomputedGradient:
+    """The gradient of ``loss(x_N)`` of DDIM sampling from ``z`` w.r.t. ``z`` (and ``params``:
+    conditioning tensors or weights the denoiser uses), by the adjoint with recomputed states;
+    ``info`` has the network calls and the trajectory's drift (``||recomputed z - z|| / ||z||``)."""
     kind = scheduler.config.prediction_type
     schedule = edict_schedule(scheduler, steps, device=z.device)
     with torch.no_grad():
-        x = z
-        for step in schedule:
-            x = _ddim_step(denoiser, x, step, cond, kind)
+        x = ddim_sample(denoiser, scheduler, z, steps=steps, cond=cond)
     x_final = x.detach().requires_grad_(True)
     value = loss(x_final)
     (adjoint,) = torch.autograd.grad(value, x_final)
+    param_grads: list[Optional[torch.Tensor]] = [None] * len(params)
     for step in reversed(schedule):
         with torch.no_grad():
             x = _ddim_unstep(denoiser, x, step, cond, kind)
         x_in = x.detach().requires_grad_(True)
-        (adjoint,) = torch.autograd.grad(_ddim_step(denoiser, x_in, step, cond, kind), x_in, grad_outputs=adjoint)
+        adjoint, *grads = torch.autograd.grad(_ddim_step(denoiser, x_in, step, cond, kind), (x_in, *params),
+                                              grad_outputs=adjoint, allow_unused=True)
+        accumulate(param_grads, grads)
     drift = float((x - z).norm() / z.norm())
-    return value.detach(), adjoint, {"forward": 3 * steps, "backward": steps, "drift": drift}
+    info = {"forward": 3 * steps, "backward": steps, "drift": drift}
+    return RecomputedGradient(value.detach(), adjoint, param_grads, info, x_final.detach())

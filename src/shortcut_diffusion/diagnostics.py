@@ -7,7 +7,10 @@
   ``torch.autograd.graph.saved_tensors_hooks``: the distinct storages packed while it is active,
   each counted once, excluding the storages of given tensors (model weights, resident anyway).
   Inside a non-reentrant checkpoint region torch packs its own placeholders instead, which is
-  exactly what checkpointing saves.
+  exactly what checkpointing saves. ``bytes`` counts every storage packed while active;
+  ``peak_bytes`` the most held at once (a storage is released when the graph saving it is freed).
+  They agree for one graph kept until backward; methods that build and free one step's graph at a
+  time (the adjoint, DOODL) are measured by the peak.
 """
 
 from __future__ import annotations
@@ -44,23 +47,53 @@ class CountingDenoiser(nn.Module):
         return out
 
 
+class _Held:
+    """A saved tensor, and the meter it is counted in until the graph releases it."""
+
+    __slots__ = ("tensor", "key", "meter")
+
+    def __init__(self, tensor: torch.Tensor, key: int, meter: "SavedTensorMeter"):
+        self.tensor, self.key, self.meter = tensor, key, meter
+
+    def __del__(self) -> None:
+        self.meter._release(self.key)
+
+
 class SavedTensorMeter:
     """Context manager: ``with SavedTensorMeter(exclude=model.parameters()) as m: ...; m.bytes``."""
 
     def __init__(self, exclude: Iterable[torch.Tensor] = ()):
         self._exclude = {_storage_key(t) for t in exclude}
         self._storages: dict[int, int] = {}
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._live: dict[int, list[int]] = {}  # storage -> [saved tensors holding it, its bytes]
+        self._held = 0
+        self.peak_bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
 
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _pack(self, tensor: torch.Tensor) -> Any:
         try:
             key = _storage_key(tensor)
             nbytes = tensor.untyped_storage().nbytes()
         except (RuntimeError, NotImplementedError):  # tensors without a storage (e.g. wrappers)
             return tensor
-        if key and key not in self._exclude:
-            self._storages[key] = max(self._storages.get(key, 0), nbytes)
-        return tensor
+        if not key or key in self._exclude:
+            return tensor
+        self._storages[key] = max(self._storages.get(key, 0), nbytes)
+        entry = self._live.setdefault(key, [0, nbytes])
+        if entry[0] == 0:
+            self._held += nbytes
+            self.peak_bytes = max(self.peak_bytes, self._held)
+        entry[0] += 1
+        return _Held(tensor, key, self)
+
+    def _release(self, key: int) -> None:
+        entry = self._live.get(key)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            self._held -= entry[1]
+            del self._live[key]
 
     @property
     def bytes(self) -> int:
@@ -72,6 +105,10 @@ class SavedTensorMeter:
 
     def __exit__(self, *exc: Any) -> None:
         self._hooks.__exit__(*exc)
+
+
+def _unpack(packed: Any) -> torch.Tensor:
+    return packed.tensor if isinstance(packed, _Held) else packed
 
 
 def _storage_key(tensor: torch.Tensor) -> int:

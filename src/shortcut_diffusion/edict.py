@@ -24,7 +24,7 @@ is its multi-crop reward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -47,7 +47,7 @@ class EdictStep:
 def edict_schedule(scheduler: Any, steps: int, device: Any = None) -> list[EdictStep]:
     """DDIM's coefficients on ``scheduler``'s noise schedule, step by step."""
     if is_flow_matching(scheduler):
-        raise UsageError("EDICT needs a diffusion (epsilon or v) model, not flow matching")
+        raise UsageError("EDICT (doodl) and the adjoint need a diffusion (epsilon or v) model, not flow matching")
     if scheduler.config.get("clip_sample", False) or scheduler.config.get("thresholding", False):
         raise UsageError("EDICT and the adjoint follow the ODE, which has no clipping: use a scheduler with "
                          "clip_sample=False and thresholding=False")
@@ -106,11 +106,34 @@ def edict_invert(denoiser: Callable, scheduler: Any, x: torch.Tensor, y: torch.T
     return x, y
 
 
+class RecomputedGradient(NamedTuple):
+    """What a backward pass with recomputed states returns."""
+
+    value: torch.Tensor
+    """The loss."""
+    grad: torch.Tensor
+    """d loss / d z."""
+    param_grads: list[Optional[torch.Tensor]]
+    """d loss / d each of ``params`` (None where the loss does not depend on it)."""
+    info: dict[str, Any]
+    """``forward`` and ``backward`` network calls (and, for the adjoint, ``drift``)."""
+    final: torch.Tensor
+    """The sample the loss was taken at."""
+
+
+def accumulate(total: list[Optional[torch.Tensor]], grads: Sequence[Optional[torch.Tensor]]) -> None:
+    """``total += grads`` element-wise, None counting as zero."""
+    for i, g in enumerate(grads):
+        if g is not None:
+            total[i] = g if total[i] is None else total[i] + g
+
+
 def doodl_gradient(denoiser: Callable, scheduler: Any, z: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor],
-                   *, steps: int, cond: Any = None, p: float = MIX
-                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int], torch.Tensor]:
-    """``(loss value, d loss / d z, network calls, final x)`` for ``loss(x_final)`` of EDICT sampling
-    from ``z``, backpropagated by reconstructing every step's input (constant memory in ``steps``)."""
+                   *, steps: int, cond: Any = None, p: float = MIX, params: Sequence[torch.Tensor] = ()
+                   ) -> RecomputedGradient:
+    """The gradient of ``loss(x_final)`` of EDICT sampling from ``z`` w.r.t. ``z`` (and ``params``:
+    conditioning tensors or weights the denoiser uses), backpropagated by reconstructing every
+    step's input (constant memory in ``steps``)."""
     kind = scheduler.config.prediction_type
     schedule = edict_schedule(scheduler, steps, device=z.device)
     with torch.no_grad():
@@ -121,14 +144,17 @@ def doodl_gradient(denoiser: Callable, scheduler: Any, z: torch.Tensor, loss: Ca
     value = loss(x_final)
     (gx,) = torch.autograd.grad(value, x_final)
     gy = torch.zeros_like(gx)
+    param_grads: list[Optional[torch.Tensor]] = [None] * len(params)
     for step in reversed(schedule):
         with torch.no_grad():
             x, y = edict_unstep(denoiser, x, y, step, cond, kind, p)
         x_in, y_in = x.detach().requires_grad_(True), y.detach().requires_grad_(True)
         x_out, y_out = edict_step(denoiser, x_in, y_in, step, cond, kind, p)
-        gx, gy = torch.autograd.grad((x_out, y_out), (x_in, y_in), grad_outputs=(gx, gy))
+        gx, gy, *grads = torch.autograd.grad((x_out, y_out), (x_in, y_in, *params), grad_outputs=(gx, gy),
+                                             allow_unused=True)
+        accumulate(param_grads, grads)
     calls = {"forward": 2 * steps + 4 * steps, "backward": 2 * steps}  # sample, reconstruct + recompute; VJPs
-    return value.detach(), gx + gy, calls, x_final.detach()
+    return RecomputedGradient(value.detach(), gx + gy, param_grads, calls, x_final.detach())
 
 
 def renormalize(z: torch.Tensor) -> torch.Tensor:

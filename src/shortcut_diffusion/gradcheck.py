@@ -19,9 +19,9 @@ import torch
 from .config import resolve_device
 from .diagnostics import CountingDenoiser, SavedTensorMeter
 from .errors import UsageError
-from .estimators import get_estimator
 from .generation import detached, generate, reward_labels
 from .loading import apply_thread_policy, load_model
+from .methods import RecomputedMethod, get_gradient_method, unmetered
 from .models.base import DiffusionModel
 from .options import ConditionOptions, ModelOptions, RewardOptions, SamplingOptions, redefault
 from .precision import Precision
@@ -114,30 +114,41 @@ def estimator_gradient(
     """One estimator's gradient of ``reward`` w.r.t. ``target`` through :func:`generate` (the
     guided computation users run), with its measured cost.
 
-    ``estimator=None`` measures plain sampling without grad (the floor every estimator pays).
+    ``estimator=None`` measures plain sampling without grad (the floor every estimator pays); a
+    :class:`~shortcut_diffusion.methods.RecomputedMethod` runs its own sampler and backward pass.
     """
+    if isinstance(estimator, RecomputedMethod):
+        return _recomputed_gradient(model, scheduler, estimator, reward, target=target, steps=steps, labels=labels,
+                                    seed=seed, guidance=guidance, precision=precision)
     with torch.set_grad_enabled(estimator is not None):
         return _estimator_gradient(model, scheduler, estimator, reward, target=target, steps=steps, labels=labels,
                                    seed=seed, guidance=guidance, step_kwargs=step_kwargs, precision=precision,
                                    compile=compile)
 
 
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _start(model: DiffusionModel, labels: list, seed: int, target: str) -> tuple[torch.Tensor, Any, list[torch.Tensor]]:
+    """The initial latent (from ``seed``), the conditioning and the tensors the gradient is for."""
+    x = torch.randn((len(labels), *model.sample_shape), generator=torch.Generator().manual_seed(seed)).to(model.device)
+    return (x, *_variables(model, x, detached(model.conditioning(labels)), target))
+
+
 def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, labels, seed, guidance, step_kwargs,
                         precision, compile):
     device = model.device
-    x = torch.randn((len(labels), *model.sample_shape), generator=torch.Generator().manual_seed(seed)).to(device)
-    cond, params = _variables(model, x, detached(model.conditioning(labels)), target)
+    x, cond, params = _start(model, labels, seed, target)
     counter: dict[str, CountingDenoiser] = {}
 
     def wrap(denoiser):
         counter["d"] = CountingDenoiser(denoiser)
         return counter["d"]
 
-    def clock() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
-
+    clock = lambda: _clock(device)  # noqa: E731
     start = clock()
     with SavedTensorMeter(exclude=[p for m in model.modules() for p in m.parameters()]) as meter:
         out = generate(model, x, labels, steps=steps, estimator=estimator, guidance=guidance, scheduler=scheduler,
@@ -168,6 +179,38 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, l
     }
 
 
+def _recomputed_gradient(model, scheduler, method, reward, *, target, steps, labels, seed, guidance, precision):
+    """:func:`estimator_gradient` for a method that samples without a graph and recomputes states
+    backward: memory is the peak held for backward (one step's graph at a time)."""
+    device = model.device
+    x, cond, params = _start(model, labels, seed, target)
+    counted = CountingDenoiser(model.denoiser(guidance))
+    targets, scoring = reward_labels(labels, device), [0.0]
+
+    def loss(final: torch.Tensor) -> torch.Tensor:
+        began = _clock(device)
+        value = -reward(model.decode(final).float().clamp(-1, 1), targets).sum()
+        scoring[0] += _clock(device) - began
+        return value
+
+    start = _clock(device)
+    with (precision.autocast() if precision is not None else contextlib.nullcontext()), \
+            SavedTensorMeter(exclude=[p for m in model.modules() for p in m.parameters()]) as meter:
+        r = method.gradient(counted, scheduler, x.detach(), unmetered(loss), steps=steps, cond=cond,
+                            params=[] if target == "latent" else params)
+    end = _clock(device)
+    model.network.requires_grad_(False)
+    return {
+        "gradient": _flat([r.grad] if target == "latent" else r.param_grads, params).detach().double().cpu(),
+        "reward": float(-r.value) / len(labels),
+        "nfe_forward": counted.forward_count, "nfe_backward": counted.backward_count, "grad_steps": steps,
+        "saved_bytes": meter.peak_bytes, "seconds": end - start,
+        # the backward pass recomputes states: its network calls count as forwards, the rest is backward
+        "phases": {"network_forward": counted.forward_seconds, "sampler_other": 0.0, "decode_reward": scoring[0],
+                   "backward": end - start - counted.forward_seconds - scoring[0]},
+    }
+
+
 
 def gradcheck_labels(config: GradcheckConfig, model: DiffusionModel) -> list:
     items, source = config.condition_items(model.condition_kind)
@@ -178,12 +221,15 @@ def gradcheck_labels(config: GradcheckConfig, model: DiffusionModel) -> list:
 def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
     config.check()
     specs = ["full"] + [s for s in config.estimators if s != "full"]
-    estimators = [get_estimator(s, seed=config.seed) for s in specs]  # validate all before work
+    estimators = [get_gradient_method(s, seed=config.seed) for s in specs]  # validate all before work
     device = resolve_device(config.device)
     model = load_model(config.model, device=device, progress=not config.json, **config.load_options())
     apply_thread_policy(model, config.threads)
     labels = gradcheck_labels(config, model)
     scheduler = scheduler_for(model, config.scheduler)
+    for method in estimators:
+        if isinstance(method, RecomputedMethod):
+            method.check(scheduler, config.steps)
     reward_spec = resolve_reward_spec(config.reward, model)
     reward = get_reward(reward_spec, shape=model.image_shape, model=model)
     precision = Precision(config.dtype, device)
@@ -220,8 +266,15 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{r['saved_bytes'] / 2**20:.3f}", f"{r['seconds']:.2f}"])
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    notes = "cosine n/a: the estimator's gradient for this target is exactly zero (gradients stop before it)."
-    return "\n".join([head, line(cols), *map(line, rows), notes])
+    notes = ["cosine n/a: the estimator's gradient for this target is exactly zero (gradients stop before it)."]
+    names = {r["estimator"] for r in report["results"]}
+    if "adjoint" in names:
+        notes.append("adjoint: DDIM (eta 0) on the scheduler's noise schedule, states recomputed by DDIM inversion "
+                     "(approximate); saved_MiB is the peak held at once.")
+    if "doodl" in names:
+        notes.append("doodl differentiates EDICT's coupled sampler, not the scheduler's: its cosine compares two chains "
+                     "(against backpropagation through EDICT it is exact); saved_MiB is the peak held at once.")
+    return "\n".join([head, line(cols), *map(line, rows), *notes])
 
 
 __all__ = ["DEFAULT_ESTIMATORS", "GradcheckConfig", "estimator_gradient", "format_table", "run_gradcheck"]

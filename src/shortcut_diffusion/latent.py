@@ -21,11 +21,11 @@ import torch
 from . import reporting, rundir
 from .config import resolve_device
 from .errors import UsageError
-from .estimators import get_estimator
 from .images import read_image
 from .inversion import ddim_invert
 from .loading import apply_thread_policy, load_model
 from .memory import check_batch_fits
+from .methods import RecomputedMethod, get_gradient_method
 from .models.base import DiffusionModel
 from .optimize import LatentResult, check_latent_options, default_prior_weight, optimize_latent
 from .options import (ConditionOptions, MemoryOptions, ModelOptions, OptimizerOptions, RewardOptions, RunOptions,
@@ -62,10 +62,6 @@ class LatentConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptions
     prior_weight: Optional[float] = field(default=None, metadata={"help": "weight of the Gaussian (chi) prior on the initial noise (default: 100 when the initial noise is optimized, else 0)"})
     proximity_weight: float = field(default=0.0, metadata={"help": "weight of the pixel distance to the starting samples"})
     grid_every: int = field(default=10, metadata={"help": "write a start-vs-current grid every k iterations (0: never)"})
-    method: str = field(default="optimize", metadata={"help": "optimize: sample with the scheduler, gradients from "
-                                                                 "--estimator; doodl: EDICT sampling with DOODL's exact "
-                                                                 "constant-memory gradient and noise renormalisation",
-                                                         "choices": ["optimize", "doodl"]})
     preset: Optional[str] = field(default=None, metadata={"help": "named settings: paper (the SDO authors' scripts: DDIM, "
                                                                   "--steps 50 --warmup 45 --lr 0.01 --betas 0.9 0.9, no "
                                                                   "prior); options you set to other values win",
@@ -93,8 +89,9 @@ class LatentConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptions
         check_latent_options(steps=self.steps, warmup=self.warmup, iters=self.iters, lr=self.lr,
                              batch=self.batch_size, prior_weight=prior, proximity_weight=self.proximity_weight,
                              optimizes_noise=optimizes_noise, betas=self.betas, clip_grad=self.clip_grad or None)
-        if self.method == "doodl" and (self.warmup or self.init != "noise"):
-            raise UsageError("--method doodl optimizes the initial noise: use it without --warmup and --init")
+        method = get_gradient_method(self.estimator)
+        if isinstance(method, RecomputedMethod) and (self.warmup or self.init != "noise"):
+            raise UsageError(f"--estimator {method.name} optimizes the initial noise: use it without --warmup and --init")
         if self.grid_every < 0:
             raise UsageError(f"--grid-every must be >= 0, got {self.grid_every}")
 
@@ -142,7 +139,7 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
     """Run ``config`` into its run directory; returns the result and the directory."""
     config = config.resolved()
     config.check()  # everything that can be checked before loading or sampling anything
-    estimator = get_estimator(config.estimator, seed=config.seed)
+    estimator = get_gradient_method(config.estimator, seed=config.seed)
     device = resolve_device(config.device)
     with rundir.claimed(config.out, "latent", ARTIFACTS, overwrite=config.overwrite) as out:
         model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
@@ -158,21 +155,26 @@ def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out
     model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
                          attention_slicing=config.attention_slicing)
     model.prepare(labels)
-    check_batch_fits(model, estimator, steps=config.steps - config.warmup, batch=config.batch_size, labels=labels,
-                     guidance=config.guidance, precision=Precision(config.dtype, model.device))
+    if isinstance(estimator, RecomputedMethod):  # its own sampler: refuse a scheduler it cannot follow
+        estimator.check(scheduler, config.steps)
+    else:
+        check_batch_fits(model, estimator, steps=config.steps - config.warmup, batch=config.batch_size, labels=labels,
+                         guidance=config.guidance, precision=Precision(config.dtype, model.device))
     init = inverted_latent(config, model, scheduler, labels) if config.init.startswith("invert:") else None
     if config.offload_text_encoders and model.device.type != "cpu":
         model.offload_text_encoders()
     reporting.write_json(out / "config.json", {**config.as_dict(), "batch": config.batch_size,
                                                "estimator_spec": estimator.spec, "device": str(model.device),
                                                "torch_threads": torch.get_num_threads()})
-    if config.method == "doodl":
-        from .doodl import optimize_doodl
+    if isinstance(estimator, RecomputedMethod):
+        from .recomputed import optimize_recomputed
 
-        result = optimize_doodl(model, reward, labels, steps=config.steps, iters=config.iters, lr=config.lr,
-                                betas=config.betas, seed=config.seed, guidance=config.guidance, scheduler=scheduler,
-                                progress=config.progress, callback=_recorder(config, out))
-        _write_results(config, model, labels, result, "doodl", out)
+        with Precision(config.dtype, model.device).autocast():
+            result = optimize_recomputed(model, reward, labels, method=estimator, steps=config.steps,
+                                         iters=config.iters, lr=config.lr, betas=config.betas,
+                                         prior_weight=config.prior_weight, seed=config.seed, guidance=config.guidance,
+                                         scheduler=scheduler, progress=config.progress, callback=_recorder(config, out))
+        _write_results(config, model, labels, result, estimator.spec, out)
         return result, out
     result = optimize_latent(
         model, reward, labels, estimator=estimator, scheduler=scheduler, steps=config.steps,
