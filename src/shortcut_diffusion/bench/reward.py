@@ -46,11 +46,11 @@ def _finish(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def latent_time_to_reward(model: Any, reward_spec: str, cond: int, *, estimators: Sequence[str] = LATENT_ESTIMATORS,
                           seconds: float = 60.0, steps: int = 50, batch: int = 8, lr: float = 0.15,
                           seed: int = 0) -> list[dict[str, Any]]:
-    """Latent optimization of the initial noise for ``seconds`` per estimator."""
-    from ..generation import generate
-    from ..optimize import optimize_latent
+    """Latent optimization of the initial noise for ``seconds`` per estimator (or recomputing
+    method, or ``freedom`` guided pass: :mod:`.latent_methods`)."""
     from ..rewards import get_reward
     from ..testbed import metrics
+    from .latent_methods import run_method
 
     reward = get_reward(reward_spec, model=model, shape=model.image_shape)
     labels = torch.full((batch,), cond)
@@ -58,41 +58,35 @@ def latent_time_to_reward(model: Any, reward_spec: str, cond: int, *, estimators
     rows, iterate_images = [], []
     target = _target_class(reward_spec)
     for spec in estimators:
-        iterates: list[tuple[float, torch.Tensor]] = []
-        result = optimize_latent(model, reward, labels, estimator=spec, steps=steps, iters=10**6, lr=lr, seed=seed,
-                                 progress=False, max_seconds=seconds,
-                                 callback=lambda row, z, images: iterates.append((row["wall_clock"], z.clone())))
-        # Re-sample every recorded iterate without grad, in one batch, outside the clock.
+        run = run_method(model, reward, labels, spec, seconds=seconds, steps=steps, lr=lr, seed=seed)
         with torch.no_grad():
-            zs = torch.cat([z for _, z in iterates]).to(device)
-            all_labels = labels.repeat(len(iterates)).tolist()
-            images = generate(model, zs, all_labels, steps=steps, seed=seed + 1).images
-            per = reward(images, labels.repeat(len(iterates)).to(device)).view(len(iterates), batch).mean(1)
-        curve = [(0.0, float(result.start_rewards.mean()))] + [(t, float(r)) for (t, _), r in zip(iterates, per)]
+            scored = [float(reward(images.to(device), labels.to(device)).mean()) for _, images in run.iterates]
+            start_reward = float(reward(run.start_images.to(device), labels.to(device)).mean())
+            final_reward = float(reward(run.images.to(device), labels.to(device)).mean())
+        curve = [(0.0, start_reward)] + [(t, r) for (t, _), r in zip(run.iterates, scored)]
         row = {"task": "latent", "reward": reward_spec, "estimator": spec, "budget_seconds": seconds,
-               "start_reward": float(result.start_rewards.mean()), "final_reward": float(result.rewards.mean()),
-               "iterations": len(result.history),
-               "seconds_per_iter": statistics.median(r["seconds"] for r in result.history),
-               "curve": curve}
+               "start_reward": start_reward, "final_reward": final_reward, "iterations": run.iterations,
+               "seconds_per_iter": run.seconds_per_iter, "saved_bytes": run.saved_bytes, "curve": curve, **run.extra}
         if model.classifier is not None:
-            row["digits_fd"] = metrics.digits_fd(model.classifier, result.images)
-            row["start_digits_fd"] = metrics.digits_fd(model.classifier, result.start_images)
+            row["digits_fd"] = metrics.digits_fd(model.classifier, run.images)
+            row["start_digits_fd"] = metrics.digits_fd(model.classifier, run.start_images)
             if target is not None:
-                row["class_fd"] = metrics.digits_fd(model.classifier, result.images, "all", [target])
+                row["class_fd"] = metrics.digits_fd(model.classifier, run.images, "all", [target])
                 if model.judge is not None:  # the held-out judge, never a reward, reads the goal class
                     with torch.no_grad():
-                        read = model.judge(result.images.to(device)).argmax(1)
+                        read = model.judge(run.images.to(device)).argmax(1)
                     row["judge_goal"] = float((read == target).float().mean())
         rows.append(row)
-        iterate_images.append(images.view(len(iterates), batch, *images.shape[1:]).cpu())
+        iterate_images.append(torch.stack([images.cpu() for _, images in run.iterates]))
     _match_full(rows, iterate_images, model.classifier, target)
     return _finish(rows)
 
 
 def _target_class(reward_spec: str) -> Optional[int]:
-    """The class a ``digit-class:K`` reward steers to (None for other rewards)."""
+    """The class a ``digit-class:K`` or ``adversarial:K`` reward steers to (None for other rewards)."""
     name, _, arg = reward_spec.partition(":")
-    return int(arg.split(",")[0]) if name == "digit-class" and arg.split(",")[0].isdigit() else None
+    goal = arg.split(",")[0]
+    return int(goal) if name in ("digit-class", "adversarial") and goal.isdigit() else None
 
 
 def real_fd_spread(classifier: Any, target: int, batch: int, draws: int = 200, seed: int = 0) -> tuple[float, float]:
@@ -169,16 +163,17 @@ def markdown(rows: list[dict[str, Any]], reference: str) -> str:
                   f"Start: reward {first['start_reward']:.4f}" + (f", digits-FD {fd:.2f}" if fd is not None else "")
                   + f". Threshold (95% of the best improvement): {first['threshold']:.4f}.", "",
                   f"| estimator | final reward | digits-FD | class-FD | judge reads the goal | iterations | s/iter | "
-                  f"time to 95% | x {reference} |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  f"saved MiB (peak) | time to 95% | x {reference} |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in group:
             t95 = r["seconds_to_95"]
             ratio = (f"{t95 / ref['seconds_to_95']:.2f}" if t95 is not None and ref and ref["seconds_to_95"] else "-")
             fd = f"{r['digits_fd']:.2f}" if r.get("digits_fd") is not None else "-"
             cfd = f"{r['class_fd']:.2f}" if r.get("class_fd") is not None else "-"
             judge = f"{r['judge_goal']:.0%}" if r.get("judge_goal") is not None else "-"
+            saved = f"{r['saved_bytes'] / 2**20:.1f}" if r.get("saved_bytes") is not None else "-"
             lines.append(f"| {r['estimator']} | {r['final_reward']:.4f} | {fd} | {cfd} | {judge} | {r['iterations']} | "
-                         f"{r['seconds_per_iter']:.2f} | {'not reached' if t95 is None else f'{t95:.1f} s'} | {ratio} |")
+                         f"{r['seconds_per_iter']:.2f} | {saved} | {'not reached' if t95 is None else f'{t95:.1f} s'} | {ratio} |")
         lines.append("")
         if "full_final_level" in first:
             lines.append(_matched_table(group))
