@@ -25,10 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from shortcut_diffusion.bench.cost import _run_worker, measure
+from shortcut_diffusion.bench.cost import _run_worker, is_out_of_memory, measure
 
 FLUX_STEPS = 28
-OOM_MARKERS = ("OutOfMemoryError", "out of memory", "CUDA error: out of memory")
 
 
 def run_config(args: argparse.Namespace, model: str, spec: str, steps: int) -> Optional[dict[str, Any]]:
@@ -39,7 +38,7 @@ def run_config(args: argparse.Namespace, model: str, spec: str, steps: int) -> O
     try:
         return measure(**options) if args.in_process else _run_worker(options)
     except RuntimeError as error:
-        if any(marker in str(error) for marker in OOM_MARKERS):
+        if is_out_of_memory(error):
             return None
         raise
 

@@ -27,7 +27,7 @@ def _byte_chars() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
-def clip_tokenizer(directory: Path):
+def clip_tokenizer(directory: Path, max_length: int = 16):
     from transformers import CLIPTokenizer
 
     chars = _byte_chars()
@@ -35,7 +35,7 @@ def clip_tokenizer(directory: Path):
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
 def t5_tokenizer():
@@ -50,12 +50,13 @@ def t5_tokenizer():
                                    model_max_length=16)
 
 
-def clip_text(hidden: int = 32, projection: bool = False, vocab: int = 520):
+def clip_text(hidden: int = 32, projection: bool = False, vocab: int = 520, **sizes):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    sizes = {"intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2, "max_position_embeddings": 16,
+             **sizes}
     config = CLIPTextConfig(bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=1, hidden_size=hidden,
-                            intermediate_size=37, layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2,
-                            vocab_size=vocab, projection_dim=hidden, max_position_embeddings=16)
+                            layer_norm_eps=1e-5, vocab_size=vocab, projection_dim=hidden, **sizes)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
 
@@ -72,6 +73,28 @@ def tiny_vae(latent_channels: int = 4, **extra):
     return AutoencoderKL(block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=latent_channels,
                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                          norm_num_groups=2, sample_size=32, **extra)
+
+
+def build_sd15_full_size(directory: Path) -> Path:
+    """A Stable Diffusion 1.5-sized pipeline with random weights (UNet 0.86 B, the SD VAE, a CLIP
+    ViT-L/14-sized text encoder; the tokenizer is the character-level one above, 77 tokens), saved
+    to ``directory``: what an iteration costs on the real model, without its weights."""
+    import diffusers
+
+    from shortcut_diffusion.models.sd15 import SD15_SCHEDULER, SD15_UNET
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3,
+                                  latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
+                                  up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
+    text = clip_text(hidden=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                     max_position_embeddings=77)
+    pipe = diffusers.StableDiffusionPipeline(
+        unet=diffusers.UNet2DConditionModel(**SD15_UNET), scheduler=diffusers.DDIMScheduler(**SD15_SCHEDULER), vae=vae,
+        text_encoder=text, tokenizer=clip_tokenizer(directory, max_length=77), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(directory)
+    return directory
 
 
 def build(family: str, directory: Path) -> Path:

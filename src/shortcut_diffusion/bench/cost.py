@@ -37,6 +37,11 @@ ARTIFACTS = ("results.csv", "report.md", "cost_vs_steps.png", "time_to_reward.js
              "latent", "finetune")
 """What a bench run writes (what ``--overwrite`` may remove)."""
 DEFAULT_ESTIMATORS = ["full", "checkpointed", "truncated:k=1", "alignprop", "refl", "drtune", "sdo"]
+OOM_MARKERS = ("OutOfMemoryError", "out of memory", "CUDA error: out of memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, MemoryError) or any(marker in str(error) for marker in OOM_MARKERS)
 
 
 @dataclass
@@ -110,11 +115,7 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     last = runs[-1]
     cosine = None
     if estimator is not None:  # gradient fidelity: the last timed gradient against full's, same noise
-        g, ref = last["gradient"], once(get_estimator("full", seed=seed))["gradient"]
-        if g.norm() > 0 and ref.norm() > 0:
-            cosine = round(float(g @ ref / (g.norm() * ref.norm())), 6)
-        else:
-            cosine = 0.0
+        cosine = _cosine_to_full(last["gradient"], lambda: once(get_estimator("full", seed=seed))["gradient"])
     return {
         "model": model_name, "task": "latent", "estimator": spec or "sampling", "steps": steps, "batch": batch,
         "seconds_per_iter": statistics.median(r["seconds"] for r in runs),
@@ -125,6 +126,22 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
         "resolution": "x".join(map(str, model.image_shape[1:])),
         **{f"{phase}_s": statistics.median(r["phases"][phase] for r in runs) for phase in PHASES},
     }
+
+
+def _cosine_to_full(g: Any, full_gradient: Any) -> Optional[float]:
+    """The cosine of ``g`` to full backpropagation's gradient; None where full does not fit."""
+    import torch
+
+    try:
+        ref = full_gradient()
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        return None
+    if g.norm() > 0 and ref.norm() > 0:
+        return round(float(g @ ref / (g.norm() * ref.norm())), 6)
+    return 0.0
 
 
 def _device_name(device: Any) -> str:
@@ -172,7 +189,7 @@ def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> lis
 
 
 def _bench(config: BenchConfig, specs: list[str], out: Path, command: str, log) -> list[dict[str, Any]]:
-    rows = []
+    rows, out_of_memory = [], []
     for steps in config.steps:
         for spec in [None, *specs]:
             args = {"model_name": config.model, "spec": spec, "steps": steps, "batch": config.batch,
@@ -180,7 +197,15 @@ def _bench(config: BenchConfig, specs: list[str], out: Path, command: str, log) 
                     "device_name": config.device, "model_options": config.load_options(), "prompts": config.prompt,
                     "threads": config.threads, "compile": config.compile}
             # --quick checks the harness in this process (its peak memory is not a configuration's own)
-            row = measure(**args) if config.quick else _run_worker(args)
+            try:
+                row = measure(**args) if config.quick else _run_worker(args)
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+                out_of_memory.append(f"{spec or 'sampling'} at N = {steps}")
+                if log:
+                    log(f"N={steps:4d} {spec or 'sampling':>14}: out of memory")
+                continue
             rows.append(row)
             if log:
                 log(f"N={steps:4d} {row['estimator']:>14}: {row['seconds_per_iter']:.3f} s/iter, "
@@ -192,12 +217,15 @@ def _bench(config: BenchConfig, specs: list[str], out: Path, command: str, log) 
     by = {(r["estimator"], r["steps"]): r for r in rows}
     curves = {}
     for est in ["sampling", *specs]:
-        points = [(n, by[(est, n)]["seconds_per_iter"]) for n in config.steps]
+        points = [(n, by[(est, n)]["seconds_per_iter"]) for n in config.steps if (est, n) in by]
         curves[est] = ([p[0] for p in points], [p[1] for p in points])
     reporting.plot_curves(out / "cost_vs_steps.png", curves, xlabel="sampling steps N",
                           ylabel="seconds per iteration", title=f"cost per iteration ({config.model}, batch {config.batch})")
     reward_rows = time_to_reward(config, out, log) if config.time_to_reward else []
-    (out / "report.md").write_text(report(rows, config, command, reward_rows))
+    text = report(rows, config, command, reward_rows)
+    if out_of_memory:
+        text += "\n## Out of memory\n\n" + "\n".join(f"- {what}" for what in out_of_memory) + "\n"
+    (out / "report.md").write_text(text)
     return rows
 
 
