@@ -62,6 +62,8 @@ class FinetuneConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptio
     checkpoint_every: int = field(default=25, metadata={"help": "write a checkpoint every k optimizer steps (0: never)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its latest checkpoint"})
+    fsdp: bool = field(default=False, metadata={"help": "shard the network over the processes of accelerate launch (FSDP): "
+                                                       "full fine-tuning of a network that does not fit one device"})
 
     @property
     def learning_rate(self) -> float:
@@ -98,5 +100,9 @@ class FinetuneConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptio
             raise UsageError("--early-stop needs periodic evaluation (--eval-every > 0)")
         if self.eval_prompts_file is not None and not Path(self.eval_prompts_file).is_file():
             raise UsageError(f"--eval-prompts-file {self.eval_prompts_file} does not exist")
+        if self.fsdp:
+            from .sharding import check_fsdp
+
+            check_fsdp(self)
         if self.resume and self.overwrite:
             raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")

@@ -51,9 +51,9 @@ class Evaluation:
     """The evaluation of one run: fixed conditions and noise, rows in ``eval.jsonl``, grids and
     the ``before``/``after`` samples under ``eval/``."""
 
-    def __init__(self, ft: "FineTuning", out: Path):
+    def __init__(self, ft: "FineTuning", out: Path, write: bool = True):
         config = ft.config
-        self.ft, self.out = ft, Path(out)
+        self.ft, self.out, self.write = ft, Path(out), write
         # The evaluation scores the plain images (training may average the reward over views).
         from ..rewards import get_reward
 
@@ -86,6 +86,8 @@ class Evaluation:
             row.update({f"seen_{k}": v for k, v in evaluate(self.ft.model, self.reward, seen, self.seen_labels).items()})
         if final:
             row["final"] = True  # the exported weights (EMA or best), after the last step
+        if not self.write:  # another process writes the run directory
+            return row
         per = config.eval_per_class
         rows = [images[i * per : (i + 1) * per] for i in range(len(self.conditions))]
         reporting.save_grid(self.out / "eval" / f"grid_step_{state.step:06d}.png", rows)

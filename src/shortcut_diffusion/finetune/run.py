@@ -10,7 +10,9 @@ Run directory::
     final/                                             the trained target (see :mod:`.targets`), float32
 
 Accelerate runs it data parallel (``accelerate launch -m shortcut_diffusion.cli finetune ...``):
-the main process owns the run directory, evaluates and writes; every process trains.
+the main process owns the run directory, evaluates and writes; every process trains. With
+``--fsdp`` the network is sharded (:mod:`.sharding`) and every process also evaluates and exports,
+since those need the whole network; the main process alone writes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,6 +39,7 @@ from ..schedulers import scheduler_for
 from . import checkpoint as ckpt
 from .config import RESUME_KEYS, FinetuneConfig
 from .evaluation import Evaluation
+from .sharding import full_state_dict
 from .targets import make_target
 from .train import FineTuning, TrainState, make_state, train_step
 
@@ -83,6 +87,9 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     # On a machine without CUDA, cpu=True is what makes Accelerate set up gloo across processes.
     accelerator = Accelerator(cpu=config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()))
     device = accelerator.device if config.device in ("auto", "cpu") else torch.device(config.device)
+    if accelerator.distributed_type == "FSDP" and not config.fsdp:  # accelerate launch --use_fsdp: sdo shards itself
+        config = replace(config, fsdp=True)
+        config.check()
     out = Path(config.out)
     claim = (rundir.claimed(out, "finetune", ARTIFACTS, overwrite=config.overwrite, resume=config.resume,
                             resumable=ckpt.latest_checkpoint(out) is not None)
@@ -102,7 +109,7 @@ def setup(config: FinetuneConfig, estimator: Any, device: torch.device, accelera
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # LoRA's random initialisation: the same on every rank and run
         target = make_target(config.target, model, rank=config.lora_rank, alpha=config.lora_alpha,
-                             modules=config.lora_modules, labels=labels)
+                             modules=config.lora_modules, labels=labels, keep_base=not config.fsdp)
     model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
                          attention_slicing=config.attention_slicing)
     check_batch_fits(model, estimator, steps=config.steps, batch=config.batch, labels=labels,
@@ -118,6 +125,14 @@ def setup(config: FinetuneConfig, estimator: Any, device: torch.device, accelera
         with torch.no_grad():
             for p in ft.params:
                 p.copy_(broadcast(p.detach().clone(), from_process=0))
+    if config.fsdp:
+        if world < 2:
+            raise UsageError("--fsdp shards the network over several processes: start them with "
+                             "accelerate launch --num_processes N -m shortcut_diffusion finetune ...")
+        from .sharding import shard
+
+        shard(model.network)
+        ft.sharded = True
     return ft
 
 
@@ -164,14 +179,14 @@ def _run(ft: FineTuning, accelerator: Any, out: Path) -> dict[str, Any]:
     config, main = ft.config, accelerator.is_main_process
     state = make_state(ft)
     resumed = _resume(ft, state, out, main)
-    evaluation = Evaluation(ft, out)
+    evaluation = Evaluation(ft, out, write=main)
     if main:
         _start_files(ft, state, out, resumed)
-        if not resumed:
-            row = evaluation.run(state, name="before")
-            if config.early_stop:
-                state.early_stop.update(row, 0)
-                state.best = ft.target.state()
+    if not resumed and (main or ft.sharded):  # a sharded network samples on every process
+        row = evaluation.run(state, name="before")
+        if main and config.early_stop:
+            state.early_stop.update(row, 0)
+            state.best = ft.target.state()
     accelerator.wait_for_everyone()
     stopped = _train(ft, state, accelerator, evaluation, out)
     if main and config.checkpoint_every and state.step % config.checkpoint_every:
@@ -202,8 +217,8 @@ def _train(ft: FineTuning, state: TrainState, accelerator: Any, evaluation: Eval
         bar.set_postfix(reward=f"{row['reward']:.3f}")
         if main:
             reporting.append_jsonl(out / "metrics.jsonl", row)
-            if config.eval_every and state.step % config.eval_every == 0:
-                evaluation.periodic(state)
+        if config.eval_every and state.step % config.eval_every == 0 and (main or ft.sharded):
+            evaluation.periodic(state)
         # Every rank takes the same decision (the clocks of the ranks differ slightly).
         halt = torch.tensor([float(state.early_stop.triggered), float(budget is not None and state.wall_clock >= budget)],
                             device=ft.model.device)
@@ -230,13 +245,17 @@ def _finish(ft: FineTuning, state: TrainState, accelerator: Any, evaluation: Eva
         ft.target.load_state(state.ema)
     from accelerate.utils import gather_object
 
-    digests = gather_object([_digest(ft.target.parameters())])
+    whole = full_state_dict(ft.model.network) if ft.sharded else None  # gathered on every process
+    digests = gather_object([_digest(list(whole.values()) if whole is not None else ft.target.parameters())])
     summary: dict[str, Any] = {}
+    state.ema = None  # the weights are final (EMA or best already loaded): evaluate them as they are
+    final_row = evaluation.run(state, name="after", final=True) if accelerator.is_main_process or ft.sharded else None
     if accelerator.is_main_process:
-        state.ema = None  # the weights are final (EMA or best already loaded): evaluate them as they are
-        final_row = evaluation.run(state, name="after", final=True)
         history = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines() if line]
-        ft.target.export(out / "final")
+        if whole is not None:
+            ft.target.export(out / "final", state=whole)
+        else:
+            ft.target.export(out / "final")
         reporting.plot_curves(out / "reward_vs_time.png",
                               {ft.estimator.spec: ([h["wall_clock"] / 60 for h in history], [h["reward"] for h in history])},
                               xlabel="training wall-clock (minutes)", ylabel=f"evaluation reward ({config.reward})",
@@ -247,7 +266,7 @@ def _finish(ft: FineTuning, state: TrainState, accelerator: Any, evaluation: Eva
             "global_batch": ft.global_batch, "estimator": ft.estimator.spec, "target": config.target,
             "ema": config.ema, "dtype": config.dtype, "skipped_steps": ft.precision.skipped,
             "best_step": state.early_stop.best_step if config.early_stop else None,
-            "rank_weight_digests": digests,
+            "rank_weight_digests": digests, "fsdp": ft.sharded,
         }
         reporting.write_json(out / "summary.json", summary)
     accelerator.wait_for_everyone()

@@ -48,7 +48,10 @@ class Target:
         return list(self.named_parameters().values())
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach().clone() for k, p in self.named_parameters().items()}
+        """The trained tensors, whole (a collective when they are sharded: every process calls it)."""
+        from .sharding import full
+
+        return {k: full(p.detach()).clone() for k, p in self.named_parameters().items()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         params = self.named_parameters()
@@ -122,9 +125,9 @@ class FullTarget(Target):
 
     name = "full"
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, keep_base: bool = True):
         super().__init__(model)
-        self._base = copy.deepcopy(model.network).requires_grad_(False)
+        self._base = copy.deepcopy(model.network).requires_grad_(False) if keep_base else None
         model.network.float().requires_grad_(True)
 
     def named_parameters(self) -> dict[str, nn.Parameter]:
@@ -132,6 +135,8 @@ class FullTarget(Target):
 
     @contextlib.contextmanager
     def base(self) -> Iterator[None]:
+        if self._base is None:
+            raise UsageError("this full fine-tuning target keeps no frozen copy of the base network")
         tuned = self.model.network
         self.model.set_network(self._base)
         try:
@@ -139,9 +144,13 @@ class FullTarget(Target):
         finally:
             self.model.set_network(tuned)
 
-    def export(self, directory: Union[str, Path]) -> Path:
+    def export(self, directory: Union[str, Path], state: Optional[dict[str, torch.Tensor]] = None) -> Path:
+        """Save the network; ``state``: its whole state dict, when the network itself is sharded."""
+        from .sharding import unsharded_copy
+
         directory = Path(directory)
-        self.model.network.save_pretrained(directory / "unet")
+        network = self.model.network if state is None else unsharded_copy(self.model.network, state)
+        network.save_pretrained(directory / "unet")
         self._manifest(directory)
         return directory
 
@@ -174,12 +183,13 @@ class EmbeddingTarget(Target):
 
 
 def make_target(name: str, model: Any, *, rank: int = 4, alpha: Union[float, None] = None,
-                modules: Optional[Sequence[str]] = None, labels: Sequence[Any] = ()) -> Target:
-    """The target ``name`` attached to ``model``; trained tensors are float32 master copies."""
+                modules: Optional[Sequence[str]] = None, labels: Sequence[Any] = (), keep_base: bool = True) -> Target:
+    """The target ``name`` attached to ``model``; trained tensors are float32 master copies.
+    ``keep_base=False``: full fine-tuning keeps no frozen copy of the network (no KL penalty)."""
     if name == "lora":
         return LoraTarget(model, rank=rank, alpha=alpha, modules=modules)
     if name == "full":
-        return FullTarget(model)
+        return FullTarget(model, keep_base=keep_base)
     if name == "embedding":
         return EmbeddingTarget(model, labels)
     raise UsageError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")

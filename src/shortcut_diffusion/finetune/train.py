@@ -56,6 +56,8 @@ class FineTuning:
     world: int = 1
     rank: int = 0
     reduce: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
+    sharded: bool = False
+    """The network is sharded over the processes (FSDP, :mod:`.sharding`): it sums the gradients itself."""
 
     @property
     def global_batch(self) -> int:
@@ -204,6 +206,22 @@ def _micro_step(ft: FineTuning, first: int, totals: torch.Tensor) -> None:
     totals[3] += sum(p.graph_steps for p in plans) / len(plans)
 
 
+def _clip(params: list[torch.nn.Parameter], max_norm: Optional[float], sharded: bool) -> torch.Tensor:
+    """The gradients' global norm, after clipping them to ``max_norm`` (when given)."""
+    if not sharded:
+        return (torch.nn.utils.clip_grad_norm_(params, max_norm) if max_norm else
+                torch.cat([p.grad.flatten() for p in params]).norm())
+    from .sharding import grad_norm
+
+    norm = grad_norm(params)
+    if max_norm:  # as clip_grad_norm_ does it
+        scale = min(1.0, float(max_norm / (norm + 1e-6)))
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+    return norm
+
+
 def _reduce_gradients(ft: FineTuning) -> None:
     """Data parallel: sum the gradients over processes (each loss is already divided by the global batch)."""
     params = ft.params
@@ -225,13 +243,12 @@ def train_step(ft: FineTuning, state: TrainState) -> tuple[dict[str, Any], Optio
     totals = torch.zeros(4, device=ft.model.device)  # reward sum, kl sum, samples, graph steps
     for micro in range(config.grad_accum):
         _micro_step(ft, state.step * ft.global_batch + (micro * ft.world + ft.rank) * config.batch, totals)
-    _reduce_gradients(ft)
+    if not ft.sharded:
+        _reduce_gradients(ft)
     if ft.world > 1:
         totals = ft.reduce(totals)
     ft.precision.unscale(state.optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(ft.params, config.clip_grad) if config.clip_grad else \
-        torch.cat([p.grad.flatten() for p in ft.params]).norm()
-    grad_norm = float(norm)
+    grad_norm = float(_clip(ft.params, config.clip_grad, ft.sharded))
     if not math.isfinite(grad_norm) and not ft.precision.scaled:
         return {}, f"non-finite gradient at step {state.step}; weights of step {state.step} kept"
     stepped = ft.precision.step(state.optimizer)
