@@ -66,9 +66,15 @@ def stages(args: argparse.Namespace, work: Path) -> list[tuple[str, list[str], i
     out.append(("bench-compile", [*bench, "--estimators", "sdo", "--compile", "--out", str(work / "bench-compile")], 300))
     scale = [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--family", "sdxl", "sd3", "flux", "--dtype", "bf16",
              "--device", args.device, "--out", str(work / "scale")]
-    scale += ["--tiny", "--ladder", "1", "2", "--steps", "2", "--repeats", "1"] if tiny else ["--ladder", "1", "5", "10", "20", "50"]
+    scale += ["--tiny", "--ladder", "1", "2", "--steps", "2", "--repeats", "1", "--in-process"] if tiny else ["--ladder", "1", "5", "10", "20", "50"]
     out.append(("scale", scale, 600))
     return out
+
+
+def shown(command: list[str], work: Path) -> str:
+    """The command as a reader would type it (no machine paths)."""
+    return (" ".join(command).replace(sys.executable, "python").replace(str(work), "WORK")
+            .replace(str(ROOT) + "/", ""))
 
 
 def run_stage(name: str, command: list[str], limit: float) -> dict:
@@ -79,7 +85,7 @@ def run_stage(name: str, command: list[str], limit: float) -> dict:
     except subprocess.TimeoutExpired as stopped:
         rc = "timeout"
         text = "".join(part.decode() if isinstance(part, bytes) else (part or "") for part in (stopped.stdout, stopped.stderr))
-    return {"stage": name, "command": " ".join(command), "rc": rc, "seconds": round(time.perf_counter() - began, 1),
+    return {"stage": name, "command": command, "rc": rc, "seconds": round(time.perf_counter() - began, 1),
             "tail": text[-3000:]}
 
 
@@ -107,9 +113,10 @@ def main(argv=None) -> int:
     for name, command, limit in stages(args, work):
         left = deadline - time.perf_counter()
         if left < 20:
-            results.append({"stage": name, "command": " ".join(command), "rc": "skipped: budget spent", "seconds": 0, "tail": ""})
-            continue
-        results.append(run_stage(name, command, min(limit, left)))
+            results.append({"stage": name, "command": command, "rc": "skipped: budget spent", "seconds": 0, "tail": ""})
+        else:
+            results.append(run_stage(name, command, min(limit, left)))
+        results[-1]["command"] = shown(command, work)
         print(f"{name}: rc {results[-1]['rc']}, {results[-1]['seconds']} s", flush=True)
     write(args, work, results)
     return 0 if all(r["rc"] == 0 for r in results) else 1
