@@ -266,7 +266,7 @@ def test_finetune_evaluates_held_out_prompts(pipeline_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
-def test_recomputing_methods_on_pipelines(pipeline_dirs, family, tmp_path, capsys):
+def test_the_other_methods_on_pipelines(pipeline_dirs, family, tmp_path, capsys):
     """adjoint and doodl through the model interface of a real pipeline: gradcheck rows and a latent run."""
     import json
 
@@ -274,9 +274,9 @@ def test_recomputing_methods_on_pipelines(pipeline_dirs, family, tmp_path, capsy
 
     model = str(pipeline_dirs[family])
     assert main(["gradcheck", "--json", "--model", model, "--prompt", "a cat", "--steps", "3", "--batch", "1",
-                 "--height", "16", "--width", "16", "--estimators", "adjoint", "doodl"]) == 0
+                 "--height", "16", "--width", "16", "--estimators", "adjoint", "doodl", "drtune"]) == 0
     rows = {r["estimator"]: r for r in json.loads(capsys.readouterr().out)["results"]}
-    assert rows["adjoint"]["cosine"] > 0.5 and rows["doodl"]["nfe_backward"] == 6
+    assert rows["adjoint"]["cosine"] > 0.5 and rows["doodl"]["nfe_backward"] == 6 and "drtune" in rows
     out = tmp_path / "run"
     assert main(["latent", "--model", model, "--prompt", "a cat", "--estimator", "adjoint", "--reward", "ink",
                  "--steps", "3", "--iters", "2", "--batch", "1", "--height", "16", "--width", "16",
@@ -284,3 +284,20 @@ def test_recomputing_methods_on_pipelines(pipeline_dirs, family, tmp_path, capsy
     summary = json.loads((out / "summary.json").read_text())
     assert json.loads((out / "config.json").read_text())["estimator_spec"] == "adjoint"
     assert summary["final_reward"] is not None and len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_guidance_and_drtune_fine_tuning_on_a_pipeline(pipeline_dirs, tmp_path):
+    """FreeDoM (``sdo guide``) and DRTune (``sdo finetune --estimator drtune``) through a real pipeline."""
+    import json
+
+    from shortcut_diffusion.cli import main
+
+    model = str(pipeline_dirs["sd"])
+    small = ["--model", model, "--prompt", "a cat", "--steps", "3", "--batch", "1", "--height", "16", "--width", "16",
+             "--reward", "ink", "--no-progress"]
+    assert main(["guide", *small, "--scale", "1.0", "--out", str(tmp_path / "guide")]) == 0
+    assert json.loads((tmp_path / "guide" / "summary.json").read_text())["final_reward"] is not None
+    assert main(["finetune", *small, "--estimator", "drtune", "--max-steps", "2", "--eval-every", "0",
+                 "--eval-per-class", "1", "--checkpoint-every", "0", "--out", str(tmp_path / "ft")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["grad_norm"] > 0 for r in rows)
