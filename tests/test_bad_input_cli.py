@@ -68,6 +68,8 @@ def test_bad_options(command, options, message, tmp_path, capsys):
     (["--prior-weight", "nan"], "regularizer weights must be >= 0 and finite"),
     (["--warmup", "2"], "0 <= warmup < steps"),
     (["--init", "photo"], "--init must be noise or invert:REF"),
+    (["--estimator", "doodl", "--warmup", "1"], "--estimator doodl optimizes the initial noise"),
+    (["--estimator", "adjoint:k=2"], "adjoint takes no options"),
 ])
 def test_bad_latent_options(options, message, tmp_path, capsys):
     assert message in one_line_error(["latent", *FAST, *options, "--out", str(tmp_path / "run")], capsys)
@@ -152,3 +154,8 @@ def test_help_states_each_default_once_and_the_demo_its_own_directory(capsys):
         assert "(default: the model's) (default:" not in text and "(default: None)" not in text, name
     demo = " ".join(commands["demo"].format_help().split())
     assert "runs/demo" in demo and "runs/latent" not in demo
+
+
+def test_the_latent_only_methods_are_refused_by_finetune(tmp_path, capsys):
+    err = one_line_error(["finetune", *FAST_FINETUNE, "--estimator", "doodl", "--out", str(tmp_path / "run")], capsys)
+    assert "optimizes latents (sdo latent)" in err and not (tmp_path / "run").exists()

@@ -156,7 +156,8 @@ class OptimizerOptions(Options):
 
 @dataclass
 class RunOptions(Options):
-    estimator: str = field(default="sdo", metadata={"help": "gradient estimator spec, name[:key=value,...]"})
+    estimator: str = field(default="sdo", metadata={"help": "gradient estimator spec, name[:key=value,...] (full, checkpointed, "
+                                                          "truncated, alignprop, refl, drtune, sdo; sdo latent also adjoint, doodl)"})
     batch: int = field(default=8, metadata={"help": "samples per batch"})
     seed: int = field(default=0, metadata={"help": "seed of the noise and the estimator's draws"})
     out: str = field(default="runs/out", metadata={"help": "run directory"})
