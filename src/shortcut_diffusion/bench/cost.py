@@ -137,7 +137,8 @@ def _cosine_to_full(g: Any, full_gradient: Any) -> Optional[float]:
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
             raise
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         return None
     if g.norm() > 0 and ref.norm() > 0:
         return round(float(g @ ref / (g.norm() * ref.norm())), 6)

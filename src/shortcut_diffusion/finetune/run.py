@@ -81,7 +81,9 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune per ``config``; returns the summary (also written to ``OUT/summary.json``)."""
     config.check()
     resolve_device(config.device)  # an unknown or unavailable device fails here, before any work
-    if config.estimator.partition(":")[0] in ("adjoint", "doodl"):
+    from ..methods import METHODS
+
+    if config.estimator.partition(":")[0] in METHODS:
         raise UsageError(f"--estimator {config.estimator} optimizes latents (sdo latent); fine-tuning takes full, "
                          "checkpointed, truncated, alignprop, refl, drtune or sdo")
     estimator = get_estimator(config.estimator, seed=config.seed)
