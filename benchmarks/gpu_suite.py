@@ -1,4 +1,4 @@
-"""One prepared run for a lent GPU: the product path, the bench, the compiled bench and the memory ceiling.
+"""One prepared run for a GPU: the product path, the bench, the compiled bench and the memory ceiling.
 
 Stages, in order of priority, each its own process with a time limit, all inside one overall
 budget (a stage that would start with too little time left is skipped and reported as such):
@@ -14,12 +14,12 @@ budget (a stage that would start with too little time left is skipped and report
 6. ``scale``: ``benchmarks/scale.py`` on SDXL, SD3 and Flux in bf16 (the largest N at which full
    backpropagation fits, and SDO, checkpointed and alignprop at N = 50, 28 for Flux).
 
-Writes ``session.md`` (every stage: command, exit status, seconds, the tail of its output and its
-report) and ``session.json`` to ``--out``, plus the bench and scale reports; the pipeline and the
+Writes ``suite.md`` (every stage: command, exit status, seconds, the tail of its output and its
+report) and ``suite.json`` to ``--out``, plus the bench and scale reports; the pipeline and the
 run directories go to ``--work`` (a temporary directory by default), so ``--out`` stays small.
 
-    python benchmarks/gpu_session.py --device cuda --out "$OUT"
-    python benchmarks/gpu_session.py --tiny --device cpu --out runs/gpu_session_smoke   # CPU smoke test
+    python benchmarks/gpu_suite.py --device cuda --out runs/gpu_suite
+    python benchmarks/gpu_suite.py --tiny --device cpu --out runs/gpu_suite_smoke   # CPU smoke test
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a smoke test of every stage on the CPU")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.work or Path(tempfile.mkdtemp(prefix="sdo-gpu-session-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="sdo-gpu-suite-"))
     work.mkdir(parents=True, exist_ok=True)
     deadline, results = time.perf_counter() + args.budget, []
     for name, command, limit in stages(args, work):
@@ -131,13 +131,13 @@ def write(args: argparse.Namespace, work: Path, results: list[dict]) -> None:
             device = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    lines = [f"# GPU session: {device}", ""]
+    lines = [f"# GPU suite: {device}", ""]
     for r in results:
         lines += [f"## {r['stage']}: rc {r['rc']}, {r['seconds']} s", "", f"`{r['command']}`", ""]
         report = report_of(r["stage"], work)
         lines += [report, ""] if report else ["```", r["tail"][-1500:], "```", ""]
-    (args.out / "session.md").write_text("\n".join(lines))
-    (args.out / "session.json").write_text(json.dumps({"device": device, "stages": results}, indent=1) + "\n")
+    (args.out / "suite.md").write_text("\n".join(lines))
+    (args.out / "suite.json").write_text(json.dumps({"device": device, "stages": results}, indent=1) + "\n")
     for name, file in (("bench", "report.md"), ("bench-compile", "report.md"), ("scale", "scale.md")):
         if (work / name / file).is_file():
             shutil.copy(work / name / file, args.out / f"{name}_{file}")

@@ -1,4 +1,4 @@
-"""The prepared GPU session runs every stage end to end at toy sizes on the CPU."""
+"""The prepared GPU suite runs every stage end to end at toy sizes on the CPU."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_every_stage_runs_at_toy_sizes(tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_session.py"), "--tiny", "--device", "cpu",
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--tiny", "--device", "cpu",
                            "--out", str(out), "--work", str(tmp_path / "work"), "--budget", "600"],
                           capture_output=True, text=True, timeout=900, cwd=ROOT,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    session = json.loads((out / "session.json").read_text())
-    failed = {r["stage"]: r["tail"][-1500:] for r in session["stages"] if r["rc"] != 0}
+    suite = json.loads((out / "suite.json").read_text())
+    failed = {r["stage"]: r["tail"][-1500:] for r in suite["stages"] if r["rc"] != 0}
     assert done.returncode == 0 and not failed, failed or done.stderr[-2000:]
-    assert [r["stage"] for r in session["stages"]] == ["pipeline", "latent-fp16", "latent-bf16", "finetune-fp16",
+    assert [r["stage"] for r in suite["stages"]] == ["pipeline", "latent-fp16", "latent-bf16", "finetune-fp16",
                                                        "finetune-bf16", "bench", "bench-compile", "scale"]
-    text = (out / "session.md").read_text()
+    text = (out / "suite.md").read_text()
     assert "| sdo |" in (out / "bench_report.md").read_text() and "raw x sampling" in text
     assert "sdxl" in (out / "scale_scale.md").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["bench-compile_report.md", "bench_report.md", "scale_scale.md",
-                                                     "session.json", "session.md"]
+                                                     "suite.json", "suite.md"]
