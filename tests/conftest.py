@@ -47,6 +47,17 @@ def tiny():
     return model
 
 
+@pytest.fixture(scope="session")
+def tiny64(tiny):
+    """The tiny model in float64, for comparisons that must hold to float precision."""
+    import copy
+
+    model = copy.deepcopy(tiny)
+    model.unet.double()
+    model.embeddings.double()
+    return model
+
+
 @pytest.fixture(params=list(SCHEDULER_CASES), ids=list(SCHEDULER_CASES))
 def scheduler_case(request, tiny):
     name, step_kwargs = SCHEDULER_CASES[request.param]

@@ -8,19 +8,10 @@ import pytest
 import torch
 
 from shortcut_diffusion import Mode, Plan, get_estimator, sample
-from shortcut_diffusion.models import toy_model
 
 from conftest import class_cond, latent
 
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def toy64():
-    model = toy_model(seed=0, channels=(8, 16))
-    model.unet.double()
-    model.embeddings.double()
-    return model
 
 
 def weight_gradient(model, plan: Plan) -> torch.Tensor:
@@ -39,37 +30,37 @@ def plan_of(kept: dict[int, Mode]) -> Plan:
 
 
 @pytest.mark.parametrize("step", range(STEPS))
-def test_one_kept_step_gives_the_weights_the_sdo_gradient(toy64, step):
-    drtune = weight_gradient(toy64, plan_of({step: Mode.INPUT_STOP}))
-    sdo = weight_gradient(toy64, get_estimator(f"sdo:keep={step}").plan(STEPS))
+def test_one_kept_step_gives_the_weights_the_sdo_gradient(tiny64, step):
+    drtune = weight_gradient(tiny64, plan_of({step: Mode.INPUT_STOP}))
+    sdo = weight_gradient(tiny64, get_estimator(f"sdo:keep={step}").plan(STEPS))
     torch.testing.assert_close(drtune, sdo, rtol=1e-10, atol=1e-12)
 
 
-def test_several_kept_steps_drop_the_path_through_later_inputs(toy64):
-    both = weight_gradient(toy64, plan_of({1: Mode.INPUT_STOP, 3: Mode.INPUT_STOP}))
-    separate = weight_gradient(toy64, plan_of({1: Mode.INPUT_STOP})) + weight_gradient(toy64, plan_of({3: Mode.INPUT_STOP}))
+def test_several_kept_steps_drop_the_path_through_later_inputs(tiny64):
+    both = weight_gradient(tiny64, plan_of({1: Mode.INPUT_STOP, 3: Mode.INPUT_STOP}))
+    separate = weight_gradient(tiny64, plan_of({1: Mode.INPUT_STOP})) + weight_gradient(tiny64, plan_of({3: Mode.INPUT_STOP}))
     torch.testing.assert_close(both, separate, rtol=1e-10, atol=1e-12)  # DRTune: the sum of one-step gradients
-    sdo = weight_gradient(toy64, plan_of({1: Mode.GRAD, 3: Mode.GRAD}))
+    sdo = weight_gradient(tiny64, plan_of({1: Mode.GRAD, 3: Mode.GRAD}))
     assert (sdo - both).norm() > 1e-6 * sdo.norm()  # SDO keeps the cross term through step 3's input
 
 
-def test_the_latent_sees_only_the_linear_path(toy64):
+def test_the_latent_sees_only_the_linear_path(tiny64):
     grads = []
     for plan in (get_estimator("drtune:k=2", seed=1).plan(STEPS), plan_of({})):
         x = latent().double().requires_grad_(True)
-        out = sample(toy64.denoiser(), toy64.scheduler, x, steps=STEPS, estimator=plan, cond=class_cond(toy64).double())
+        out = sample(tiny64.denoiser(), tiny64.scheduler, x, steps=STEPS, estimator=plan, cond=class_cond(tiny64).double())
         (grad,) = torch.autograd.grad((out.sample - 0.3).square().sum(), x)
         grads.append(grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
 
 
-def test_drtune_spec_draws_k_steps_and_samples_what_full_samples(toy64):
+def test_drtune_spec_draws_k_steps_and_samples_what_full_samples(tiny64):
     estimator = get_estimator("drtune:k=2", seed=3)
     plans = [estimator.plan(10) for _ in range(20)]
     assert all(p.count(Mode.INPUT_STOP) == 2 and p.graph_steps == 2 for p in plans)
     assert len({p.modes for p in plans}) > 1
     assert get_estimator("drtune:k=2,keep=last").plan(4).modes == (Mode.DETACH,) * 2 + (Mode.INPUT_STOP,) * 2
-    model = copy.deepcopy(toy64)
+    model = copy.deepcopy(tiny64)
     model.unet.requires_grad_(True)
     cond = class_cond(model).double()
     ours = sample(model.denoiser(), model.scheduler, latent().double(), steps=STEPS, estimator=get_estimator("drtune"),

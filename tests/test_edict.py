@@ -3,8 +3,6 @@ full backpropagation through the same EDICT chain."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -14,42 +12,34 @@ from shortcut_diffusion.edict import doodl_gradient, edict_invert, edict_sample,
 from conftest import class_cond, latent
 
 
-@pytest.fixture(scope="module")
-def toy64(tiny):
-    model = copy.deepcopy(tiny)
-    model.unet.double()
-    model.embeddings.double()
-    return model
-
-
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("steps", [3, 10])
-def test_edict_inversion_reconstructs_its_input(toy64, prediction, steps):
-    scheduler = make_scheduler("ddim", like=toy64.scheduler, prediction_type=prediction)
+def test_edict_inversion_reconstructs_its_input(tiny64, prediction, steps):
+    scheduler = make_scheduler("ddim", like=tiny64.scheduler, prediction_type=prediction)
     z = latent().double()
-    cond = class_cond(toy64).double()
+    cond = class_cond(tiny64).double()
     with torch.no_grad():
-        x, y = edict_sample(toy64.denoiser(), scheduler, z, steps=steps, cond=cond)
-    x0, y0 = edict_invert(toy64.denoiser(), scheduler, x, y, steps=steps, cond=cond)
+        x, y = edict_sample(tiny64.denoiser(), scheduler, z, steps=steps, cond=cond)
+    x0, y0 = edict_invert(tiny64.denoiser(), scheduler, x, y, steps=steps, cond=cond)
     assert (x - z).abs().max() > 0.1  # sampling moved far from the noise
     torch.testing.assert_close(x0, z, rtol=0, atol=1e-9)
     torch.testing.assert_close(y0, z, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("scheduler_name", ["ddim", "euler"])
-def test_doodl_gradient_equals_full_backpropagation_through_edict(toy64, scheduler_name):
-    scheduler = make_scheduler(scheduler_name, like=toy64.scheduler)
-    cond = class_cond(toy64).double()
+def test_doodl_gradient_equals_full_backpropagation_through_edict(tiny64, scheduler_name):
+    scheduler = make_scheduler(scheduler_name, like=tiny64.scheduler)
+    cond = class_cond(tiny64).double()
     target = torch.linspace(-1, 1, 256, dtype=torch.float64).view(1, 1, 16, 16)
 
     def loss(x):
         return (x - target).square().sum()
 
     z = latent().double().requires_grad_(True)
-    x, _ = edict_sample(toy64.denoiser(), scheduler, z, steps=6, cond=cond)
+    x, _ = edict_sample(tiny64.denoiser(), scheduler, z, steps=6, cond=cond)
     expected_value = loss(x)
     (expected,) = torch.autograd.grad(expected_value, z)
-    value, grad, _, calls, x_final = doodl_gradient(toy64.denoiser(), scheduler, z.detach(), loss, steps=6, cond=cond)
+    value, grad, _, calls, x_final = doodl_gradient(tiny64.denoiser(), scheduler, z.detach(), loss, steps=6, cond=cond)
     torch.testing.assert_close(value, expected_value.detach(), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(grad, expected, rtol=1e-7, atol=1e-9)
     assert calls == {"forward": 36, "backward": 12}
@@ -93,19 +83,19 @@ def test_sdo_latent_estimator_doodl_and_adjoint(tmp_path, method, backward):
 
 
 @pytest.mark.parametrize("what", ["cond", "weights"])
-def test_doodl_and_adjoint_give_conditioning_and_weight_gradients_of_their_chains(toy64, what):
+def test_doodl_and_adjoint_give_conditioning_and_weight_gradients_of_their_chains(tiny64, what):
     """With ``params``, DOODL's reconstructing pass equals full backpropagation through EDICT for
     them too; the adjoint's is the exact gradient of DDIM when the network ignores the state, and
     here (it does not) a close one."""
     from shortcut_diffusion.adjoint import adjoint_gradient, ddim_sample
 
-    scheduler = make_scheduler("ddim", like=toy64.scheduler)
-    cond = class_cond(toy64).double()
+    scheduler = make_scheduler("ddim", like=tiny64.scheduler)
+    cond = class_cond(tiny64).double()
     if what == "cond":
         cond = cond.clone().requires_grad_(True)
         params = [cond]
     else:
-        params = list(toy64.unet.parameters())[-4:]
+        params = list(tiny64.unet.parameters())[-4:]
         for p in params:
             p.requires_grad_(True)
     target = torch.linspace(-1, 1, 256, dtype=torch.float64).view(1, 1, 16, 16)
@@ -115,14 +105,14 @@ def test_doodl_and_adjoint_give_conditioning_and_weight_gradients_of_their_chain
 
     try:
         z = latent().double()
-        for gradient, chain, tolerance in [(doodl_gradient, lambda: edict_sample(toy64.denoiser(), scheduler, z, steps=5, cond=cond)[0], 1e-7),
-                                           (adjoint_gradient, lambda: ddim_sample(toy64.denoiser(), scheduler, z, steps=5, cond=cond), None)]:
+        for gradient, chain, tolerance in [(doodl_gradient, lambda: edict_sample(tiny64.denoiser(), scheduler, z, steps=5, cond=cond)[0], 1e-7),
+                                           (adjoint_gradient, lambda: ddim_sample(tiny64.denoiser(), scheduler, z, steps=5, cond=cond), None)]:
             expected = torch.autograd.grad(loss(chain()), params)
-            got = gradient(toy64.denoiser(), scheduler, z, loss, steps=5, cond=cond, params=params).param_grads
+            got = gradient(tiny64.denoiser(), scheduler, z, loss, steps=5, cond=cond, params=params).param_grads
             flat, ref = torch.cat([g.flatten() for g in got]), torch.cat([g.flatten() for g in expected])
             if tolerance is not None:
                 torch.testing.assert_close(flat, ref, rtol=tolerance, atol=1e-9)
             else:
                 assert float(torch.nn.functional.cosine_similarity(flat, ref, dim=0)) > 0.9
     finally:
-        toy64.unet.requires_grad_(False)
+        tiny64.unet.requires_grad_(False)

@@ -21,16 +21,6 @@ def latent_gradient(denoiser, scheduler, estimator, step_kwargs, cond=None, seed
     return out.sample.detach(), grad
 
 
-@pytest.fixture(scope="module")
-def tiny64(tiny):
-    import copy
-
-    model = copy.deepcopy(tiny)
-    model.unet.double()
-    model.embeddings.double()
-    return model
-
-
 @pytest.mark.parametrize("spec", ["truncated:k=all", "truncated:k=5", "checkpointed", "alignprop:draw=call,low=5", "alignprop:low=0,high=0",
                                   "sdo:k=all", "sdo:k=5,keep=random", "full:checkpoint=1"])
 def test_equivalent_to_full(spec, scheduler_case, tiny64):
