@@ -107,6 +107,11 @@ class SavedTensorMeter:
         self._hooks.__exit__(*exc)
 
 
+def model_weights(model: Any) -> list[torch.Tensor]:
+    """Every weight of ``model``'s networks: resident anyway, so excluded from what a meter counts."""
+    return [p for m in model.modules() for p in m.parameters()]
+
+
 def _unpack(packed: Any) -> torch.Tensor:
     return packed.tensor if isinstance(packed, _Held) else packed
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 
 from .config import resolve_device
-from .diagnostics import CountingDenoiser, SavedTensorMeter
+from .diagnostics import CountingDenoiser, SavedTensorMeter, model_weights
 from .errors import UsageError
 from .generation import detached, generate, reward_labels
 from .loading import apply_thread_policy, load_model
@@ -150,7 +150,7 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, l
 
     clock = lambda: _clock(device)  # noqa: E731
     start = clock()
-    with SavedTensorMeter(exclude=[p for m in model.modules() for p in m.parameters()]) as meter:
+    with SavedTensorMeter(exclude=model_weights(model)) as meter:
         out = generate(model, x, labels, steps=steps, estimator=estimator, guidance=guidance, scheduler=scheduler,
                        cond=cond, seed=seed + 1, step_kwargs=step_kwargs, precision=precision, wrap=wrap, decode=False,
                        compile=compile)
@@ -195,7 +195,7 @@ def _recomputed_gradient(model, scheduler, method, reward, *, target, steps, lab
 
     start = _clock(device)
     with (precision.autocast() if precision is not None else contextlib.nullcontext()), \
-            SavedTensorMeter(exclude=[p for m in model.modules() for p in m.parameters()]) as meter:
+            SavedTensorMeter(exclude=model_weights(model)) as meter:
         r = method.gradient(counted, scheduler, x.detach(), unmetered(loss), steps=steps, cond=cond,
                             params=[] if target == "latent" else params)
     end = _clock(device)

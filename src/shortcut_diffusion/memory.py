@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .diagnostics import SavedTensorMeter
+from .diagnostics import SavedTensorMeter, model_weights
 from .errors import UsageError
 from .sampling import Mode
 
@@ -44,7 +44,7 @@ def sample_graph_bytes(model: Any, label: Any, *, guidance: Optional[float] = No
     """Bytes autograd keeps for one sample: ``(one guided network call, one decode)``."""
     import contextlib
 
-    weights = [p for m in model.modules() for p in m.parameters()]
+    weights = model_weights(model)
     x = torch.randn((1, *model.sample_shape), device=model.device, requires_grad=True)
     cond = model.conditioning([label])
     t = torch.tensor(int(model.scheduler.config.num_train_timesteps) // 2, device=model.device)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from .diagnostics import SavedTensorMeter
+from .diagnostics import SavedTensorMeter, model_weights
 from .errors import UsageError
 from .estimators import GradientEstimator, get_estimator
 from .generation import detached, generate
@@ -164,7 +164,7 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
     without a step when the objective is not finite."""
     began = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    with SavedTensorMeter(exclude=[p for m in problem.model.modules() for p in m.parameters()]) as meter:
+    with SavedTensorMeter(exclude=model_weights(problem.model)) as meter:
         out = problem.generate(z, estimator)
     # The reward sees what the user will see: the image clamped to [-1, 1]. (Unclamped pixels
     # beyond the range are an easy reward hack that disappears on display.)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from tqdm.auto import tqdm
 
-from .diagnostics import SavedTensorMeter
+from .diagnostics import SavedTensorMeter, model_weights
 from .generation import detached, reward_labels
 from .methods import RecomputedMethod, get_gradient_method, unmetered
 from .models.base import DiffusionModel
@@ -38,7 +38,7 @@ def optimize_recomputed(model: DiffusionModel, reward: Callable, labels: Any, *,
     denoiser, cond = model.denoiser(guidance), detached(model.conditioning(labels))
     targets = reward_labels(labels, model.device)
     weight = default_prior_weight(prior_weight, True) if method.uses_prior else (prior_weight or 0.0)
-    weights = [p for m in model.modules() for p in m.parameters()]
+    weights = model_weights(model)
 
     def images_of(x: torch.Tensor) -> torch.Tensor:
         return model.decode(x).float().clamp(-1, 1)

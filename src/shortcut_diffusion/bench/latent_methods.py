@@ -70,7 +70,7 @@ def run_method(model: Any, reward: Callable, labels: torch.Tensor, spec: str, *,
 
 
 def _freedom(model: Any, reward: Callable, labels: torch.Tensor, spec: str, *, steps: int, seed: int) -> LatentRun:
-    from ..diagnostics import SavedTensorMeter
+    from ..diagnostics import SavedTensorMeter, model_weights
     from ..generation import generate
     from ..guidance import freedom_sample
 
@@ -85,7 +85,7 @@ def _freedom(model: Any, reward: Callable, labels: torch.Tensor, spec: str, *, s
     noise = torch.randn((len(labels), *model.sample_shape), generator=torch.Generator().manual_seed(seed)).to(model.device)
     with torch.no_grad():
         start = generate(model, noise, labels.tolist(), steps=steps, seed=seed + 1).images
-    with SavedTensorMeter(exclude=[p for m in model.modules() for p in m.parameters()]) as meter:
+    with SavedTensorMeter(exclude=model_weights(model)) as meter:
         result = freedom_sample(model, noise, labels.tolist(), reward, steps=steps, scale=options["scale"],
                                 travel=travel, travel_window=window, seed=seed + 1)
     return LatentRun(start.cpu(), result.images, [(result.seconds, result.images)], 1, result.seconds,
