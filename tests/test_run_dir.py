@@ -58,22 +58,22 @@ def test_an_earlier_run_needs_overwrite_and_overwrite_keeps_foreign_files(tmp_pa
 
 
 def test_a_run_of_another_command_is_refused(tmp_path):
-    with claimed(tmp_path / "run", "bench", ["results.csv"]) as out:
+    with claimed(tmp_path / "run", "bench") as out:
         (out / "results.csv").write_text("x")
     with pytest.raises(UsageError, match="holds an sdo bench run, not an sdo latent run"):
-        open_run_dir(tmp_path / "run", "latent", ["*"], overwrite=True)
+        open_run_dir(tmp_path / "run", "latent", overwrite=True)
 
 
 def test_an_empty_directory_is_used(tmp_path):
     (tmp_path / "empty").mkdir()
-    with claimed(tmp_path / "empty", "latent", []) as out:
+    with claimed(tmp_path / "empty", "latent") as out:
         assert (out / MARKER).is_file()
 
 
 HOLDER = textwrap.dedent("""
     import sys, time
     from shortcut_diffusion.rundir import open_run_dir
-    open_run_dir(sys.argv[1], "latent", [])
+    open_run_dir(sys.argv[1], "latent")
     print("ready", flush=True)
     time.sleep(60)
 """)
@@ -91,15 +91,15 @@ def test_a_second_concurrent_run_on_one_directory_fails(tmp_path, capsys):
         holder.kill()
         holder.wait()
     # the lock dies with its process: the directory is usable again
-    with claimed(out, "latent", [], overwrite=True):
+    with claimed(out, "latent", overwrite=True):
         pass
 
 
 def test_the_same_process_cannot_claim_a_directory_twice(tmp_path):
-    path = open_run_dir(tmp_path / "run", "latent", [])
+    path = open_run_dir(tmp_path / "run", "latent")
     try:
         with pytest.raises(UsageError, match="in use by another sdo run"):
-            open_run_dir(tmp_path / "run", "latent", [], overwrite=True)
+            open_run_dir(tmp_path / "run", "latent", overwrite=True)
     finally:
         release(path)
     assert (path / LOCK).exists()
@@ -136,11 +136,12 @@ def test_every_file_of_a_run_has_the_same_mode_and_summaries_are_strict_json(tmp
     import json
     import stat
 
-    from shortcut_diffusion.reporting import FILE_MODE, write_json
+    from shortcut_diffusion.reporting import write_json
+    from shortcut_diffusion.runfiles import file_mode
 
     out = tmp_path / "run"
     assert main(["latent", *FAST_LATENT, "--out", str(out)]) == 0
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()}
-    assert set(modes.values()) == {FILE_MODE}, modes
+    assert set(modes.values()) == {file_mode()}, modes
     write_json(tmp_path / "s.json", {"reward": float("nan"), "rows": [float("inf"), 1.0]})
     assert json.loads((tmp_path / "s.json").read_text(), parse_constant=lambda c: 1 / 0) == {"reward": None, "rows": [None, 1.0]}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .config import add_arguments, from_args
-from .errors import UsageError
+from .errors import UsageError, WriteError
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
@@ -128,6 +128,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as error:
         print(f"sdo: error: {error}", file=sys.stderr)
         return 2
+    except WriteError as error:
+        print(f"sdo: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ from .options import ConditionOptions, ModelOptions, RewardOptions, RunOptions, 
 from .rewards import get_reward
 from .schedulers import scheduler_for
 
-ARTIFACTS = ("config.json", "summary.json", "before_after.png", "final.safetensors")
-
 
 @dataclass
 class GuideConfig(RunOptions, RewardOptions, ConditionOptions, SamplingOptions, ModelOptions):
@@ -45,7 +43,7 @@ class GuideConfig(RunOptions, RewardOptions, ConditionOptions, SamplingOptions, 
 def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
     config.check()
     device = resolve_device(config.device)
-    with rundir.claimed(config.out, "guide", ARTIFACTS, overwrite=config.overwrite) as out:
+    with rundir.claimed(config.out, "guide", overwrite=config.overwrite) as out:
         model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
         apply_thread_policy(model, config.threads)
         items, source = config.condition_items(model.condition_kind)

@@ -34,9 +34,6 @@ from .precision import Precision
 from .rewards import get_reward
 from .schedulers import scheduler_for
 
-ARTIFACTS = ("config.json", "metrics.jsonl", "summary.json", "reward_curve.png", "grid_*.png", "before_after.png",
-             "final.safetensors")
-"""What a latent run writes (what ``--overwrite`` may remove)."""
 INVERT_BATCH = 1
 NOISE_BATCH = 8
 PRESETS: dict[str, dict[str, Any]] = {
@@ -141,7 +138,7 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
     config.check()  # everything that can be checked before loading or sampling anything
     estimator = get_gradient_method(config.estimator, seed=config.seed)
     device = resolve_device(config.device)
-    with rundir.claimed(config.out, "latent", ARTIFACTS, overwrite=config.overwrite) as out:
+    with rundir.claimed(config.out, "latent", overwrite=config.overwrite) as out:
         model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
         apply_thread_policy(model, config.threads)
         return _run_latent(config, estimator, model, out)

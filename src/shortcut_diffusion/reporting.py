@@ -1,46 +1,23 @@
-"""Run-directory artefacts: image grids, curves, JSON lines, safetensors (atomic writes)."""
+"""Run-directory artefacts: image grids, curves, JSON lines, safetensors.
+
+Every one is written through :mod:`shortcut_diffusion.runfiles`: atomically, with the umask's file
+mode, and listed in the run's manifest."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from .runfiles import append_bytes
+from .runfiles import write_bytes as atomic_write_bytes
+
 PathLike = Union[str, Path]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()
-"""The mode of every file sdo writes: what ``open()`` gives under the user's umask (0644 under
-the usual 022), also for files written through a temporary file."""
-
-
-def atomic_write_bytes(path: PathLike, payload: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename: no half-written file survives."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600 files
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def json_safe(value: Any) -> Any:
@@ -59,8 +36,7 @@ def write_json(path: PathLike, value: Any) -> None:
 
 
 def append_jsonl(path: PathLike, row: dict[str, Any]) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
+    append_bytes(path, (json.dumps(json_safe(row), allow_nan=False) + "\n").encode())
 
 
 def save_tensors(path: PathLike, tensors: dict[str, torch.Tensor]) -> None:
@@ -94,9 +70,10 @@ def save_grid(path: PathLike, rows: Sequence[torch.Tensor], scale: Optional[int]
 
     if scale is None:  # tiny images (the 8x8 digits) are upscaled so they can be seen
         scale = max(1, math.ceil(64 / rows[0].shape[-1]))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid_image(rows, scale=scale)).save(path)
+    path, buffer = Path(path), io.BytesIO()
+    picture = Image.fromarray(grid_image(rows, scale=scale))
+    picture.save(buffer, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -118,8 +95,15 @@ def plot_curves(path: PathLike, curves: dict[str, tuple[Iterable[float], Iterabl
         ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: PathLike) -> Path:
+    """Write a matplotlib figure to ``path`` (atomically; the format from the suffix) and close it."""
+    import matplotlib.pyplot as plt
+
+    path, buffer = Path(path), io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png")
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

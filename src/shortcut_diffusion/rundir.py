@@ -7,9 +7,13 @@ loaded, so that a bad ``--out`` fails at once:
 - The directory is marked as ours by a small file, ``.sdo-run.json`` (the command that wrote it,
   the package version, the time). A non-empty directory without that mark is refused: it may hold
   a user's files, and sdo never deletes what it did not create.
+- Every file a run writes is listed in the run's manifest, ``.sdo-manifest``, before it is
+  written (:mod:`shortcut_diffusion.runfiles`).
 - A directory of an earlier run of the same command is refused unless ``--overwrite`` is given
-  (or ``--resume``, for fine-tuning). ``--overwrite`` removes only the artefacts that command
-  writes (its ``ARTIFACTS`` patterns) and keeps every other file, saying which.
+  (or ``--resume``, for fine-tuning). ``--overwrite`` removes exactly the files the manifest lists,
+  at any depth, then the directories that became empty, and keeps every other file, saying which.
+  A run directory of an older sdo, which kept no manifest, is refused even with ``--overwrite``:
+  sdo cannot tell its files from the user's there, so the user deletes it or picks another ``--out``.
 - The directory is locked (``fcntl.flock`` on ``.sdo-run.lock``) for the life of the run, so a
   second run on the same ``--out`` fails with a clear message instead of mixing its files into the
   first run's. The lock goes away with the process, also when it is killed.
@@ -20,16 +24,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
+from . import runfiles
 from .errors import UsageError
+from .runfiles import LOCK, MANIFEST, MARKER
 
-MARKER = ".sdo-run.json"
-LOCK = ".sdo-run.lock"
+SHOWN = 10  # the kept files --overwrite names, at most
 KINDS = {"latent": "latent-optimization", "finetune": "fine-tuning", "bench": "benchmark",
          "train-testbed": "testbed-training", "guide": "guided-sampling"}
 _HELD: dict[str, int] = {}  # resolved path -> lock file descriptor, held until the process ends
@@ -54,10 +58,10 @@ def _check_writable(path: Path) -> list[Path]:
     """Create ``path`` (and parents) and prove a file can be written there; UsageError if not.
 
     Returns the directories it created, deepest first."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {path} exists and is not a directory; choose a directory")
-    created = [p for p in [path, *path.parents] if not p.exists()]
     try:
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"--out {path} exists and is not a directory; choose a directory")
+        created = [p for p in [path, *path.parents] if not p.exists()]
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".sdo-write-test-{os.getpid()}"
         probe.write_bytes(b"")
@@ -75,6 +79,7 @@ def _lock(path: Path) -> None:
     if key in _HELD:  # a run of this very process is still writing there
         raise UsageError(f"--out {path} is in use by another sdo run (pid {os.getpid()}, this process); "
                          "choose another --out")
+    runfiles.record(path / LOCK)  # (a run inside another run: the outer one's file)
     fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)  # (the umask applies, as to every file of a run)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -90,40 +95,30 @@ def _lock(path: Path) -> None:
 
 def release(path: Path) -> None:
     """Give up the lock on ``path`` (it is also released when the process exits)."""
+    runfiles.end(path)
     fd = _HELD.pop(str(Path(path).resolve()), None)
     if fd is not None:
         os.close(fd)
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    from fnmatch import fnmatch
-
-    return any(fnmatch(name, p) for p in patterns)
-
-
-def _clear(path: Path, artifacts: Sequence[str]) -> list[str]:
-    """Remove the top-level entries matching ``artifacts``; return the names of what was kept."""
-    kept = []
-    for entry in sorted(path.iterdir()):
-        if entry.name in (MARKER, LOCK):
-            continue
-        if _matches(entry.name, artifacts):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        else:
-            kept.append(entry.name)
-    return kept
+def _clear(path: Path) -> None:
+    """Remove the files of the earlier run listed in the manifest; name the files kept."""
+    if runfiles.load(path) is None and runfiles.others(path, set()):
+        release(path)
+        raise UsageError(f"--out {path} holds a run of an older sdo that kept no list of its files, so "
+                         "--overwrite cannot tell them from yours; delete the directory yourself or choose another --out")
+    _, kept = runfiles.clear(path)
+    if kept:
+        shown = ", ".join(kept[:SHOWN]) + (f" and {len(kept) - SHOWN} more" if len(kept) > SHOWN else "")
+        print(f"sdo: --overwrite kept files it did not write in {path}: {shown}", file=sys.stderr)
 
 
-def open_run_dir(out: str | os.PathLike, command: str, artifacts: Sequence[str], *, overwrite: bool = False,
+def open_run_dir(out: str | os.PathLike, command: str, *, overwrite: bool = False,
                  resume: bool = False, resumable: bool = False) -> Path:
     """Claim ``out`` for a run of ``command`` (see the module docstring) and return it.
 
-    ``artifacts`` are the top-level names (glob patterns) the command writes: what ``overwrite``
-    may remove. ``resume`` continues an earlier run of the command in place. ``resumable`` marks a
-    directory that holds a run which ``resume`` could continue (for the error message).
+    ``resume`` continues an earlier run of the command in place. ``resumable`` marks a directory
+    that holds a run which ``resume`` could continue (for the error message).
     """
     path = Path(out)
     created = _check_writable(path)
@@ -143,21 +138,20 @@ def open_run_dir(out: str | os.PathLike, command: str, artifacts: Sequence[str],
             hint = "pass --resume to continue it, " if resumable else ""
             raise UsageError(f"--out {path} already holds a {KINDS.get(command, command)} run (sdo {command}); "
                              f"{hint}pass --overwrite to replace it, or choose another --out")
-        kept = _clear(path, artifacts)
-        if kept:
-            print(f"sdo: --overwrite kept files it did not write in {path}: {', '.join(kept)}", file=sys.stderr)
+        _clear(path)
     if mark is None or not resume:
         from .reporting import write_json
 
         write_json(path / MARKER, {"command": command, "version": _version(),
                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    runfiles.begin(path, runfiles.load(path) or ())  # a resumed run goes on with its list
     return path
 
 
 @contextlib.contextmanager
-def claimed(out: str | os.PathLike, command: str, artifacts: Sequence[str], **options) -> Iterator[Path]:
+def claimed(out: str | os.PathLike, command: str, **options) -> Iterator[Path]:
     """:func:`open_run_dir` for the duration of a ``with`` block; the lock is released after it."""
-    path = open_run_dir(out, command, artifacts, **options)
+    path = open_run_dir(out, command, **options)
     try:
         yield path
     except BaseException:
@@ -169,11 +163,13 @@ def claimed(out: str | os.PathLike, command: str, artifacts: Sequence[str], **op
 
 def _undo_if_unused(path: Path) -> None:
     """A run that failed before writing anything (bad input found after loading the model) leaves
-    no trace: the mark, the lock and the directories created for it are removed, nothing else."""
+    no trace: the mark, the manifest, the lock and the directories created for it are removed,
+    nothing else."""
     created = _CREATED.pop(str(path.resolve()), None)
-    if created is None or {e.name for e in path.iterdir()} - {MARKER, LOCK}:
+    if created is None or {e.name for e in path.iterdir()} - {MARKER, LOCK, MANIFEST}:
         return
     (path / MARKER).unlink(missing_ok=True)
+    (path / MANIFEST).unlink(missing_ok=True)
     release(path)
     (path / LOCK).unlink(missing_ok=True)
     for directory in created:

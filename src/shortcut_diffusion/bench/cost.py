@@ -15,6 +15,7 @@ claim and whether they are met, the exact command), ``cost_vs_steps.png``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import statistics
 import subprocess
@@ -33,9 +34,6 @@ COLUMNS = ["model", "task", "estimator", "steps", "batch", "seconds_per_iter", "
            "network_forward_s", "sampler_other_s", "decode_reward_s", "backward_s"]
 PHASES = {"network_forward": "network forwards", "sampler_other": "rest of sampling",
           "decode_reward": "decode + reward", "backward": "backward"}
-ARTIFACTS = ("results.csv", "report.md", "cost_vs_steps.png", "time_to_reward.json", "reward_vs_time.png",
-             "latent", "finetune")
-"""What a bench run writes (what ``--overwrite`` may remove)."""
 DEFAULT_ESTIMATORS = ["full", "checkpointed", "truncated:k=1", "alignprop", "refl", "drtune", "sdo"]
 OOM_MARKERS = ("OutOfMemoryError", "out of memory", "CUDA error: out of memory")
 
@@ -185,7 +183,7 @@ def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> lis
             get_gradient_method(s).check(model.scheduler, max(config.steps))
     if model.condition_kind == "prompt" and not config.prompt:
         raise UsageError("--prompt is required for a text-to-image model")
-    with rundir.claimed(config.out, "bench", ARTIFACTS, overwrite=config.overwrite) as out:
+    with rundir.claimed(config.out, "bench", overwrite=config.overwrite) as out:
         return _bench(config, specs, out, command, log)
 
 
@@ -211,10 +209,11 @@ def _bench(config: BenchConfig, specs: list[str], out: Path, command: str, log) 
             if log:
                 log(f"N={steps:4d} {row['estimator']:>14}: {row['seconds_per_iter']:.3f} s/iter, "
                     f"saved {row['saved_bytes'] / 2**20:.1f} MiB, peak {row['peak_mem_mb']:.0f} MB")
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    reporting.atomic_write_bytes(out / "results.csv", table.getvalue().encode())
     by = {(r["estimator"], r["steps"]): r for r in rows}
     curves = {}
     for est in ["sampling", *specs]:
@@ -226,7 +225,7 @@ def _bench(config: BenchConfig, specs: list[str], out: Path, command: str, log) 
     text = report(rows, config, command, reward_rows)
     if out_of_memory:
         text += "\n## Out of memory\n\n" + "\n".join(f"- {what}" for what in out_of_memory) + "\n"
-    (out / "report.md").write_text(text)
+    reporting.atomic_write_bytes(out / "report.md", text.encode())
     return rows
 
 
@@ -249,8 +248,7 @@ def time_to_reward(config: BenchConfig, out: Path, log=print) -> list[dict[str, 
         rows = rw.latent_time_to_reward(model, "digit-class:7", 1, seconds=config.latent_seconds, batch=config.batch,
                                         seed=config.seed)
         rows += rw.finetune_time_to_reward("digit-match", minutes=config.finetune_minutes, out=out / "finetune")
-    with open(out / "time_to_reward.json", "w") as handle:
-        json.dump(rows, handle, indent=1)
+    reporting.atomic_write_bytes(out / "time_to_reward.json", json.dumps(rows, indent=1).encode())
     rw.plot(rows, out / "reward_vs_time.png")
     if log:
         log(rw.markdown(rows, reference="full"))

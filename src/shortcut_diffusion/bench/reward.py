@@ -24,6 +24,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from .. import reporting
+
 LATENT_ESTIMATORS = ["full", "checkpointed", "truncated:k=1", "alignprop", "refl", "sdo"]
 FINETUNE_ESTIMATORS = ["checkpointed", "truncated:k=1", "alignprop", "refl", "sdo:keep=random"]
 
@@ -257,5 +259,4 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    reporting.save_figure(fig, path)

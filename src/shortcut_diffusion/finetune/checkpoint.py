@@ -8,8 +8,9 @@ A checkpoint ``OUT/checkpoints/step-000040/`` holds::
                             trainable tensors' names and shapes
 
 The directory appears under its final name only after every file is written and synced
-(``os.rename`` of a directory is atomic), so a run killed while writing, or a full disk, leaves
-the previous checkpoint as the latest complete one. Training randomness is a function of the seed
+(``os.rename`` of a directory is atomic; :func:`shortcut_diffusion.runfiles.write_dir`), so a run
+killed while writing, or a full disk, leaves the previous checkpoint as the latest complete one.
+Pruning removes only the checkpoint's own files (and the directory, when nothing else is in it). Training randomness is a function of the seed
 and the sample index, so the step counter restores it exactly.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +27,7 @@ import torch
 from ..errors import UsageError
 
 PATTERN = re.compile(r"^step-(\d{6,})$")
+FILES = ("trainable.safetensors", "optimizer.pt", "state.json")  # state.json last: it marks a complete one
 
 
 class CheckpointError(UsageError):
@@ -40,7 +41,10 @@ def checkpoint_dir(out: Path) -> Path:
 def list_checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     root = checkpoint_dir(out)
-    if not root.is_dir():
+    try:
+        if not root.is_dir():
+            return []
+    except OSError:  # a name too long: no checkpoint there (--out itself is reported by the run directory)
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := PATTERN.match(p.name)) and (p / "state.json").is_file()]
     return [p for _, p in sorted(found)]
@@ -49,19 +53,6 @@ def list_checkpoints(out: Path) -> list[Path]:
 def latest_checkpoint(out: Path) -> Optional[Path]:
     found = list_checkpoints(out)
     return found[-1] if found else None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write(path: Path, payload: bytes) -> None:
@@ -78,31 +69,37 @@ def save_checkpoint(out: Path, step: int, tensors: dict[str, torch.Tensor], opti
 
     from safetensors.torch import save
 
-    root = checkpoint_dir(out)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        _write(tmp / "trainable.safetensors", save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
+    from ..runfiles import write_dir
+
+    def fill(directory: Path) -> None:
+        _write(directory / FILES[0], save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
         buffer = io.BytesIO()
         torch.save(optimizer_state, buffer)
-        _write(tmp / "optimizer.pt", buffer.getvalue())
-        _write(tmp / "state.json", (json.dumps({**state, "step": step}, indent=2, default=str) + "\n").encode())
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)
+        _write(directory / FILES[1], buffer.getvalue())
+        _write(directory / FILES[2], (json.dumps({**state, "step": step}, indent=2, default=str) + "\n").encode())
+
+    root = checkpoint_dir(out)
+    final = root / f"step-{step:06d}"
+    try:
+        write_dir(final, fill)
     except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
         last = latest_checkpoint(out)
         kept = f"the last good checkpoint, {last.name}, is intact" if last else "no earlier checkpoint exists"
         raise CheckpointError(f"could not write checkpoint step {step} in {root}: {error.strerror or error}; {kept}") from error
     for old in list_checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _prune(old)
     return final
+
+
+def _prune(path: Path) -> None:
+    """Remove an old checkpoint's own files (state.json first: no longer complete), and the
+    directory when nothing else is in it."""
+    for name in reversed(FILES):
+        (path / name).unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:

@@ -43,10 +43,6 @@ from .sharding import full_state_dict
 from .targets import make_target
 from .train import FineTuning, TrainState, make_state, train_step
 
-ARTIFACTS = ("config.json", "metrics.jsonl", "eval.jsonl", "eval", "reward_vs_time.png", "summary.json",
-             "checkpoints", "final")
-"""What a fine-tuning run writes (what ``--overwrite`` may remove)."""
-
 
 def conditions(config: FinetuneConfig, model: Any) -> list:
     """The training conditions of ``config`` for ``model``, checked."""
@@ -96,7 +92,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
         config = replace(config, fsdp=True)
         config.check()
     out = Path(config.out)
-    claim = (rundir.claimed(out, "finetune", ARTIFACTS, overwrite=config.overwrite, resume=config.resume,
+    claim = (rundir.claimed(out, "finetune", overwrite=config.overwrite, resume=config.resume,
                             resumable=ckpt.latest_checkpoint(out) is not None)
              if accelerator.is_main_process else contextlib.nullcontext())
     with claim:

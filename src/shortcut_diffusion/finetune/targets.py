@@ -146,11 +146,12 @@ class FullTarget(Target):
 
     def export(self, directory: Union[str, Path], state: Optional[dict[str, torch.Tensor]] = None) -> Path:
         """Save the network; ``state``: its whole state dict, when the network itself is sharded."""
+        from ..runfiles import write_dir
         from .sharding import unsharded_copy
 
         directory = Path(directory)
         network = self.model.network if state is None else unsharded_copy(self.model.network, state)
-        network.save_pretrained(directory / "unet")
+        write_dir(directory / "unet", network.save_pretrained)
         self._manifest(directory)
         return directory
 

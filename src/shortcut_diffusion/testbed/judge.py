@@ -67,17 +67,14 @@ def train_judge(seed: int = JUDGE_SEED, epochs: int = 150) -> tuple[DigitJudge, 
 
 
 def save_judge(judge: DigitJudge, accuracy: float, directory: Path) -> None:
-    from safetensors.torch import save_file
+    from ..reporting import atomic_write_bytes, save_tensors
 
     directory = Path(directory)
-    from ..reporting import FILE_MODE
-
-    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, directory / "judge.safetensors")
-    (directory / "judge.safetensors").chmod(FILE_MODE)
+    save_tensors(directory / "judge.safetensors", judge.state_dict())
     info_path = directory / "testbed.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     info.update({"judge_config": judge.config, "judge_held_out_accuracy": accuracy, "judge_seed": JUDGE_SEED})
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_bytes(info_path, (json.dumps(info, indent=2) + "\n").encode())
 
 
 def load_judge(directory: Path) -> "DigitJudge | None":

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import UsageError
@@ -74,15 +74,16 @@ class DigitsModel(TableConditioned):
         return {**metrics.evaluate(self.classifier, images, labels), **row}
 
     def save(self, directory: Union[str, Path]) -> None:
+        from ..reporting import atomic_write_bytes, save_tensors
+        from ..runfiles import write_dir
+
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.unet.save_pretrained(directory / "unet")
-        self.scheduler.save_pretrained(directory / "scheduler")
-        save_file({"weight": self.embeddings.weight.detach().contiguous().cpu()}, directory / "embeddings.safetensors")
-        save_file({k: v.contiguous().cpu() for k, v in self.classifier.state_dict().items()},
-                  directory / "classifier.safetensors")
+        write_dir(directory / "unet", self.unet.save_pretrained)
+        write_dir(directory / "scheduler", self.scheduler.save_pretrained)
+        save_tensors(directory / "embeddings.safetensors", {"weight": self.embeddings.weight})
+        save_tensors(directory / "classifier.safetensors", self.classifier.state_dict())
         info = {**self.info, "guidance_scale": self.guidance_scale, "classifier_config": self.classifier.config}
-        (directory / "testbed.json").write_text(json.dumps(info, indent=2) + "\n")
+        atomic_write_bytes(directory / "testbed.json", (json.dumps(info, indent=2) + "\n").encode())
         if self.judge is not None:
             from .judge import save_judge
 

@@ -169,14 +169,10 @@ def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int
     }
 
 
-ARTIFACTS = ("unet", "scheduler", "embeddings.safetensors", "classifier.safetensors", "judge.safetensors", "testbed.json")
-"""What train-testbed writes (what ``--overwrite`` may remove)."""
-
-
 def train_testbed(config: TrainTestbedConfig, progress: bool = True, log: Optional[Callable[[str], None]] = print) -> DigitsModel:
     from .. import rundir
 
-    with rundir.claimed(config.out, "train-testbed", ARTIFACTS, overwrite=config.overwrite):
+    with rundir.claimed(config.out, "train-testbed", overwrite=config.overwrite):
         return _train_testbed(config, progress, log)
 
 
