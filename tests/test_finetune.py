@@ -224,7 +224,7 @@ def test_disk_full_while_checkpointing_leaves_the_last_good_checkpoint(base_conf
         run_finetune(replace(base_config, max_steps=2, resume=True))
     assert ckpt.latest_checkpoint(out) == good
     assert {p.name: p.read_bytes() for p in good.iterdir()} == before
-    assert not [p for p in ckpt.checkpoint_dir(out).iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in ckpt.checkpoint_dir(out).iterdir() if p.name.endswith(".sdo-tmp")]
     monkeypatch.setattr(ckpt, "_write", real_write)
     assert run_finetune(replace(base_config, max_steps=2, resume=True))["steps"] == 2
 
