@@ -139,12 +139,16 @@ def open_run_dir(out: str | os.PathLike, command: str, *, overwrite: bool = Fals
             raise UsageError(f"--out {path} already holds a {KINDS.get(command, command)} run (sdo {command}); "
                              f"{hint}pass --overwrite to replace it, or choose another --out")
         _clear(path)
-    if mark is None or not resume:
-        from .reporting import write_json
+    try:
+        if mark is None or not resume:
+            from .reporting import write_json
 
-        write_json(path / MARKER, {"command": command, "version": _version(),
-                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    runfiles.begin(path, runfiles.load(path) or ())  # a resumed run goes on with its list
+            write_json(path / MARKER, {"command": command, "version": _version(),
+                                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        runfiles.begin(path, runfiles.load(path) or ())  # a resumed run goes on with its list
+    except BaseException:
+        release(path)
+        raise
     return path
 
 
