@@ -106,7 +106,8 @@ def _clear(path: Path) -> None:
     if runfiles.load(path) is None and runfiles.others(path, set()):
         release(path)
         raise UsageError(f"--out {path} holds a run of an older sdo that kept no list of its files, so "
-                         "--overwrite cannot tell them from yours; delete the directory yourself or choose another --out")
+                         "--overwrite cannot tell them from yours; delete the directory yourself "
+                         "or choose another --out")
     _, kept = runfiles.clear(path)
     if kept:
         shown = ", ".join(kept[:SHOWN]) + (f" and {len(kept) - SHOWN} more" if len(kept) > SHOWN else "")

@@ -10,8 +10,9 @@ A checkpoint ``OUT/checkpoints/step-000040/`` holds::
 The directory appears under its final name only after every file is written and synced
 (``os.rename`` of a directory is atomic; :func:`shortcut_diffusion.runfiles.write_dir`), so a run
 killed while writing, or a full disk, leaves the previous checkpoint as the latest complete one.
-Pruning removes only the checkpoint's own files (and the directory, when nothing else is in it). Training randomness is a function of the seed
-and the sample index, so the step counter restores it exactly.
+Pruning removes only the checkpoint's own files (and the directory, when nothing else is in it).
+Training randomness is a function of the seed and the sample index, so the step counter restores
+it exactly.
 """
 
 from __future__ import annotations
