@@ -5,7 +5,7 @@ indices on the testbed, prompt strings on text-to-image models). ``get_reward(sp
 
 - ``name[:arg]``: a reward of :data:`REWARDS`;
 - ``SPEC=W,SPEC=W[,normalize=running]``: a weighted sum (:mod:`.combine`);
-- ``PATH.py:NAME``: a reward from the user's file (:mod:`.user`).
+- ``PATH.py:NAME``: a reward from the user's file, which runs that file (:mod:`.user`).
 
 ``augment=[...]`` (with ``views``) averages the reward over random differentiable views.
 """

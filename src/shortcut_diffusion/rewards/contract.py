@@ -6,7 +6,7 @@ require grad, that it depends differentiably on them. A reward that breaks the c
 a ``[batch, 64]`` matrix, a constant, NaN) would otherwise run to completion and optimize nothing,
 or fail deep inside an optimizer with a shape error.
 
-A reward from the user's file (``FILE.py:NAME``) that raises is reported as
+A reward from the user's file (``FILE.py:NAME``) that raises (``SystemExit`` included) is reported as
 ``reward FILE.py:NAME raised TYPE: message (at FILE.py:LINE in FUNCTION)``, naming the user's own
 frames rather than ours.
 """
