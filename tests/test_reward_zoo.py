@@ -143,18 +143,27 @@ class TinyNet(nn.Module):
         return self.net(x)
 
 
-def test_classifier_reward_targeted_and_adversarial():
-    targeted = get_reward("classifier:test_reward_zoo:TinyNet,classes=5,target=3,size=16")
+@pytest.fixture
+def tiny_classifier():
+    from shortcut_diffusion.rewards.classifier import CLASSIFIERS, register_classifier
+
+    register_classifier("tiny-net", TinyNet)
+    yield "tiny-net"
+    CLASSIFIERS.pop("tiny-net")
+
+
+def test_classifier_reward_targeted_and_adversarial(tiny_classifier):
+    targeted = get_reward("classifier:tiny-net,classes=5,target=3,size=16")
     x = images(size=24)
     value = check_reward(targeted, x)
     logp = torch.log_softmax(targeted.model(targeted.preprocess(x)), -1)
     torch.testing.assert_close(value, logp[:, 3])
-    adversarial = get_reward("classifier:test_reward_zoo:TinyNet,classes=5,avoid=3,size=16")
+    adversarial = get_reward("classifier:tiny-net,classes=5,avoid=3,size=16")
     torch.testing.assert_close(adversarial(x), -value.detach())
     with pytest.raises(UsageError, match="exactly one of target"):
-        get_reward("classifier:test_reward_zoo:TinyNet,size=16")
-    with pytest.raises(UsageError, match="cannot import"):
-        get_reward("classifier:no_such_module:Net,target=1")
+        get_reward("classifier:tiny-net,size=16")
+    with pytest.raises(UsageError, match="unknown classifier 'no-such-net'; name one: torchvision/MODEL, timm/MODEL, tiny-net"):
+        get_reward("classifier:no-such-net,target=1")
 
 
 def test_weighted_sum_and_running_normalisation():
@@ -181,14 +190,14 @@ def test_augmented_views_are_differentiable_and_seeded():
         get_reward("ink", augment=["mixup"])
 
 
-def test_rewards_with_weights_go_to_the_device_of_the_model_they_score(tiny_clip):
+def test_rewards_with_weights_go_to_the_device_of_the_model_they_score(tiny_clip, tiny_classifier):
     """Built for a model on another device (here "meta", standing in for a GPU), the reward's own
     network follows it; rewards without weights are left alone."""
     from types import SimpleNamespace
 
     model = SimpleNamespace(device=torch.device("meta"), classifier=None)
     assert get_reward(f"clip:{tiny_clip}", model=model).device.type == "meta"
-    classifier = get_reward("classifier:test_reward_zoo:TinyNet,classes=5,target=1,size=16", model=model)
+    classifier = get_reward("classifier:tiny-net,classes=5,target=1,size=16", model=model)
     assert next(classifier.model.parameters()).device.type == "meta"
     assert get_reward("ink", model=model)(images()).device.type == "cpu"
 

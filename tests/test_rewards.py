@@ -78,3 +78,19 @@ def test_testbed_rewards_need_the_classifier():
 def test_digit_match_needs_labels(model):
     with pytest.raises(UsageError, match="needs the conditioned class"):
         get_reward("digit-match", model=model)(torch.zeros(2, 1, 8, 8))
+
+
+@pytest.mark.parametrize("spec", ["ink", "neg-mse:3", "digit-class:7", "digit-match", "adversarial:3", "style:0"])
+def test_every_reward_checks_its_images(spec, model):
+    """As docs/rewards.md says: values beyond [-1, 1] (past a 0.01 rounding allowance) and
+    shapes the reward cannot score are one-line errors, for the digits rewards too."""
+    reward = get_reward(spec, model=model, shape=(1, 8, 8))
+    images, labels = data.load("held_out").images[:2], torch.tensor([0, 1])
+    reward(images.clamp(-1, 1) * 1.01, labels)  # within the allowance
+    with pytest.raises(UsageError, match=r"takes images in \[-1, 1\]; got values up to 3.00"):
+        reward(images * 3, labels)
+    with pytest.raises(UsageError, match="NCHW images with 1 or 3 channels"):
+        reward(images[:, 0], labels)
+    if spec not in ("ink", "neg-mse:3"):
+        with pytest.raises(UsageError, match=r"scores the digits testbed's 1x8x8 images, got shape \(2, 3, 8, 8\)"):
+            reward(images.expand(-1, 3, -1, -1), labels)

@@ -50,7 +50,8 @@ def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
         conditions = model.labels_from(items, source)
         labels = [conditions[i % len(conditions)] for i in range(config.batch)]
         reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
-                            views=config.reward_views, seed=config.seed)
+                            views=config.reward_views, seed=config.seed,
+                            allow_code=config.allow_code)
         scheduler = scheduler_for(model, config.scheduler)
         noise = torch.randn((config.batch, *model.sample_shape), generator=torch.Generator().manual_seed(config.seed))
         reporting.write_json(out / "config.json", {**config.as_dict(), "device": str(device)})

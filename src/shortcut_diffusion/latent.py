@@ -147,7 +147,8 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
 def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out: Path) -> tuple[LatentResult, Path]:
     labels = latent_labels(config, model)
     reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
-                        views=config.reward_views, seed=config.seed)
+                        views=config.reward_views, seed=config.seed,
+                        allow_code=config.allow_code)
     scheduler = scheduler_for(model, config.scheduler)
     model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
                          attention_slicing=config.attention_slicing)

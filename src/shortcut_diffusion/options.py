@@ -131,9 +131,12 @@ class ConditionOptions(Options):
 
 @dataclass
 class RewardOptions(Options):
-    reward: str = field(default="digit-match", metadata={"help": "reward: name[:arg], a weighted sum SPEC=W,SPEC=W, or FILE.py:NAME"})
+    reward: str = field(default="digit-match", metadata={"help": "reward: name[:arg], a weighted sum SPEC=W,SPEC=W, or FILE.py:NAME "
+                                                                 "(runs that Python file: use only files you trust)"})
     reward_augment: list[str] = field(default_factory=list, metadata={"help": "average the reward over random views: crop, cutout, translation, color"})
     reward_views: int = field(default=4, metadata={"help": "views per image with --reward-augment"})
+    allow_code: bool = field(default=False, metadata={"help": "let --reward classifier:MODULE:CLASS import the Python "
+                                                              "module MODULE, which runs its code (use only code you trust)"})
 
     def _check(self) -> None:
         if self.reward_views < 1:

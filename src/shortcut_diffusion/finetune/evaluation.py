@@ -57,7 +57,8 @@ class Evaluation:
         # The evaluation scores the plain images (training may average the reward over views).
         from ..rewards import get_reward
 
-        self.reward = get_reward(config.reward, shape=ft.model.image_shape, model=ft.model)
+        self.reward = get_reward(config.reward, shape=ft.model.image_shape, model=ft.model,
+                                 allow_code=config.allow_code)
         held_out = evaluation_conditions(config, ft.model)
         self.conditions = held_out if held_out is not None else ft.conditions
         self.labels = eval_labels(self.conditions, config.eval_per_class)

@@ -106,7 +106,8 @@ def setup(config: FinetuneConfig, estimator: Any, device: torch.device, accelera
     apply_thread_policy(model, config.threads)
     labels = conditions(config, model)
     reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
-                        views=config.reward_views, seed=config.seed)
+                        views=config.reward_views, seed=config.seed,
+                        allow_code=config.allow_code)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # LoRA's random initialisation: the same on every rank and run
         target = make_target(config.target, model, rank=config.lora_rank, alpha=config.lora_alpha,

@@ -5,7 +5,7 @@ indices on the testbed, prompt strings on text-to-image models). ``get_reward(sp
 
 - ``name[:arg]``: a reward of :data:`REWARDS`;
 - ``SPEC=W,SPEC=W[,normalize=running]``: a weighted sum (:mod:`.combine`);
-- ``PATH.py:NAME``: a reward from the user's file (:mod:`.user`).
+- ``PATH.py:NAME``: a reward from the user's file, which runs that file (:mod:`.user`).
 
 ``augment=[...]`` (with ``views``) averages the reward over random differentiable views.
 """
@@ -23,7 +23,7 @@ from .classifier import ClassifierReward
 from .clip import Aesthetic, ClipScore, ClipStyle, PickScore
 from .combine import AUGMENTATIONS, Augmented, WeightedSum, parse_weighted
 from .compress import Compressibility
-from .contract import CheckedReward, checked
+from .contract import CheckedReward, check_not_meta, checked
 from .digits import Adversarial, DigitClass, DigitMatch, Style
 from .hps import HPSv2
 from .imagereward import ImageReward
@@ -88,13 +88,28 @@ def _build(spec: "str | Reward", **context) -> Reward:
         return _place(load_user_reward(spec), context.get("model"))
     name, _, arg = spec.partition(":")
     if name not in REWARDS:
-        raise UsageError(f"unknown reward {name!r}; choose one of {', '.join(REWARDS)}, a weighted sum "
-                         "SPEC=W,SPEC=W, or FILE.py:NAME")
+        raise UsageError(_unknown(spec, name))
     return _place(REWARDS[name].from_spec(arg, **context), context.get("model"))
+
+
+def _unknown(spec: str, name: str) -> str:
+    """Why ``spec`` names no reward: a weight that is not a number, or an unknown name."""
+    for item in spec.split(";") if ";" in spec else spec.split(","):
+        term, eq, weight = item.rpartition("=")
+        if eq and term.partition(":")[0] in REWARDS:
+            try:
+                float(weight)
+            except ValueError:
+                return f"reward {spec!r}: the weight {weight!r} of {term} is not a number (SPEC=WEIGHT)"
+    return (f"unknown reward {name!r}; choose one of {', '.join(REWARDS)}, a weighted sum SPEC=W,SPEC=W, "
+            "or FILE.py:NAME")
 
 
 def _place(reward: Reward, model: object) -> Reward:
     """A reward with weights of its own (``.to``) goes to the device of the model it scores."""
+    device = getattr(model, "device", None)
+    if device is None or torch.device(device).type != "meta":
+        check_not_meta(reward)
     if model is None or not isinstance(reward, torch.nn.Module) and not callable(getattr(reward, "to", None)):
         return reward
     moved = reward.to(model.device)

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from ..errors import UsageError
+from .spec import check_images
 
 
 class Ink:
@@ -23,6 +24,7 @@ class Ink:
         return cls()
 
     def __call__(self, images: torch.Tensor, prompts: Optional[list] = None) -> torch.Tensor:
+        check_images(images, "ink")
         return images.flatten(1).mean(dim=1)
 
 
@@ -51,5 +53,6 @@ class NegMSE:
         return cls(target)
 
     def __call__(self, images: torch.Tensor, prompts: Optional[list] = None) -> torch.Tensor:
+        check_images(images, "neg-mse")
         target = self.target.to(images.device, images.dtype)
         return -(images - target).square().flatten(1).mean(dim=1)

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .spec import check_images, parse_options
+from .weights import OFFLINE_HINT, hub_offline
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's image statistics, open_clip's default
@@ -50,11 +51,13 @@ def _transformers():
 
 def _load(cls_name: str, source: str, what: str):
     cls = getattr(_transformers(), cls_name)
+    offline = not Path(source).is_dir() and hub_offline()
     try:
-        return cls.from_pretrained(source)
+        return cls.from_pretrained(source, local_files_only=offline)
     except (OSError, ValueError) as error:
-        raise UsageError(f"could not load the {what} from {source!r}: {str(error).splitlines()[0]} "
-                         "(give a local directory or a hub id; HF_HUB_OFFLINE=1 reads only the cache)") from error
+        reason = (f"{OFFLINE_HINT} (give a local directory, or download it while online)" if offline else
+                  f"{str(error).splitlines()[0]} (give a local directory or a hub id; HF_HUB_OFFLINE=1 reads only the cache)")
+        raise UsageError(f"could not load the {what} from {source!r}: {reason}") from error
 
 
 class ClipPreprocess(nn.Module):

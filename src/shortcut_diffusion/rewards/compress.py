@@ -63,9 +63,10 @@ class Compressibility:
     def from_spec(cls, arg: str = "", **context) -> "Compressibility":
         options = parse_options("compressibility", arg, ["quality"], positional="quality")
         try:
-            return cls(int(options.get("quality", 75)))
+            quality = int(options.get("quality", 75))
         except ValueError:
-            raise UsageError(f"reward compressibility: quality must be an integer, got {options['quality']!r}") from None
+            raise UsageError(f"reward compressibility: quality must be an integer 1..100, got {options['quality']!r}") from None
+        return cls(quality)
 
     def bits(self, images: torch.Tensor) -> torch.Tensor:
         """Estimated bits per pixel of each image."""

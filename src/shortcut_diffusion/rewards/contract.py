@@ -6,7 +6,7 @@ require grad, that it depends differentiably on them. A reward that breaks the c
 a ``[batch, 64]`` matrix, a constant, NaN) would otherwise run to completion and optimize nothing,
 or fail deep inside an optimizer with a shape error.
 
-A reward from the user's file (``FILE.py:NAME``) that raises is reported as
+A reward from the user's file (``FILE.py:NAME``) that raises (``SystemExit`` included) is reported as
 ``reward FILE.py:NAME raised TYPE: message (at FILE.py:LINE in FUNCTION)``, naming the user's own
 frames rather than ours.
 """
@@ -40,6 +40,18 @@ def check_value(value: Any, images: torch.Tensor, name: str) -> None:
                          "gradient: a constant, a .detach(), .item() or numpy inside?); optimizing it would change nothing")
 
 
+def check_not_meta(reward: Any) -> None:
+    """A reward whose network (the reward itself, or a module it holds) has tensors on the meta
+    device has shapes but no weights: it cannot run anywhere."""
+    modules = [reward] if isinstance(reward, torch.nn.Module) else [
+        m for m in vars(reward).values() if isinstance(m, torch.nn.Module)] if hasattr(reward, "__dict__") else []
+    for module in modules:
+        if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+            name = getattr(reward, "__name__", None) or type(reward).__name__
+            raise UsageError(f"reward {name} has parameters on the meta device (shapes without weights): load its "
+                             "weights before using it (e.g. module.to_empty(device=...) then load_state_dict)")
+
+
 def _user_frames(error: BaseException, file: Optional[Path]) -> str:
     frames = traceback.extract_tb(error.__traceback__)
     if file is not None:
@@ -60,7 +72,7 @@ class CheckedReward:
             value = self.reward(images, prompts)
         except UsageError:
             raise
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # an exit from the user's code is an error, never success
             if self.user_file is None:
                 raise
             raise UsageError(f"reward {self.name} raised {type(error).__name__}: {error} "

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .spec import parse_options
+from .spec import check_images, parse_options
 
 Labels = Union[torch.Tensor, Sequence[int], None]
 
@@ -41,6 +41,14 @@ def _class_index(name: str, text: str) -> int:
     if not 0 <= k <= 9:
         raise UsageError(f"reward {name}: class {k} is out of range 0..9")
     return k
+
+
+def _digit_images(name: str, images: torch.Tensor) -> torch.Tensor:
+    """The testbed's classifier scores N x 1 x 8 x 8 images in [-1, 1]."""
+    check_images(images, name)
+    if tuple(images.shape[1:]) != (1, 8, 8):
+        raise UsageError(f"reward {name} scores the digits testbed's 1x8x8 images, got shape {tuple(images.shape)}")
+    return images
 
 
 def _labels(name: str, prompts: Labels, batch: int, device: torch.device) -> torch.Tensor:
@@ -78,7 +86,7 @@ class DigitClass:
         return cls(_classifier(cls.name, context), _class_index(cls.name, arg))
 
     def __call__(self, images: torch.Tensor, prompts: Labels = None) -> torch.Tensor:
-        return F.log_softmax(self.classifier(images), dim=1)[:, self.k]
+        return F.log_softmax(self.classifier(_digit_images(self.name, images)), dim=1)[:, self.k]
 
 
 class DigitMatch:
@@ -97,7 +105,7 @@ class DigitMatch:
 
     def __call__(self, images: torch.Tensor, prompts: Labels = None) -> torch.Tensor:
         labels = _labels(self.name, prompts, images.shape[0], images.device)
-        return F.log_softmax(self.classifier(images), dim=1).gather(1, labels[:, None])[:, 0]
+        return F.log_softmax(self.classifier(_digit_images(self.name, images)), dim=1).gather(1, labels[:, None])[:, 0]
 
 
 class Adversarial:
@@ -127,7 +135,7 @@ class Adversarial:
 
     def __call__(self, images: torch.Tensor, prompts: Labels = None) -> torch.Tensor:
         labels = _labels(self.name, prompts, images.shape[0], images.device)
-        log_p = F.log_softmax(self.classifier(images), dim=1)[:, self.k]
+        log_p = F.log_softmax(self.classifier(_digit_images(self.name, images)), dim=1)[:, self.k]
         return log_p - self.weight * self.distance(images, labels)
 
 
@@ -167,7 +175,7 @@ class Style:
         return cls(_classifier(cls.name, context), load_reference(arg))
 
     def __call__(self, images: torch.Tensor, prompts: Labels = None) -> torch.Tensor:
-        maps = self.classifier.feature_maps(images)
+        maps = self.classifier.feature_maps(_digit_images(self.name, images))
         total = 0.0
         for i, target in zip(self.layers, self.targets):
             total = total + (gram(maps[i]) - target.to(images.dtype)).square().flatten(1).sum(1)

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import UsageError
 from .clip import OPENAI_MEAN, OPENAI_STD
-from .weights import build_loaded, count_blocks, read_state_dict
+from .weights import build_loaded, count_blocks, hub_offline, read_state_dict
 
 CONFIG = "open_clip_config.json"
 WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -103,7 +103,7 @@ def _fetch(source: str, name: str) -> "Path | None":
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(source, name))
+        return Path(hf_hub_download(source, name, local_files_only=hub_offline()))
     except Exception:
         return None
 

@@ -7,10 +7,13 @@ depend on the architecture.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -18,17 +21,45 @@ from torch import nn
 from ..errors import UsageError
 
 
+@functools.lru_cache(maxsize=None)
+def _answers(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_offline() -> bool:
+    """Whether only the local hub cache can be read: ``HF_HUB_OFFLINE`` is set, or the hub (or the
+    HTTPS proxy) does not accept one quick connection. Checked once per process, before any
+    download, so that an unreachable hub is one clear error instead of minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True  # (the hub client reads it once, at import; honour it when set later too)
+    from huggingface_hub import constants
+
+    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(k)), None)
+    url = urlparse(proxy or constants.ENDPOINT)
+    if not url.hostname:
+        return False
+    return not _answers(url.hostname, url.port or (443 if url.scheme == "https" else 80))
+
+
+OFFLINE_HINT = "not in the local hub cache, and the hub is unreachable (no network, or HF_HUB_OFFLINE set)"
+
+
 def checkpoint_file(path: Optional[str], repo: str, filename: str, what: str) -> Path:
     """``path`` if given, else ``filename`` from the hub repository ``repo`` (through the hub cache;
-    ``HF_HUB_OFFLINE=1`` reads only the cache). A clear error when neither is there."""
+    only the cache when :func:`hub_offline`). A clear error when neither is there."""
     if path is None:
         from huggingface_hub import hf_hub_download
 
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        try:  # (the hub client reads HF_HUB_OFFLINE once, at import; honour it when set later too)
+        offline = hub_offline()
+        try:
             path = hf_hub_download(repo, filename, local_files_only=offline)
         except Exception as error:  # offline, no cache, no network: say what to do
-            raise UsageError(f"the {what} weights ({repo}/{filename}) are not available: {str(error).splitlines()[0]} "
+            reason = OFFLINE_HINT if offline else str(error).splitlines()[0]
+            raise UsageError(f"the {what} weights ({repo}/{filename}) are not available: {reason} "
                              "(download the file and pass checkpoint=PATH)") from error
     file = Path(path)
     if not file.is_file():
