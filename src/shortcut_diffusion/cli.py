@@ -10,6 +10,7 @@ from typing import Callable, Optional, Sequence
 
 from .config import add_arguments, from_args
 from .errors import UsageError
+from .interrupts import Interrupted, as_interrupted, interruptible
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
@@ -25,6 +26,9 @@ def _latent(args: argparse.Namespace) -> int:
     from .latent import describe, run_latent
 
     result, out = run_latent(from_args(args.config_cls, args))
+    if result.interrupt:
+        raise Interrupted(result.interrupt, f"kept the last good latents after {len(result.history)} iteration(s) "
+                                            f"in {out} (summary.json, final.safetensors)")
     print(describe(result, out))
     return 0 if result.stopped is None else 1
 
@@ -124,10 +128,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with interruptible():  # Ctrl-C and SIGTERM: the runs save what they have, then one line
+            return args.run(args)
     except UsageError as error:
         print(f"sdo: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:
+        interrupted = as_interrupted(error)
+        print(f"sdo: {interrupted.message()}", file=sys.stderr)
+        return interrupted.exit_code
 
 
 if __name__ == "__main__":

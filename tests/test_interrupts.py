@@ -1,0 +1,98 @@
+"""Ctrl-C and SIGTERM save the work done so far; non-finite values keep the last good state."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shortcut_diffusion.interrupts import Interrupted, deferred, interruptible
+from shortcut_diffusion.optimize import optimize_latent
+from shortcut_diffusion.rewards import get_reward
+from shortcut_diffusion.testbed import load_digits_model
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_testbed_dir):
+    return load_digits_model(tiny_testbed_dir)
+
+
+def interrupted_run(args: list[str], ready: Callable[[], bool], sig: int) -> tuple[int, list[str]]:
+    """Run ``sdo ARGS``, send ``sig`` once ``ready()``; the exit code and the lines of stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "shortcut_diffusion", *args], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() < deadline, "the run never got going"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err.strip().splitlines()
+
+
+def has_rows(path: Path) -> Callable[[], bool]:
+    return lambda: path.is_file() and path.read_text().count("\n") >= 1
+
+
+# -- the signal machinery --------------------------------------------------------------------------
+
+def test_sigterm_becomes_an_interrupt_and_deferred_waits_for_the_block():
+    done = []
+    with interruptible(), pytest.raises(Interrupted) as caught:
+        with deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append("the block ran to its end")
+    assert done and caught.value.signum == signal.SIGTERM and caught.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_optimization_returns_its_last_good_latents(model, sig):
+    def interrupt(row, latents, images):
+        if row["iter"] == 2:
+            os.kill(os.getpid(), sig)
+
+    with interruptible():
+        result = optimize_latent(model, get_reward("ink"), torch.tensor([1, 7]), steps=4, iters=50, lr=0.2,
+                                 progress=False, callback=interrupt)
+    assert result.interrupt == sig and signal.Signals(sig).name in result.stopped
+    assert len(result.history) == 3 and torch.isfinite(result.latents).all() and torch.isfinite(result.images).all()
+    assert result.rewards.mean() > result.start_rewards.mean()  # the progress made is kept
+
+
+# -- non-finite values -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("iters", [1, 3])
+def test_a_huge_learning_rate_keeps_the_last_latents_whose_samples_were_finite(model, iters):
+    result = optimize_latent(model, get_reward("ink"), torch.tensor([1, 7]), steps=4, iters=iters, lr=1e30,
+                             prior_weight=0.0, progress=False)
+    assert result.stopped and "non-finite" in result.stopped
+    assert result.latents.abs().max() < 10  # not the 1e30 of the first update
+    assert torch.isfinite(result.images).all() and torch.isfinite(result.rewards).all()
+
+
+# -- the commands ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_latent_saves_its_best_result_on_a_signal(tiny_testbed_dir, tmp_path, sig):
+    out = tmp_path / "run"
+    rc, err = interrupted_run(["latent", "--model", str(tiny_testbed_dir), "--steps", "4", "--iters", "500",
+                               "--batch", "2", "--no-progress", "--out", str(out)], has_rows(out / "metrics.jsonl"), sig)
+    assert rc == 128 + sig and len(err) == 1 and err[0].startswith(f"sdo: interrupted by {signal.Signals(sig).name}")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["signal"] == signal.Signals(sig).name
+    final = load_file(out / "final.safetensors")
+    assert torch.isfinite(final["latents"]).all() and torch.isfinite(final["images"]).all()
+    assert (out / "before_after.png").is_file() and (out / "grid_0000.png").is_file()
