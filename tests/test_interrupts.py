@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -96,3 +97,29 @@ def test_latent_saves_its_best_result_on_a_signal(tiny_testbed_dir, tmp_path, si
     final = load_file(out / "final.safetensors")
     assert torch.isfinite(final["latents"]).all() and torch.isfinite(final["images"]).all()
     assert (out / "before_after.png").is_file() and (out / "grid_0000.png").is_file()
+
+
+def test_a_reward_that_turns_nan_stops_fine_tuning_with_the_last_good_weights(tiny_testbed_dir, tmp_path):
+    from shortcut_diffusion.finetune import FinetuneConfig, run_finetune
+
+    source = ("calls = 0\n"
+              "def reward(images, labels):\n"
+              "    global calls\n"
+              "    calls += 1\n"
+              "    r = images.flatten(1).mean(1)\n"
+              "    return r + float('nan') if calls > {} else r  # the NaN carries a finite gradient\n")
+    (tmp_path / "flaky.py").write_text(source.format(3))
+    (tmp_path / "steady.py").write_text(source.format(10**6))
+    config = FinetuneConfig(model=str(tiny_testbed_dir), cond=["1"], steps=3, batch=2, max_steps=20, eval_every=0,
+                            eval_per_class=1, checkpoint_every=0, device="cpu", reward=f"{tmp_path / 'flaky.py'}:reward",
+                            lr=0.05, out=str(tmp_path / "flaky"), progress=False)
+    summary = run_finetune(config)
+    steps = summary["steps"]
+    assert 1 <= steps < 20 and summary["stopped"].startswith(f"non-finite reward at step {steps}")
+    assert json.loads((tmp_path / "flaky" / "summary.json").read_text())["stopped"] == summary["stopped"]
+    # The weights are those of the last good step: a run of that many steps with a reward that stays finite.
+    run_finetune(replace(config, reward=f"{tmp_path / 'steady.py'}:reward", max_steps=steps, out=str(tmp_path / "steady")))
+    flaky, steady = (load_file(tmp_path / name / "final" / "pytorch_lora_weights.safetensors") for name in ("flaky", "steady"))
+    assert flaky.keys() == steady.keys()
+    for k in flaky:
+        assert torch.isfinite(flaky[k]).all() and torch.equal(flaky[k], steady[k]), k

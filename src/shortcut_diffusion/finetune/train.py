@@ -236,7 +236,7 @@ def _reduce_gradients(ft: FineTuning) -> None:
 
 def train_step(ft: FineTuning, state: TrainState) -> tuple[dict[str, Any], Optional[str]]:
     """One optimizer step. Returns its metrics row and, when training must stop (a non-finite
-    gradient without loss scaling), why; the weights are then left as they were."""
+    reward, or a non-finite gradient without loss scaling), why; the weights are then left as they were."""
     config = ft.config
     began = time.perf_counter()
     state.optimizer.zero_grad(set_to_none=True)
@@ -247,6 +247,8 @@ def train_step(ft: FineTuning, state: TrainState) -> tuple[dict[str, Any], Optio
         _reduce_gradients(ft)
     if ft.world > 1:
         totals = ft.reduce(totals)
+    if not math.isfinite(float(totals[0])):  # also when its gradient is finite (a NaN constant added)
+        return {}, f"non-finite reward at step {state.step}; weights of step {state.step} kept"
     ft.precision.unscale(state.optimizer)
     grad_norm = float(_clip(ft.params, config.clip_grad, ft.sharded))
     if not math.isfinite(grad_norm) and not ft.precision.scaled:
