@@ -123,3 +123,32 @@ def test_a_reward_that_turns_nan_stops_fine_tuning_with_the_last_good_weights(ti
     assert flaky.keys() == steady.keys()
     for k in flaky:
         assert torch.isfinite(flaky[k]).all() and torch.equal(flaky[k], steady[k]), k
+
+
+def after(path: Path, seconds: float) -> Callable[[], bool]:
+    """Ready ``seconds`` after ``path`` appears."""
+    seen: list[float] = []
+
+    def ready() -> bool:
+        if not seen and path.is_file():
+            seen.append(time.time())
+        return bool(seen) and time.time() - seen[0] >= seconds
+
+    return ready
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM])  # SIGINT takes the same path (the latent test sends both)
+def test_guide_saves_the_samples_predicted_so_far_on_a_signal(tiny_testbed_dir, tmp_path, sig):
+    out = tmp_path / "guide"
+    # 1000 guided steps (time travel 10x over all 100 steps): the signal lands inside the pass,
+    # which starts right after config.json and the plain samples (a fraction of a second).
+    rc, err = interrupted_run(["guide", "--model", str(tiny_testbed_dir), "--steps", "100", "--travel", "10",
+                               "--travel-window", "0", "100", "--batch", "2", "--no-progress", "--out", str(out)],
+                              after(out / "config.json", 3.0), sig)
+    assert rc == 128 + sig and len(err) == 1 and err[0].startswith(f"sdo: interrupted by {signal.Signals(sig).name}")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["signal"] == signal.Signals(sig).name
+    assert 0 < summary["network_calls"] < 1000
+    final = load_file(out / "final.safetensors")
+    assert torch.isfinite(final["images"]).all() and final["images"].abs().max() <= 1
+    assert (out / "before_after.png").is_file()

@@ -37,6 +37,9 @@ def _guide(args: argparse.Namespace) -> int:
     from .guide import describe, run_guide
 
     result, out = run_guide(from_args(args.config_cls, args))
+    if result.interrupt:
+        raise Interrupted(result.interrupt, f"kept the samples predicted after {result.network_calls} guided step(s) "
+                                            f"in {out} (summary.json, final.safetensors)")
     print(describe(result, out))
     return 0
 
