@@ -152,3 +152,62 @@ def test_guide_saves_the_samples_predicted_so_far_on_a_signal(tiny_testbed_dir, 
     final = load_file(out / "final.safetensors")
     assert torch.isfinite(final["images"]).all() and final["images"].abs().max() <= 1
     assert (out / "before_after.png").is_file()
+
+
+# -- fine-tuning: interrupt, then resume from the run's own options ---------------------------------
+
+def finetune_args(model_dir, out: Path, max_steps: int) -> list[str]:
+    return ["finetune", "--model", str(model_dir), "--cond", "1", "7", "--steps", "4", "--batch", "2", "--lr", "0.02",
+            "--max-steps", str(max_steps), "--eval-every", "0", "--eval-per-class", "1", "--checkpoint-every", "1000",
+            "--device", "cpu", "--no-progress", "--out", str(out)]
+
+
+def lora_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "final" / "pytorch_lora_weights.safetensors")
+
+
+def test_finetune_interrupt_writes_a_checkpoint_that_resumes_exactly(tiny_testbed_dir, tmp_path):
+    from shortcut_diffusion.finetune import FinetuneConfig, run_finetune
+    from shortcut_diffusion.finetune import checkpoint as ckpt
+
+    out = tmp_path / "interrupted"
+    metrics = out / "metrics.jsonl"
+    rc, err = interrupted_run(finetune_args(tiny_testbed_dir, out, 400),
+                              lambda: metrics.is_file() and metrics.read_text().count("\n") >= 2, signal.SIGINT)
+    assert rc == 130 and len(err) == 1 and err[0].startswith("sdo: interrupted by SIGINT; checkpoint"), err
+    step = json.loads((ckpt.latest_checkpoint(out) / "state.json").read_text())["step"]
+    assert 2 <= step < 400 and f"--out {out} --resume" in err[0]
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, step + 1))
+    # --resume takes every option from the run's config.json; --max-steps may change (it extends the run).
+    done = subprocess.run([sys.executable, "-m", "shortcut_diffusion", "finetune", "--out", str(out), "--resume",
+                           "--max-steps", str(step + 2), "--no-progress"], env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == step + 2
+    threads = torch.get_num_threads()
+    try:  # the straight run on one thread, as the command ran: the same float summation order
+        run_finetune(FinetuneConfig(model=str(tiny_testbed_dir), cond=["1", "7"], steps=4, batch=2, lr=0.02,
+                                    max_steps=step + 2, eval_every=0, eval_per_class=1, checkpoint_every=1000,
+                                    device="cpu", threads=1, progress=False, out=str(tmp_path / "straight")))
+    finally:
+        torch.set_num_threads(threads)
+    a, b = lora_weights(out), lora_weights(tmp_path / "straight")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_options_that_differ_from_the_run(tiny_testbed_dir, tmp_path, capsys):
+    from shortcut_diffusion.cli import main
+
+    out = tmp_path / "run"
+    assert main(finetune_args(tiny_testbed_dir, out, 1)) == 0
+    capsys.readouterr()
+    assert main(["finetune", "--out", str(out), "--resume", "--lr", "0.05", "--steps", "4", "--max-steps", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--lr: run 0.02, given 0.05" in err[0] and "--steps" not in err[0], err
+    # With only --out and --resume every option is the run's: it resumes (already at its last step).
+    assert main(["finetune", "--out", str(out), "--resume"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["lr"] == 0.02 and config["cond"] == ["1", "7"] and config["max_steps"] == 1 and config["steps"] == 4
+    assert json.loads((out / "summary.json").read_text())["steps"] == 1

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .config import add_arguments, from_args
+from .config import add_arguments, from_args, given_options
 from .errors import UsageError
 from .interrupts import Interrupted, as_interrupted, interruptible
 
@@ -48,6 +48,10 @@ def _finetune(args: argparse.Namespace) -> int:
     from .finetune import FinetuneConfig, describe, run_finetune
 
     config = from_args(FinetuneConfig, args)
+    if config.resume:  # the run's own options, unless given again (and then they must match)
+        from .finetune.resume import resumed_config
+
+        config = resumed_config(config, given_options(FinetuneConfig, args.argv))
     summary = run_finetune(config)
     if summary:  # the main process prints; the others return empty summaries
         print(describe(summary, Path(config.out)))
@@ -130,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         with interruptible():  # Ctrl-C and SIGTERM: the runs save what they have, then one line
             return args.run(args)
