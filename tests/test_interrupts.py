@@ -73,6 +73,23 @@ def test_an_interrupted_optimization_returns_its_last_good_latents(model, sig):
     assert result.rewards.mean() > result.start_rewards.mean()  # the progress made is kept
 
 
+def test_an_interrupted_doodl_run_returns_its_last_complete_update(model):
+    from shortcut_diffusion.recomputed import optimize_doodl
+
+    seen = []
+
+    def interrupt(row, latents, images):
+        seen.append(latents.clone())
+        if row["iter"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with interruptible():
+        result = optimize_doodl(model, get_reward("ink"), [1, 7], steps=4, iters=50, lr=0.2, progress=False,
+                                callback=interrupt)
+    assert result.interrupt == signal.SIGTERM and "SIGTERM" in result.stopped and len(result.history) == 2
+    torch.testing.assert_close(result.latents, seen[-1].cpu(), rtol=0, atol=0)
+
+
 # -- non-finite values -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("iters", [1, 3])
