@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .config import add_arguments, from_args
+from .config import add_arguments, from_args, given_options
 from .errors import UsageError, WriteError
+from .interrupts import Interrupted, as_interrupted, interruptible
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
@@ -25,6 +26,9 @@ def _latent(args: argparse.Namespace) -> int:
     from .latent import describe, run_latent
 
     result, out = run_latent(from_args(args.config_cls, args))
+    if result.interrupt:
+        raise Interrupted(result.interrupt, f"kept the last good latents after {len(result.history)} iteration(s) "
+                                            f"in {out} (summary.json, final.safetensors)")
     print(describe(result, out))
     return 0 if result.stopped is None else 1
 
@@ -33,6 +37,9 @@ def _guide(args: argparse.Namespace) -> int:
     from .guide import describe, run_guide
 
     result, out = run_guide(from_args(args.config_cls, args))
+    if result.interrupt:
+        raise Interrupted(result.interrupt, f"kept the samples predicted after {result.network_calls} guided step(s) "
+                                            f"in {out} (summary.json, final.safetensors)")
     print(describe(result, out))
     return 0
 
@@ -41,6 +48,10 @@ def _finetune(args: argparse.Namespace) -> int:
     from .finetune import FinetuneConfig, describe, run_finetune
 
     config = from_args(FinetuneConfig, args)
+    if config.resume:  # the run's own options, unless given again (and then they must match)
+        from .finetune.resume import resumed_config
+
+        config = resumed_config(config, given_options(FinetuneConfig, args.argv))
     summary = run_finetune(config)
     if summary:  # the main process prints; the others return empty summaries
         print(describe(summary, Path(config.out)))
@@ -123,14 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return args.run(args)
+        with interruptible():  # Ctrl-C and SIGTERM: the runs save what they have, then one line
+            return args.run(args)
     except UsageError as error:
         print(f"sdo: error: {error}", file=sys.stderr)
         return 2
     except WriteError as error:
         print(f"sdo: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as error:
+        interrupted = as_interrupted(error)
+        print(f"sdo: {interrupted.message()}", file=sys.stderr)
+        return interrupted.exit_code
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if "default" not in kwargs["help"] and shown not in (None, ""):  # a help that explains its default keeps it
             kwargs["help"] += f" (default: {shown})"
         parser.add_argument(_option(f.name), default=default, **kwargs)
+
+
+def given_options(cls: type, argv: Sequence[str]) -> set[str]:
+    """The fields of ``cls`` whose options appear on the command line ``argv`` (not left at their defaults)."""
+    unset = object()  # a default no option value can be
+    probe = argparse.ArgumentParser(add_help=False)
+    add_arguments(probe, cls)
+    probe.set_defaults(**{f.name: unset for f in dataclasses.fields(cls)})
+    known, _ = probe.parse_known_args(list(argv))
+    return {name for name, value in vars(known).items() if value is not unset}
 
 
 def parse_scalar(text: str) -> Any:

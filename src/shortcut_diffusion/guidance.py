@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import UsageError
+from .interrupts import as_interrupted
 from .generation import reward_labels
 from .inversion import noise_levels
 from .models.base import DiffusionModel
@@ -48,10 +49,15 @@ class GuidedResult:
     seconds: float
     """Wall-clock of the guided pass (scoring of the final images excluded)."""
     network_calls: int
+    interrupt: Optional[int] = None
+    """The signal that interrupted the pass (SIGINT for Ctrl-C, SIGTERM), or None: ``images`` are
+    then the clean samples predicted at the last completed step, ``latents`` that step's result."""
+    stopped: Optional[str] = None
 
 
 def _guided_step(model: DiffusionModel, denoiser: Callable, sched: Any, x: torch.Tensor, t: torch.Tensor, cond: Any,
-                 reward: Callable, labels: Any, rho: float, step_kwargs: dict) -> torch.Tensor:
+                 reward: Callable, labels: Any, rho: float, step_kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(the guided x_prev, the clean sample predicted from x)``."""
     x = x.detach().requires_grad_(True)
     x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
     output = denoiser(x_in, t, cond)
@@ -60,7 +66,7 @@ def _guided_step(model: DiffusionModel, denoiser: Callable, sched: Any, x: torch
     score = reward(model.decode(x0).float().clamp(-1, 1), labels).sum()
     (g,) = torch.autograd.grad(score, x)
     rms = g.flatten(1).square().mean(1).sqrt().clamp_min(1e-12).view(-1, *[1] * (g.dim() - 1))
-    return out.prev_sample.detach() + rho * g / rms
+    return out.prev_sample.detach() + rho * g / rms, x0.detach()
 
 
 def _noise_std(abar: torch.Tensor, sigma_scaled: bool) -> float:
@@ -102,23 +108,31 @@ def freedom_sample(model: DiffusionModel, noise: torch.Tensor, labels: Sequence[
     denoiser, cond = model.denoiser(guidance), model.conditioning(list(labels))
     targets = reward_labels(labels, model.device)
     x = noise * float(getattr(first, "init_noise_sigma", 1.0))
-    calls, began = 0, time.perf_counter()
-    for i in tqdm(range(steps), desc="guided sampling", disable=not progress):
-        repeats = travel if travel_window[0] <= i < travel_window[1] else 1
-        for r in range(repeats):
-            sched = fresh_scheduler(template, steps, device=x.device, **timestep_kwargs)
-            if i and hasattr(sched, "set_begin_index"):  # schedulers that count their steps (Euler, DPM-Solver)
-                sched.set_begin_index(i)
-            step_kwargs = {"generator": derived_generator("sdo-guide", seed, i, r)} if "generator" in accepted_step_kwargs(sched) else {}
-            rho = scale * _noise_std(levels[i + 1], sigma_scaled)
-            x_prev = _guided_step(model, denoiser, sched, x, sched.timesteps[i], cond, reward, targets, rho, step_kwargs)
-            calls += 1
-            if r + 1 < repeats:  # time travel: noise x_prev back to step i and take the step again
-                z = torch.randn(x.shape, generator=derived_generator("sdo-travel", seed, i, r)).to(x)
-                x = _renoise(x_prev, levels[i], levels[i + 1], z, sigma_scaled)
-        x = x_prev
+    calls, began, x0, interrupt, stopped = 0, time.perf_counter(), None, None, None
+    try:
+        for i in tqdm(range(steps), desc="guided sampling", disable=not progress):
+            repeats = travel if travel_window[0] <= i < travel_window[1] else 1
+            for r in range(repeats):
+                sched = fresh_scheduler(template, steps, device=x.device, **timestep_kwargs)
+                if i and hasattr(sched, "set_begin_index"):  # schedulers that count their steps (Euler, DPM-Solver)
+                    sched.set_begin_index(i)
+                step_kwargs = {"generator": derived_generator("sdo-guide", seed, i, r)} if "generator" in accepted_step_kwargs(sched) else {}
+                rho = scale * _noise_std(levels[i + 1], sigma_scaled)
+                x_prev, x0_i = _guided_step(model, denoiser, sched, x, sched.timesteps[i], cond, reward, targets, rho,
+                                            step_kwargs)
+                calls += 1
+                if r + 1 < repeats:  # time travel: noise x_prev back to step i and take the step again
+                    z = torch.randn(x.shape, generator=derived_generator("sdo-travel", seed, i, r)).to(x)
+                    x = _renoise(x_prev, levels[i], levels[i + 1], z, sigma_scaled)
+            x, x0 = x_prev, x0_i
+    except KeyboardInterrupt as error:
+        if x0 is None:  # not one step done: nothing worth keeping
+            raise
+        interrupted = as_interrupted(error)
+        interrupt = interrupted.signum
+        stopped = f"interrupted ({interrupted.name}) after {calls} guided steps; images predicted at the last one"
     seconds = time.perf_counter() - began
     with torch.no_grad():
-        images = model.decode(x).float().clamp(-1, 1)
+        images = model.decode(x if interrupt is None else x0).float().clamp(-1, 1)
         rewards = reward(images, targets).detach()
-    return GuidedResult(images.cpu(), x.detach().cpu(), rewards.cpu(), seconds, calls)
+    return GuidedResult(images.cpu(), x.detach().cpu(), rewards.cpu(), seconds, calls, interrupt, stopped)

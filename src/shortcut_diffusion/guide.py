@@ -19,6 +19,7 @@ from .config import resolve_device
 from .errors import UsageError
 from .generation import reward_labels, sample_images
 from .guidance import GuidedResult, freedom_sample
+from .interrupts import interrupted_fields
 from .loading import apply_thread_policy, load_model
 from .options import ConditionOptions, ModelOptions, RewardOptions, RunOptions, SamplingOptions, check_number, redefault
 from .rewards import get_reward
@@ -71,7 +72,8 @@ def _write(out: Path, model, labels: list, start: torch.Tensor, start_rewards: t
                                                         "latents": result.latents, "rewards": result.rewards})
     reporting.save_grid(out / "before_after.png", [start, result.images])
     summary = {"start_reward": float(start_rewards.mean()), "final_reward": float(result.rewards.mean()),
-               "seconds": result.seconds, "network_calls": result.network_calls}
+               "seconds": result.seconds, "network_calls": result.network_calls, "stopped": result.stopped,
+               **interrupted_fields(result.interrupt)}
     for name, network in (("", model.classifier), ("judge_", model.judge)):
         if network is not None:
             with torch.no_grad():

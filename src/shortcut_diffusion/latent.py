@@ -22,6 +22,7 @@ from . import reporting, rundir
 from .config import resolve_device
 from .errors import UsageError
 from .images import read_image
+from .interrupts import interrupted_fields
 from .inversion import ddim_invert
 from .loading import apply_thread_policy, load_model
 from .memory import check_batch_fits
@@ -214,6 +215,7 @@ def _write_results(config: LatentConfig, model: DiffusionModel, labels: list, re
         "start_reward": float(result.start_rewards.mean()),
         "final_reward": float(result.rewards.mean()),
         "stopped": result.stopped,
+        **interrupted_fields(result.interrupt),
         "seconds_per_iter": (sum(r["seconds"] for r in result.history) / len(result.history)) if result.history else None,
     }
     if model.condition_kind == "prompt":

@@ -27,6 +27,7 @@ from .diagnostics import SavedTensorMeter, model_weights
 from .errors import UsageError
 from .estimators import GradientEstimator, get_estimator
 from .generation import detached, generate
+from .interrupts import as_interrupted, deferred
 from .models.base import DiffusionModel
 from .precision import DTYPES, Precision
 from .rewards.contract import checked
@@ -48,7 +49,7 @@ def default_prior_weight(weight: Optional[float], optimizes_noise: bool) -> floa
 @dataclass
 class LatentResult:
     latents: torch.Tensor
-    """The optimized latents (the last ones whose objective was finite)."""
+    """The optimized latents (the last ones whose objective and samples were finite)."""
     images: torch.Tensor
     """Their decoded samples, NCHW clamped to [-1, 1] (plain sampling, whatever the estimator).
     Rewards always score the clamped images."""
@@ -60,7 +61,10 @@ class LatentResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     """One row per iteration: iter, reward, loss, seconds, saved_bytes."""
     stopped: Optional[str] = None
-    """Why the run stopped early (a non-finite objective), or None."""
+    """Why the run stopped early (a non-finite objective, an interrupt), or None."""
+    interrupt: Optional[int] = None
+    """The signal that interrupted the iterations (SIGINT for Ctrl-C, SIGTERM), or None; the result
+    then holds the last good latents."""
 
 
 def chi_prior(z: torch.Tensor) -> torch.Tensor:
@@ -157,6 +161,17 @@ def starting_latent(problem: LatentProblem, batch: int, init: Optional[torch.Ten
     return z.float()
 
 
+def objective(z: torch.Tensor, images: torch.Tensor, rewards: torch.Tensor, *, start_images: torch.Tensor,
+              prior_weight: float = 0.0, proximity_weight: float = 0.0) -> torch.Tensor:
+    """Per-sample loss of the latents ``z``: minus the reward of their ``images``, plus the regularizers."""
+    loss_per = -rewards
+    if prior_weight:
+        loss_per = loss_per + prior_weight * chi_prior(z)
+    if proximity_weight:
+        loss_per = loss_per + proximity_weight * (images - start_images).square().flatten(1).mean(1)
+    return loss_per
+
+
 def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.Optimizer, estimator: Any, *,
                 start_images: torch.Tensor, prior_weight: float = 0.0, proximity_weight: float = 0.0,
                 clip_grad: Optional[float] = None) -> tuple[Optional[dict[str, Any]], torch.Tensor]:
@@ -169,12 +184,8 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
     # The reward sees what the user will see: the image clamped to [-1, 1]. (Unclamped pixels
     # beyond the range are an easy reward hack that disappears on display.)
     r = problem.reward(out.images, problem.labels)
-    loss_per = -r
-    if prior_weight:
-        loss_per = loss_per + prior_weight * chi_prior(z)
-    if proximity_weight:
-        loss_per = loss_per + proximity_weight * (out.images - start_images).square().flatten(1).mean(1)
-    loss = loss_per.sum()
+    loss = objective(z, out.images, r, start_images=start_images, prior_weight=prior_weight,
+                     proximity_weight=proximity_weight).sum()
     if not torch.isfinite(loss):
         return None, out.images
     if loss.requires_grad:
@@ -183,7 +194,8 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
     if z.grad is not None and clip_grad:
         torch.nn.utils.clip_grad_norm_([z], clip_grad)
     grad_norm = float(z.grad.norm()) if z.grad is not None else 0.0
-    stepped = problem.precision.step(optimizer) if z.grad is not None else False
+    with deferred():  # an interrupt never leaves a half-updated latent
+        stepped = problem.precision.step(optimizer) if z.grad is not None else False
     row = {"reward": float(r.detach().mean()), "loss": float(loss.detach()), "seconds": time.perf_counter() - began,
            "saved_bytes": meter.bytes, "grad_norm": grad_norm, "grad_steps": out.plan.graph_steps}
     if problem.precision.scaled:
@@ -269,46 +281,64 @@ def optimize_latent(
     start_rewards = problem.reward(start_images, problem.labels).detach()
     z = z0.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=lr, betas=tuple(betas))
-    history, stopped, last_good = _iterate(problem, z, optimizer, estimator, iters=iters, max_seconds=max_seconds,
-                                           progress=progress, callback=callback, start_images=start_images,
-                                           prior_weight=prior_weight, proximity_weight=proximity_weight,
-                                           clip_grad=clip_grad)
-    final_images = problem.images(last_good)
-    final_rewards = problem.reward(final_images, problem.labels).detach()
+    regularizers = dict(start_images=start_images, prior_weight=prior_weight, proximity_weight=proximity_weight)
+    history, stopped, last_good, current, interrupt = _iterate(
+        problem, z, optimizer, estimator, iters=iters, max_seconds=max_seconds, progress=progress,
+        callback=callback, clip_grad=clip_grad, **regularizers)
+    latents, final_images, final_rewards = _final_samples(problem, last_good, current, regularizers)
+    if latents is not current and current is not None and stopped is None:
+        stopped = "the last update gave non-finite latents, samples or objective; kept the previous latents"
     if not torch.isfinite(final_rewards).all() and stopped is None:
         stopped = "the final samples have a non-finite reward"
-    return LatentResult(last_good.cpu(), final_images.cpu(), start_images.cpu(),
-                        final_rewards.cpu(), start_rewards.cpu(), history, stopped)
+    return LatentResult(latents.cpu(), final_images.cpu(), start_images.cpu(),
+                        final_rewards.cpu(), start_rewards.cpu(), history, stopped, interrupt)
+
+
+def _final_samples(problem: LatentProblem, last_good: torch.Tensor, current: Optional[torch.Tensor],
+                   regularizers: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(latents, their plain samples, their rewards)``: the last update's latents ``current`` when
+    they, their samples and their objective are finite, else ``last_good`` (whose objective was)."""
+    if current is not None and torch.isfinite(current).all():
+        images = problem.images(current)
+        rewards = problem.reward(images, problem.labels).detach()
+        if torch.isfinite(images).all() and torch.isfinite(objective(current, images, rewards, **regularizers)).all():
+            return current, images, rewards
+    images = problem.images(last_good)
+    return last_good, images, problem.reward(images, problem.labels).detach()
 
 
 def _iterate(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.Optimizer, estimator: Any, *,
              iters: int, max_seconds: Optional[float], progress: bool, callback: Optional[Callable],
-             **step_options: Any) -> tuple[list[dict[str, Any]], Optional[str], torch.Tensor]:
-    """The iterations: ``(history, why it stopped early or None, the last good latents)``."""
+             **step_options: Any) -> tuple[list[dict[str, Any]], Optional[str], torch.Tensor, Optional[torch.Tensor],
+                                           Optional[int]]:
+    """The iterations: ``(history, why they stopped early or None, the last latents whose objective
+    was finite, the latents of the last update when they were never scored (else None), the signal
+    that interrupted them or None)``. Ctrl-C and SIGTERM (:mod:`.interrupts`) end them like an early stop."""
     history: list[dict[str, Any]] = []
-    stopped, last_good, elapsed = None, z.detach().clone(), 0.0
+    stopped, last_good, current, interrupt, elapsed = None, z.detach().clone(), None, None, 0.0
     bar = tqdm(range(iters), desc=f"latent[{estimator.spec}]", disable=not progress)
-    for it in bar:
-        if max_seconds is not None and elapsed >= max_seconds:
-            if torch.isfinite(z.detach()).all():
-                last_good = z.detach().clone()
-            break
-        evaluated = z.detach().clone()
-        row, images = latent_step(problem, z, optimizer, estimator, **step_options)
-        if row is None:
-            stopped = f"non-finite objective at iteration {it}; kept the last good latents"
-            break
-        last_good = evaluated
-        elapsed += row["seconds"]
-        history.append({"iter": it, **row, "wall_clock": elapsed})
-        bar.set_postfix(reward=f"{row['reward']:.3f}")
-        if callback is not None:
-            callback(history[-1], z.detach(), images.detach())
-    else:
-        if torch.isfinite(z.detach()).all():
-            last_good = z.detach().clone()
-        else:
-            stopped = "the last update produced non-finite latents; kept the previous ones"
+    try:
+        for it in bar:
+            if max_seconds is not None and elapsed >= max_seconds:
+                break
+            evaluated = z.detach().clone()
+            row, images = latent_step(problem, z, optimizer, estimator, **step_options)
+            if row is None:
+                stopped = f"non-finite objective at iteration {it}; kept the last good latents"
+                break
+            last_good = evaluated
+            elapsed += row["seconds"]
+            history.append({"iter": it, **row, "wall_clock": elapsed})
+            bar.set_postfix(reward=f"{row['reward']:.3f}")
+            if callback is not None:
+                callback(history[-1], z.detach(), images.detach())
+        if stopped is None:
+            current = z.detach().clone()
+    except KeyboardInterrupt as error:
+        interrupted = as_interrupted(error)
+        interrupt, stopped = interrupted.signum, f"interrupted ({interrupted.name}); kept the last good latents"
+        current = z.detach().clone()  # the last update (complete: see latent_step), kept when it is finite
+    bar.close()
     if stopped and progress:
         bar.write(f"stopped: {stopped}")
-    return history, stopped, last_good
+    return history, stopped, last_good, current, interrupt

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .diagnostics import SavedTensorMeter, model_weights
 from .generation import detached, reward_labels
+from .interrupts import as_interrupted, deferred
 from .methods import RecomputedMethod, get_gradient_method, unmetered
 from .models.base import DiffusionModel
 from .optimize import LatentResult, chi_prior, default_prior_weight
@@ -55,35 +56,40 @@ def optimize_recomputed(model: DiffusionModel, reward: Callable, labels: Any, *,
     start_rewards = reward(start_images, targets).detach()
     z = z.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=lr, betas=tuple(betas))
-    history, elapsed = [], 0.0
-    for it in tqdm(range(iters), desc=f"latent[{method.name}]", disable=not progress):
-        began = time.perf_counter()
-        with SavedTensorMeter(exclude=weights) as meter:
-            r = method.gradient(denoiser, scheduler, z.detach(), unmetered(objective), steps=steps, cond=cond)
-        grad, prior = r.grad, 0.0
-        if weight:
-            with torch.enable_grad():
-                leaf = z.detach().requires_grad_(True)
-                prior_loss = weight * chi_prior(leaf).sum()
-                grad = grad + torch.autograd.grad(prior_loss, leaf)[0]
-            prior = float(prior_loss.detach())
-        z.grad = grad
-        optimizer.step()
-        with torch.no_grad():
-            z.copy_(method.project(z))
-        seconds = time.perf_counter() - began
-        elapsed += seconds
-        history.append({"iter": it, "reward": float(-r.value) / len(labels), "loss": float(r.value) + prior,
-                        "seconds": seconds, "saved_bytes": meter.peak_bytes, "grad_norm": float(grad.norm()),
-                        "nfe_forward": r.info["forward"], "nfe_backward": r.info["backward"], "wall_clock": elapsed})
-        if callback is not None:
-            callback(history[-1], z.detach(), images_of(r.final).detach())
-        if max_seconds is not None and elapsed >= max_seconds:
-            break
+    history, elapsed, stopped, interrupt = [], 0.0, None, None
+    try:
+        for it in tqdm(range(iters), desc=f"latent[{method.name}]", disable=not progress):
+            began = time.perf_counter()
+            with SavedTensorMeter(exclude=weights) as meter:
+                r = method.gradient(denoiser, scheduler, z.detach(), unmetered(objective), steps=steps, cond=cond)
+            grad, prior = r.grad, 0.0
+            if weight:
+                with torch.enable_grad():
+                    leaf = z.detach().requires_grad_(True)
+                    prior_loss = weight * chi_prior(leaf).sum()
+                    grad = grad + torch.autograd.grad(prior_loss, leaf)[0]
+                prior = float(prior_loss.detach())
+            with deferred():  # an interrupt never leaves a half-updated latent
+                z.grad = grad
+                optimizer.step()
+                with torch.no_grad():
+                    z.copy_(method.project(z))
+            seconds = time.perf_counter() - began
+            elapsed += seconds
+            history.append({"iter": it, "reward": float(-r.value) / len(labels), "loss": float(r.value) + prior,
+                            "seconds": seconds, "saved_bytes": meter.peak_bytes, "grad_norm": float(grad.norm()),
+                            "nfe_forward": r.info["forward"], "nfe_backward": r.info["backward"], "wall_clock": elapsed})
+            if callback is not None:
+                callback(history[-1], z.detach(), images_of(r.final).detach())
+            if max_seconds is not None and elapsed >= max_seconds:
+                break
+    except KeyboardInterrupt as error:
+        interrupted = as_interrupted(error)
+        interrupt, stopped = interrupted.signum, f"interrupted ({interrupted.name}); kept the last updated latents"
     final = z.detach()
     images = plain(final)
     return LatentResult(final.cpu(), images.cpu(), start_images.cpu(), reward(images, targets).detach().cpu(),
-                        start_rewards.cpu(), history, None)
+                        start_rewards.cpu(), history, stopped, interrupt)
 
 
 def optimize_doodl(model: DiffusionModel, reward: Callable, labels: Any, **kwargs: Any) -> LatentResult:

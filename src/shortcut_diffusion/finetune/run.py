@@ -31,6 +31,7 @@ from .. import reporting, rundir
 from ..config import resolve_device
 from ..estimators import get_estimator
 from ..errors import UsageError
+from ..interrupts import Interrupted, as_interrupted, deferred
 from ..loading import apply_thread_policy, load_model
 from ..memory import check_batch_fits
 from ..precision import Precision
@@ -204,35 +205,64 @@ def _train(ft: FineTuning, state: TrainState, accelerator: Any, evaluation: Eval
     limit, budget = config.total_steps, None if config.minutes is None else config.minutes * 60.0
     bar = tqdm(total=limit, initial=state.step, desc=f"finetune[{config.target}, {ft.estimator.spec}]",
                disable=not (config.progress and main))
-    stopped = None
-    while stopped is None:
-        if limit is not None and state.step >= limit:
-            stopped = "max_steps"
-            break
-        if budget is not None and state.wall_clock >= budget:
-            stopped = "time budget"
-            break
-        row, stopped = train_step(ft, state)
-        if stopped:
-            break
-        bar.update(1)
-        bar.set_postfix(reward=f"{row['reward']:.3f}")
+    stopped, row = None, None
+    try:
+        while stopped is None:
+            if limit is not None and state.step >= limit:
+                stopped = "max_steps"
+                break
+            if budget is not None and state.wall_clock >= budget:
+                stopped = "time budget"
+                break
+            row, stopped = train_step(ft, state)
+            if stopped:
+                break
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward']:.3f}")
+            logged, row = row, None
+            if main:
+                reporting.append_jsonl(out / "metrics.jsonl", logged)
+            stopped = _after_step(ft, state, accelerator, evaluation, out, budget)
+    except KeyboardInterrupt as error:
+        bar.close()
+        _save_interrupted(ft, state, out, main, row, as_interrupted(error))
+    bar.close()
+    return stopped
+
+
+def _save_interrupted(ft: FineTuning, state: TrainState, out: Path, main: bool, row: Optional[dict],
+                      interrupted: Interrupted) -> None:
+    """Ctrl-C or SIGTERM in training: a checkpoint of the last complete step (``--resume`` continues
+    it exactly; a second signal waits for it), then the interrupt goes on, saying where it is."""
+    with deferred():
         if main:
-            reporting.append_jsonl(out / "metrics.jsonl", row)
-        if config.eval_every and state.step % config.eval_every == 0 and (main or ft.sharded):
+            if row:  # the step completed but its metrics row was not written yet
+                reporting.append_jsonl(out / "metrics.jsonl", row)
+            _save_checkpoint(ft, state, out)
+    interrupted.saved = (f"checkpoint {ckpt.latest_checkpoint(out)} after step {state.step}; continue it with "
+                         f"sdo finetune --out {out} --resume")
+    raise interrupted
+
+
+def _after_step(ft: FineTuning, state: TrainState, accelerator: Any, evaluation: Evaluation, out: Path,
+                budget: Optional[float]) -> Optional[str]:
+    """Evaluation, checkpoint and the decisions to stop after an optimizer step; why training stops, or None."""
+    config, main = ft.config, accelerator.is_main_process
+    stopped = None
+    if config.eval_every and state.step % config.eval_every == 0 and (main or ft.sharded):
+        with deferred():  # an interrupted evaluation would leave early stopping half updated
             evaluation.periodic(state)
         # Every rank takes the same decision (the clocks of the ranks differ slightly).
-        halt = torch.tensor([float(state.early_stop.triggered), float(budget is not None and state.wall_clock >= budget)],
-                            device=ft.model.device)
-        halt = ft.reduce(halt)
-        if main and config.checkpoint_every and state.step % config.checkpoint_every == 0:
-            _save_checkpoint(ft, state, out)
-        accelerator.wait_for_everyone()
-        if halt[0] > 0:
-            stopped = f"early stopping: {config.early_stop_metric} did not improve for {config.early_stop} evaluations"
-        elif halt[1] > 0:
-            stopped = "time budget"
-    bar.close()
+    halt = torch.tensor([float(state.early_stop.triggered), float(budget is not None and state.wall_clock >= budget)],
+                        device=ft.model.device)
+    halt = ft.reduce(halt)
+    if main and config.checkpoint_every and state.step % config.checkpoint_every == 0:
+        _save_checkpoint(ft, state, out)
+    accelerator.wait_for_everyone()
+    if halt[0] > 0:
+        stopped = f"early stopping: {config.early_stop_metric} did not improve for {config.early_stop} evaluations"
+    elif halt[1] > 0:
+        stopped = "time budget"
     return stopped
 
 

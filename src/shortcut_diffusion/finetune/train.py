@@ -24,6 +24,7 @@ import torch
 
 from ..estimators import GradientEstimator
 from ..generation import generate, reward_labels
+from ..interrupts import deferred
 from ..models.base import DiffusionModel
 from ..precision import Precision
 from ..sampling import derived_generator
@@ -236,7 +237,7 @@ def _reduce_gradients(ft: FineTuning) -> None:
 
 def train_step(ft: FineTuning, state: TrainState) -> tuple[dict[str, Any], Optional[str]]:
     """One optimizer step. Returns its metrics row and, when training must stop (a non-finite
-    gradient without loss scaling), why; the weights are then left as they were."""
+    reward, or a non-finite gradient without loss scaling), why; the weights are then left as they were."""
     config = ft.config
     began = time.perf_counter()
     state.optimizer.zero_grad(set_to_none=True)
@@ -247,20 +248,23 @@ def train_step(ft: FineTuning, state: TrainState) -> tuple[dict[str, Any], Optio
         _reduce_gradients(ft)
     if ft.world > 1:
         totals = ft.reduce(totals)
+    if not math.isfinite(float(totals[0])):  # also when its gradient is finite (a NaN constant added)
+        return {}, f"non-finite reward at step {state.step}; weights of step {state.step} kept"
     ft.precision.unscale(state.optimizer)
     grad_norm = float(_clip(ft.params, config.clip_grad, ft.sharded))
     if not math.isfinite(grad_norm) and not ft.precision.scaled:
         return {}, f"non-finite gradient at step {state.step}; weights of step {state.step} kept"
-    stepped = ft.precision.step(state.optimizer)
-    state.lr_schedule.step()
-    if state.ema is not None and stepped:
-        with torch.no_grad():
-            for k, p in ft.target.named_parameters().items():
-                state.ema[k].mul_(config.ema).add_(p.detach(), alpha=1 - config.ema)
-    seconds = time.perf_counter() - began
-    state.step += 1
-    state.samples += int(totals[2])
-    state.wall_clock += seconds
+    with deferred():  # Ctrl-C or SIGTERM waits for the whole update: a checkpoint then resumes exactly
+        stepped = ft.precision.step(state.optimizer)
+        state.lr_schedule.step()
+        if state.ema is not None and stepped:
+            with torch.no_grad():
+                for k, p in ft.target.named_parameters().items():
+                    state.ema[k].mul_(config.ema).add_(p.detach(), alpha=1 - config.ema)
+        seconds = time.perf_counter() - began
+        state.step += 1
+        state.samples += int(totals[2])
+        state.wall_clock += seconds
     row = {"step": state.step, "reward": float(totals[0] / totals[2]), "samples": int(totals[2]),
            "lr": state.lr_schedule.get_last_lr()[0], "grad_norm": grad_norm, "seconds": seconds,
            "wall_clock": state.wall_clock, "grad_steps": float(totals[3]) / (ft.world * config.grad_accum)}
