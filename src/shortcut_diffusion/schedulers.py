@@ -247,18 +247,19 @@ class DDIMStep:
 
 
 def check_ode_scheduler(scheduler: SchedulerMixin, what: str) -> None:
-    """Refuse a scheduler whose DDIM chain is not the probability-flow ODE ``what`` follows."""
+    """Refuse a scheduler whose DDIM chain is not the probability-flow ODE that ``what`` (a plural
+    subject: the methods) follow."""
     if is_flow_matching(scheduler):
-        raise UsageError(f"{what} needs a diffusion (epsilon or v) model, not flow matching")
+        raise UsageError(f"{what} need a diffusion (epsilon or v) model, not flow matching")
     if scheduler.config.get("clip_sample", False) or scheduler.config.get("thresholding", False):
-        raise UsageError(f"{what} follows the ODE, which has no clipping: use a scheduler with "
+        raise UsageError(f"{what} follow the ODE, which has no clipping: use a scheduler with "
                          "clip_sample=False and thresholding=False")
     if scheduler.config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
         raise UsageError(f"{what} supports epsilon and v_prediction models, not "
                          f"{scheduler.config.get('prediction_type')!r}")
 
 
-def ddim_steps(scheduler: SchedulerMixin, steps: int, device: Any = None, what: str = "the DDIM chain",
+def ddim_steps(scheduler: SchedulerMixin, steps: int, device: Any = None, what: str = "methods on the DDIM chain",
                **set_timesteps_kwargs: Any) -> list[DDIMStep]:
     """DDIM's coefficients on ``scheduler``'s noise schedule, step by step, each going where
     diffusers' DDIM step goes (``t - T // N``)."""

@@ -82,6 +82,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     config.check()
     resolve_device(config.device)  # an unknown or unavailable device fails here, before any work
     estimator = get_method(config.estimator, seed=config.seed)
+    estimator.check_task("finetune")
     from accelerate import Accelerator
 
     # On a machine without CUDA, cpu=True is what makes Accelerate set up gloo across processes.
@@ -114,7 +115,7 @@ def setup(config: FinetuneConfig, estimator: Any, device: torch.device, accelera
                          attention_slicing=config.attention_slicing)
     scheduler = scheduler_for(model, config.scheduler)
     estimator.check(scheduler, config.steps, step_kwargs=config.step_kwargs,
-                    task="finetune-sharded" if config.fsdp else "finetune")
+                    task="finetune")
     check_batch_fits(model, estimator, steps=config.steps, batch=config.batch, labels=labels,
                      guidance=config.guidance, precision=Precision(config.dtype, device))
     world = accelerator.num_processes if accelerator is not None else 1

@@ -27,7 +27,7 @@ from ..generation import generate, reward_labels
 from ..models.base import DiffusionModel
 from ..precision import Precision
 from ..sampling import derived_generator
-from ..schedulers import fresh_scheduler
+from ..schedulers import fresh_scheduler, scale_input
 from .config import EARLY_STOP_METRICS, FinetuneConfig
 from .targets import Target
 
@@ -171,7 +171,7 @@ def kl_penalty(ft: FineTuning, states: list[tuple[int, torch.Tensor]], labels: l
     i, x = states[int(torch.randint(len(states), (1,), generator=stream(config.seed, _KL, first)))]
     sched = fresh_scheduler(ft.scheduler, config.steps, device=model.device, **model.timestep_kwargs(config.steps))
     t = sched.timesteps[i]
-    x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+    x_in = scale_input(sched, x, t)
     cond = model.conditioning(labels)
     with torch.no_grad(), ft.target.base(), ft.precision.autocast():
         reference = model.denoiser(config.guidance)(x_in, t, cond)

@@ -57,10 +57,11 @@ def get_method(spec: Union[str, GradientMethod], **overrides: Any) -> GradientMe
         raise UsageError(f"unknown estimator {name!r}; choose one of {', '.join(METHODS)}")
     cls = METHODS[name]
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+    if options and not accepted:
+        raise UsageError(f"{name} takes no options, got {spec!r}")
     unknown = sorted(set(options) - accepted)
     if unknown:
-        takes = f"it takes {', '.join(sorted(accepted))}" if accepted else "it takes no options"
-        raise UsageError(f"estimator {name!r} has no option {', '.join(unknown)}; {takes}")
+        raise UsageError(f"estimator {name!r} has no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
     options.update({k: v for k, v in overrides.items() if k in accepted})
     return cls(**options)
 

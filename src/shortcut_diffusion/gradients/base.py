@@ -91,10 +91,15 @@ class GradientMethod:
     def __repr__(self) -> str:
         return f"<gradient method {self.spec}>"
 
+    def check_task(self, task: str) -> None:
+        """Refuse a task this method does not do (``latent``, ``finetune``, ``gradcheck``, ``bench``),
+        before anything is loaded."""
+
     def check(self, scheduler: Any, steps: int, *, start: int = 0, step_kwargs: Optional[dict] = None,
               task: str = "latent") -> None:
         """Refuse, before any work, what this method cannot do: a schedule, a step range, step
-        arguments, or a task (``latent``, ``finetune``, ``gradcheck``)."""
+        arguments, or a task."""
+        self.check_task(task)
 
     def held_graphs(self, steps: int) -> int:
         """Network graphs one sample holds for backward at once (the memory check before a run)."""

@@ -48,6 +48,7 @@ class GradientEstimator(GradientMethod):
         raise NotImplementedError
 
     def check(self, scheduler, steps: int, *, start: int = 0, step_kwargs=None, task: str = "latent") -> None:
+        self.check_task(task)
         self.plan(steps - start)  # range errors (k > steps) before any work
 
     def held_graphs(self, steps: int) -> int:

@@ -41,21 +41,24 @@ class RecomputedMethod(GradientMethod):
 
     def check(self, scheduler: Any, steps: int, *, start: int = 0, step_kwargs: Optional[dict] = None,
               task: str = "latent") -> None:
+        self.check_task(task)
         if steps < 1:
             raise UsageError(f"{self.name} needs at least one step, got {steps}")
         edict_schedule(scheduler, steps)
         if start:
-            raise UsageError(f"--estimator {self.name} differentiates its chain from the initial noise: "
+            raise UsageError(f"--estimator {self.name} optimizes the initial noise (its chain starts from it): "
                              "use it without --warmup")
-        if task == "finetune-sharded":
-            raise UsageError(f"--estimator {self.name} returns gradients for whole parameters; --fsdp shards them: "
-                             "fine-tune with it on one process or without --fsdp")
         if any(v for k, v in (step_kwargs or {}).items() if k == "eta"):
             raise UsageError(f"--estimator {self.name} follows the deterministic ODE (DDIM, eta 0): "
                              "use it without --eta")
 
     def held_graphs(self, steps: int) -> int:
         return self.graphs_per_step
+
+    def check_task(self, task: str) -> None:
+        if task.startswith("finetune"):
+            raise UsageError(f"--estimator {self.name} optimizes latents (sdo latent); fine-tuning takes full, "
+                             "checkpointed, truncated, alignprop, refl, drtune or sdo")
 
     def chain(self, sampling: Sampling, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The final state(s) of this method's sampler from ``z``."""
