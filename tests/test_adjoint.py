@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from shortcut_diffusion import get_estimator, load_model, make_scheduler, sample
-from shortcut_diffusion.adjoint import adjoint_gradient
+from shortcut_diffusion.gradients.recomputed.adjoint import adjoint_gradient
 from shortcut_diffusion.rewards import get_reward
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from shortcut_diffusion import make_scheduler
-from shortcut_diffusion.edict import doodl_gradient, edict_invert, edict_sample, renormalize
+from shortcut_diffusion.gradients.recomputed.edict import doodl_gradient, edict_invert, edict_sample, renormalize
 
 from conftest import class_cond, latent
 
@@ -55,12 +55,12 @@ def test_renormalize_puts_noise_on_the_gaussian_shell():
 
 def test_doodl_latent_optimization_raises_the_reward():
     from shortcut_diffusion import load_model
-    from shortcut_diffusion.recomputed import optimize_doodl
+    from shortcut_diffusion.optimize import optimize_latent
     from shortcut_diffusion.rewards import get_reward
 
     model = load_model("digits")
-    result = optimize_doodl(model, get_reward("digit-class:7", model=model), [1, 1], steps=6, iters=4, lr=0.2,
-                            progress=False)
+    result = optimize_latent(model, get_reward("digit-class:7", model=model), [1, 1], estimator="doodl", steps=6,
+                             iters=4, lr=0.2, progress=False)
     assert result.rewards.mean() > result.start_rewards.mean()
     norms = result.latents.flatten(1).norm(dim=1)
     torch.testing.assert_close(norms, torch.full((2,), 8.0))  # renormalised onto the shell of 8x8 noise
@@ -87,7 +87,7 @@ def test_doodl_and_adjoint_give_conditioning_and_weight_gradients_of_their_chain
     """With ``params``, DOODL's reconstructing pass equals full backpropagation through EDICT for
     them too; the adjoint's is the exact gradient of DDIM when the network ignores the state, and
     here (it does not) a close one."""
-    from shortcut_diffusion.adjoint import adjoint_gradient, ddim_sample
+    from shortcut_diffusion.gradients.recomputed.adjoint import adjoint_gradient, ddim_sample
 
     scheduler = make_scheduler("ddim", like=tiny64.scheduler)
     cond = class_cond(tiny64).double()

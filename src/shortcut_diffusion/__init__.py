@@ -1,11 +1,11 @@
 """shortcut-diffusion: optimize diffusion sampling against differentiable objectives.
 
-The core is one sampling loop (:func:`sample`) whose per-step autograd behaviour is chosen by a
-gradient estimator (:mod:`shortcut_diffusion.estimators`), SDO's one-step shortcut among them.
+The core is one sampling loop (:func:`sample`); a gradient method (:mod:`shortcut_diffusion.gradients`,
+SDO's one-step shortcut among them) decides what the backward pass through it sees.
 """
 
 from .errors import UsageError
-from .estimators import ESTIMATORS, GradientEstimator, get_estimator
+from .gradients import ESTIMATORS, METHODS, GradientEstimator, GradientMethod, get_estimator, get_method
 from .generation import Generation, generate
 from .loading import load_model
 from .models.base import DiffusionModel
@@ -21,6 +21,8 @@ __all__ = [
     "DiffusionModel",
     "Generation",
     "GradientEstimator",
+    "GradientMethod",
+    "METHODS",
     "Mode",
     "Plan",
     "Precision",
@@ -28,6 +30,7 @@ __all__ = [
     "UsageError",
     "generate",
     "get_estimator",
+    "get_method",
     "load_model",
     "make_scheduler",
     "sample",

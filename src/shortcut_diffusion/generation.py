@@ -18,13 +18,15 @@ from __future__ import annotations
 import contextlib
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
+from .diagnostics import model_weights
+from .gradients import GradientMethod, Sampling, as_method
 from .models.base import DiffusionModel
-from .sampling import Plan, PlanSource, sample
+from .sampling import Plan, PlanSource, StepHook
 
 
 class CompiledDenoiser:
@@ -78,6 +80,26 @@ class Generation:
     """The plan that was run (the first row's, with per-sample plans)."""
     plans: Optional[tuple[Plan, ...]] = None
     """One plan per row where they differed, else None."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """What the gradient method reported (see :class:`~shortcut_diffusion.sampling.SampleOutput`)."""
+
+
+def trainable(model: DiffusionModel, cond: Any) -> list[torch.Tensor]:
+    """The tensors a sample depends on that require grad: the conditioning's and the network's."""
+    found: list[torch.Tensor] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            found.append(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+
+    visit(cond)
+    return found + [p for p in model.network.parameters() if p.requires_grad]
 
 
 def generate(
@@ -86,7 +108,7 @@ def generate(
     labels: Optional[Sequence[Any]] = None,
     *,
     steps: int,
-    estimator: PlanSource = None,
+    estimator: Union[str, GradientMethod, PlanSource] = None,
     guidance: Optional[float] = None,
     scheduler: Any = None,
     cond: Any = None,
@@ -101,6 +123,8 @@ def generate(
     progress: bool = False,
     decode: bool = True,
     compile: bool = False,
+    plain: bool = False,
+    step_hook: Optional[StepHook] = None,
 ) -> Generation:
     """Sample from ``noise`` (the latent at step ``start``) and decode.
 
@@ -108,8 +132,15 @@ def generate(
         model: a :class:`~shortcut_diffusion.models.base.DiffusionModel`.
         labels: one condition per sample (class indices or prompts); ``cond`` gives a ready
             conditioning instead (e.g. one that requires grad).
-        estimator: what autograd records (see :func:`shortcut_diffusion.sampling.sample`);
-            ``None`` records everything, so call under ``torch.no_grad()`` for plain sampling.
+        estimator: the gradient method (a :class:`~shortcut_diffusion.gradients.GradientMethod`
+            or its spec) or a plan source of :func:`shortcut_diffusion.sampling.sample`: what
+            autograd records. ``None`` records everything, so call under ``torch.no_grad()`` for
+            plain sampling.
+        plain: sample with the method's own chain recording everything (its plain samples under
+            ``torch.no_grad()``): the scheduler's loop, or the chain a recomputing method
+            differentiates.
+        step_hook: takes every step instead of the plain update (training-free guidance, see
+            :class:`~shortcut_diffusion.sampling.GuidedStep`).
         guidance: the guidance scale (default: the model's).
         scheduler: a scheduler to sample with (default: the model's own).
         seed: the scheduler's per-step noise (an int makes step i's noise a function of
@@ -126,13 +157,19 @@ def generate(
         denoiser = wrap(denoiser)
     if cond is None:
         cond = model.conditioning(list(labels) if labels is not None else [""] * len(noise))
+    method = as_method(estimator)
+    sampling = Sampling(denoiser, scheduler if scheduler is not None else model.scheduler, steps, cond=cond,
+                        generator=seed, start=start, stop=stop, step_kwargs=step_kwargs,
+                        set_timesteps_kwargs=model.timestep_kwargs(steps), callback=callback, progress=progress,
+                        params=trainable(model, cond) if torch.is_grad_enabled() else (),
+                        resident=lambda: model_weights(model))
     with precision.autocast() if precision is not None else contextlib.nullcontext():
-        out = sample(denoiser, scheduler if scheduler is not None else model.scheduler, noise, steps=steps,
-                     estimator=estimator, cond=cond, generator=seed, start=start, stop=stop,
-                     step_kwargs=step_kwargs, set_timesteps_kwargs=model.timestep_kwargs(steps),
-                     callback=callback, progress=progress, per_sample=per_sample)
-        images = model.decode(out.sample).float().clamp(-1, 1) if decode else None
-    return Generation(out.sample, images, out.plan, out.plans)
+        if step_hook is not None:
+            out = sampling.run(noise, step_hook=step_hook)
+        else:
+            out = method.plain(sampling, noise) if plain else method.sample(sampling, noise, per_sample)
+        images = model.images(out.sample) if decode else None
+    return Generation(out.sample, images, out.plan, out.plans, out.info)
 
 
 def detached(value: Any) -> Any:

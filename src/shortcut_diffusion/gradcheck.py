@@ -21,7 +21,7 @@ from .diagnostics import CountingDenoiser, SavedTensorMeter, model_weights
 from .errors import UsageError
 from .generation import detached, generate, reward_labels
 from .loading import apply_thread_policy, load_model
-from .methods import RecomputedMethod, get_gradient_method, unmetered
+from .gradients import get_method
 from .models.base import DiffusionModel
 from .options import ConditionOptions, ModelOptions, RewardOptions, SamplingOptions, redefault
 from .precision import Precision
@@ -114,12 +114,10 @@ def estimator_gradient(
     """One estimator's gradient of ``reward`` w.r.t. ``target`` through :func:`generate` (the
     guided computation users run), with its measured cost.
 
-    ``estimator=None`` measures plain sampling without grad (the floor every estimator pays); a
-    :class:`~shortcut_diffusion.methods.RecomputedMethod` runs its own sampler and backward pass.
+    ``estimator=None`` measures plain sampling without grad (the floor every estimator pays).
+    Memory is what the sampling graph saves for backward, or the most a method's own backward
+    pass holds at once where that is more (the recomputing methods).
     """
-    if isinstance(estimator, RecomputedMethod):
-        return _recomputed_gradient(model, scheduler, estimator, reward, target=target, steps=steps, labels=labels,
-                                    seed=seed, guidance=guidance, precision=precision)
     with torch.set_grad_enabled(estimator is not None):
         return _estimator_gradient(model, scheduler, estimator, reward, target=target, steps=steps, labels=labels,
                                    seed=seed, guidance=guidance, step_kwargs=step_kwargs, precision=precision,
@@ -154,9 +152,9 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, l
         out = generate(model, x, labels, steps=steps, estimator=estimator, guidance=guidance, scheduler=scheduler,
                        cond=cond, seed=seed + 1, step_kwargs=step_kwargs, precision=precision, wrap=wrap, decode=False,
                        compile=compile)
-    sampled = clock()
+    sampled, sampling_forward = clock(), counter["d"].forward_seconds
     with precision.autocast() if precision is not None else contextlib.nullcontext():
-        images = model.decode(out.latents).float().clamp(-1, 1)
+        images = model.images(out.latents)
     loss = -reward(images, reward_labels(labels, device)).sum()
     scored = clock()
     grads = torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad else [None] * len(params)
@@ -169,47 +167,15 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, l
         "nfe_forward": counted.forward_count,
         "nfe_backward": counted.backward_count,
         "grad_steps": out.plan.graph_steps if estimator is not None else 0,
-        "saved_bytes": meter.bytes,
+        "saved_bytes": max(meter.bytes, out.info.get("backward_peak_bytes", 0)),
         "seconds": end - start,
         # where the time goes: network forwards while sampling, the rest of sampling (scheduler
-        # updates, graph bookkeeping), decode + reward, and backward (checkpoint recomputation included)
-        "phases": {"network_forward": counted.forward_seconds,
-                   "sampler_other": sampled - start - counted.forward_seconds,
+        # updates, graph bookkeeping), decode + reward, and backward (checkpoint recomputation and
+        # recomputed states included)
+        "phases": {"network_forward": sampling_forward,
+                   "sampler_other": sampled - start - sampling_forward,
                    "decode_reward": scored - sampled, "backward": end - scored},
     }
-
-
-def _recomputed_gradient(model, scheduler, method, reward, *, target, steps, labels, seed, guidance, precision):
-    """:func:`estimator_gradient` for a method that samples without a graph and recomputes states
-    backward: memory is the peak held for backward (one step's graph at a time)."""
-    device = model.device
-    x, cond, params = _start(model, labels, seed, target)
-    counted = CountingDenoiser(model.denoiser(guidance))
-    targets, scoring = reward_labels(labels, device), [0.0]
-
-    def loss(final: torch.Tensor) -> torch.Tensor:
-        began = _clock(device)
-        value = -reward(model.decode(final).float().clamp(-1, 1), targets).sum()
-        scoring[0] += _clock(device) - began
-        return value
-
-    start = _clock(device)
-    with (precision.autocast() if precision is not None else contextlib.nullcontext()), \
-            SavedTensorMeter(exclude=model_weights(model)) as meter:
-        r = method.gradient(counted, scheduler, x.detach(), unmetered(loss), steps=steps, cond=cond,
-                            params=[] if target == "latent" else params)
-    end = _clock(device)
-    model.network.requires_grad_(False)
-    return {
-        "gradient": _flat([r.grad] if target == "latent" else r.param_grads, params).detach().double().cpu(),
-        "reward": float(-r.value) / len(labels),
-        "nfe_forward": counted.forward_count, "nfe_backward": counted.backward_count, "grad_steps": steps,
-        "saved_bytes": meter.peak_bytes, "seconds": end - start,
-        # the backward pass recomputes states: its network calls count as forwards, the rest is backward
-        "phases": {"network_forward": counted.forward_seconds, "sampler_other": 0.0, "decode_reward": scoring[0],
-                   "backward": end - start - counted.forward_seconds - scoring[0]},
-    }
-
 
 
 def gradcheck_labels(config: GradcheckConfig, model: DiffusionModel) -> list:
@@ -221,15 +187,14 @@ def gradcheck_labels(config: GradcheckConfig, model: DiffusionModel) -> list:
 def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
     config.check()
     specs = ["full"] + [s for s in config.estimators if s != "full"]
-    estimators = [get_gradient_method(s, seed=config.seed) for s in specs]  # validate all before work
+    estimators = [get_method(s, seed=config.seed) for s in specs]  # validate all before work
     device = resolve_device(config.device)
     model = load_model(config.model, device=device, progress=not config.json, **config.load_options())
     apply_thread_policy(model, config.threads)
     labels = gradcheck_labels(config, model)
     scheduler = scheduler_for(model, config.scheduler)
     for method in estimators:
-        if isinstance(method, RecomputedMethod):
-            method.check(scheduler, config.steps)
+        method.check(scheduler, config.steps, step_kwargs=config.step_kwargs, task="gradcheck")
     reward_spec = resolve_reward_spec(config.reward, model)
     reward = get_reward(reward_spec, shape=model.image_shape, model=model)
     precision = Precision(config.dtype, device)

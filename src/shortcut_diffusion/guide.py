@@ -22,6 +22,7 @@ from .guidance import GuidedResult, freedom_sample
 from .interrupts import interrupted_fields
 from .loading import apply_thread_policy, load_model
 from .options import ConditionOptions, ModelOptions, RewardOptions, RunOptions, SamplingOptions, check_number, redefault
+from .precision import Precision
 from .rewards import get_reward
 from .schedulers import scheduler_for
 
@@ -37,6 +38,9 @@ class GuideConfig(RunOptions, RewardOptions, ConditionOptions, SamplingOptions, 
 
     def _check(self) -> None:
         check_number("--scale", self.scale, low=0)
+        if self.compile:
+            raise UsageError("--compile compiles the network calls that record no graph; guidance differentiates "
+                             "every step, so sdo guide has none: run it without --compile")
         if self.travel < 1 or len(self.travel_window) != 2 or not 0 <= self.travel_window[0] <= self.travel_window[1] <= self.steps:
             raise UsageError(f"--travel must be >= 1 and --travel-window two steps within 0..{self.steps}")
 
@@ -56,11 +60,13 @@ def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
         scheduler = scheduler_for(model, config.scheduler)
         noise = torch.randn((config.batch, *model.sample_shape), generator=torch.Generator().manual_seed(config.seed))
         reporting.write_json(out / "config.json", {**config.as_dict(), "device": str(device)})
+        precision = Precision(config.dtype, device)
         start = sample_images(model, noise, labels, steps=config.steps, guidance=config.guidance, scheduler=scheduler,
-                              seed=config.seed + 1)
+                              seed=config.seed + 1, step_kwargs=config.step_kwargs, precision=precision)
         result = freedom_sample(model, noise.to(device), labels, reward, steps=config.steps, scale=config.scale,
                                 travel=config.travel, travel_window=tuple(config.travel_window), scheduler=scheduler,
-                                guidance=config.guidance, seed=config.seed + 1, progress=config.progress)
+                                guidance=config.guidance, seed=config.seed + 1, step_kwargs=config.step_kwargs,
+                                precision=precision, progress=config.progress)
         with torch.no_grad():
             start_rewards = reward(start.to(device), reward_labels(labels, device)).cpu()
         _write(out, model, labels, start, start_rewards, result)

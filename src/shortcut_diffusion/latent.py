@@ -26,7 +26,7 @@ from .interrupts import interrupted_fields
 from .inversion import ddim_invert
 from .loading import apply_thread_policy, load_model
 from .memory import check_batch_fits
-from .methods import RecomputedMethod, get_gradient_method
+from .gradients import get_method
 from .models.base import DiffusionModel
 from .optimize import LatentResult, check_latent_options, default_prior_weight, optimize_latent
 from .options import (ConditionOptions, MemoryOptions, ModelOptions, OptimizerOptions, RewardOptions, RunOptions,
@@ -87,9 +87,7 @@ class LatentConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptions
         check_latent_options(steps=self.steps, warmup=self.warmup, iters=self.iters, lr=self.lr,
                              batch=self.batch_size, prior_weight=prior, proximity_weight=self.proximity_weight,
                              optimizes_noise=optimizes_noise, betas=self.betas, clip_grad=self.clip_grad or None)
-        method = get_gradient_method(self.estimator)
-        if isinstance(method, RecomputedMethod) and (self.warmup or self.init != "noise"):
-            raise UsageError(f"--estimator {method.name} optimizes the initial noise: use it without --warmup and --init")
+        get_method(self.estimator)  # the spec, before any work (the schedule is checked once the model is loaded)
         if self.grid_every < 0:
             raise UsageError(f"--grid-every must be >= 0, got {self.grid_every}")
 
@@ -137,7 +135,7 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
     """Run ``config`` into its run directory; returns the result and the directory."""
     config = config.resolved()
     config.check()  # everything that can be checked before loading or sampling anything
-    estimator = get_gradient_method(config.estimator, seed=config.seed)
+    estimator = get_method(config.estimator, seed=config.seed)
     device = resolve_device(config.device)
     with rundir.claimed(config.out, "latent", overwrite=config.overwrite) as out:
         model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
@@ -154,27 +152,15 @@ def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out
     model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
                          attention_slicing=config.attention_slicing)
     model.prepare(labels)
-    if isinstance(estimator, RecomputedMethod):  # its own sampler: refuse a scheduler it cannot follow
-        estimator.check(scheduler, config.steps)
-    else:
-        check_batch_fits(model, estimator, steps=config.steps - config.warmup, batch=config.batch_size, labels=labels,
-                         guidance=config.guidance, precision=Precision(config.dtype, model.device))
+    estimator.check(scheduler, config.steps, start=config.warmup, step_kwargs=config.step_kwargs)
+    check_batch_fits(model, estimator, steps=config.steps - config.warmup, batch=config.batch_size, labels=labels,
+                     guidance=config.guidance, precision=Precision(config.dtype, model.device))
     init = inverted_latent(config, model, scheduler, labels) if config.init.startswith("invert:") else None
     if config.offload_text_encoders and model.device.type != "cpu":
         model.offload_text_encoders()
     reporting.write_json(out / "config.json", {**config.as_dict(), "batch": config.batch_size,
                                                "estimator_spec": estimator.spec, "device": str(model.device),
                                                "torch_threads": torch.get_num_threads()})
-    if isinstance(estimator, RecomputedMethod):
-        from .recomputed import optimize_recomputed
-
-        with Precision(config.dtype, model.device).autocast():
-            result = optimize_recomputed(model, reward, labels, method=estimator, steps=config.steps,
-                                         iters=config.iters, lr=config.lr, betas=config.betas,
-                                         prior_weight=config.prior_weight, seed=config.seed, guidance=config.guidance,
-                                         scheduler=scheduler, progress=config.progress, callback=_recorder(config, out))
-        _write_results(config, model, labels, result, estimator.spec, out)
-        return result, out
     result = optimize_latent(
         model, reward, labels, estimator=estimator, scheduler=scheduler, steps=config.steps,
         warmup=config.warmup, iters=config.iters, lr=config.lr, betas=config.betas,

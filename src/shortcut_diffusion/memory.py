@@ -11,14 +11,12 @@ It is an estimate: the forward pass of a detached step and the allocator add a l
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Optional, Sequence
 
 import torch
 
 from .diagnostics import SavedTensorMeter, model_weights
 from .errors import UsageError
-from .sampling import Mode
 
 HEADROOM = 0.8
 """The share of the free memory a run may plan to fill."""
@@ -64,8 +62,7 @@ def check_batch_fits(model: Any, estimator: Any, *, steps: int, batch: int, labe
     if free is None:
         return
     network, decode = sample_graph_bytes(model, labels[0], guidance=guidance, precision=precision)
-    plan = copy.deepcopy(estimator).plan(steps)  # a copy: the run's own draws stay untouched
-    kept = max(plan.count(Mode.GRAD, Mode.INPUT_STOP), 1) + (1 if plan.count(Mode.CHECKPOINT) else 0)
+    kept = estimator.held_graphs(steps)
     per_sample = network * kept + decode
     need = per_sample * batch
     if need <= HEADROOM * free:

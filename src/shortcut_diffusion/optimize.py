@@ -2,9 +2,11 @@
 
 The optimized variable is the initial noise (``warmup=0``), the latent after ``warmup`` steps run
 without grad (as in the paper's scripts, 45 of 50), or the DDIM inversion of a given image
-(editing). Every iteration samples the remaining steps with the chosen gradient estimator
-(default SDO), decodes, scores, and takes an Adam step on ``-reward + regularizers`` (summed over
-the batch, so every sample's objective is independent). The latent keeps a float32 master copy;
+(editing). Every iteration samples the remaining steps with the chosen gradient method
+(default SDO; any :class:`~shortcut_diffusion.gradients.GradientMethod`, the adjoint and DOODL
+included), decodes, scores, and takes an Adam step on ``-reward + regularizers`` (summed over
+the batch, so every sample's objective is independent), then lets the method project the latent
+(DOODL puts the noise back on the Gaussian shell). The latent keeps a float32 master copy;
 the network runs in the model's dtype under autocast, and fp16 scales the loss
 (:mod:`shortcut_diffusion.precision`).
 
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .diagnostics import SavedTensorMeter, model_weights
 from .errors import UsageError
-from .estimators import GradientEstimator, get_estimator
+from .gradients import GradientMethod, get_method
 from .generation import detached, generate
 from .interrupts import as_interrupted, deferred
 from .models.base import DiffusionModel
@@ -135,6 +137,8 @@ class LatentProblem:
     precision: Precision
     compile: bool = False
 
+    method: Optional[GradientMethod] = None
+
     def generate(self, z: torch.Tensor, estimator: Any = None, **options: Any):
         return generate(self.model, z, steps=self.steps, estimator=estimator, guidance=self.guidance,
                         scheduler=self.scheduler, cond=self.cond, seed=self.seed + 1, start=self.warmup,
@@ -142,8 +146,8 @@ class LatentProblem:
 
     @torch.no_grad()
     def images(self, z: torch.Tensor) -> torch.Tensor:
-        """Plain samples of the latents ``z`` (what the user sees)."""
-        return self.generate(z).images
+        """Plain samples of the latents ``z`` (what the user sees), with the method's own chain."""
+        return self.generate(z, self.method, plain=True).images
 
 
 def starting_latent(problem: LatentProblem, batch: int, init: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -196,11 +200,21 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
     grad_norm = float(z.grad.norm()) if z.grad is not None else 0.0
     with deferred():  # an interrupt never leaves a half-updated latent
         stepped = problem.precision.step(optimizer) if z.grad is not None else False
+        if stepped and problem.method is not None:
+            with torch.no_grad():
+                z.copy_(problem.method.project(z))
     row = {"reward": float(r.detach().mean()), "loss": float(loss.detach()), "seconds": time.perf_counter() - began,
-           "saved_bytes": meter.bytes, "grad_norm": grad_norm, "grad_steps": out.plan.graph_steps}
+           "saved_bytes": max(meter.bytes, out.info.get("backward_peak_bytes", 0)), "grad_norm": grad_norm,
+           "grad_steps": out.plan.graph_steps, **method_info(out.info)}
     if problem.precision.scaled:
         row["step_skipped"] = not stepped  # fp16: the scaled gradient overflowed; the scale is lowered
     return row, out.images
+
+
+def method_info(info: dict[str, Any]) -> dict[str, Any]:
+    """What a method reported about one call, as metric columns (network calls, drift)."""
+    names = {"forward": "nfe_forward", "backward": "nfe_backward", "drift": "drift"}
+    return {names[k]: v for k, v in info.items() if k in names}
 
 
 def _labels(labels: Any, batch: Optional[int]) -> tuple[Any, int]:
@@ -214,7 +228,7 @@ def optimize_latent(
     reward: Callable[[torch.Tensor, Any], torch.Tensor],
     labels: Any,
     *,
-    estimator: Union[str, GradientEstimator] = "sdo",
+    estimator: Union[str, GradientMethod] = "sdo",
     scheduler: Union[str, Any, None] = None,
     steps: int = 50,
     warmup: int = 0,
@@ -241,7 +255,8 @@ def optimize_latent(
         model: a loaded :class:`~shortcut_diffusion.models.base.DiffusionModel`.
         reward: ``reward(images, labels) -> tensor[batch]``, higher is better.
         labels: the conditioning of each sample (class indices or prompts).
-        estimator: gradient estimator or spec (default ``sdo``, kept step ``first``).
+        estimator: gradient method or spec (default ``sdo``, kept step ``first``; any method of
+            :mod:`shortcut_diffusion.gradients`).
         scheduler: scheduler name or object (default: the model's).
         steps, warmup: the schedule length and the steps run without grad before the optimized
             latent. ``init``, when given, is the latent at step ``warmup`` (e.g. an inversion).
@@ -258,8 +273,9 @@ def optimize_latent(
         compile: run the network calls that record no graph through ``torch.compile``.
     """
     labels, batch = _labels(labels, batch)
+    method = get_method(estimator, seed=seed)
     optimizes_noise = warmup == 0 and init is None
-    prior_weight = default_prior_weight(prior_weight, optimizes_noise)
+    prior_weight = default_prior_weight(prior_weight, optimizes_noise and method.noise_prior)
     name = {v: k for k, v in DTYPES.items()}[model.dtype] if precision is None else \
         precision.name if isinstance(precision, Precision) else precision
     check_latent_options(steps=steps, warmup=warmup, iters=iters, lr=lr, batch=batch, prior_weight=prior_weight,
@@ -269,13 +285,13 @@ def optimize_latent(
         raise UsageError(f"{len(labels)} labels for a batch of {batch}")
     if init is not None and tuple(init.shape) != (batch, *model.sample_shape):
         raise UsageError(f"init latent has shape {tuple(init.shape)}, expected {(batch, *model.sample_shape)}")
-    estimator = get_estimator(estimator, seed=seed) if isinstance(estimator, str) else estimator
     if isinstance(scheduler, str):
         scheduler = make_scheduler(scheduler, like=model.scheduler)
+    method.check(scheduler or model.scheduler, steps, start=warmup, step_kwargs=step_kwargs)
     problem = LatentProblem(model, checked(reward), labels if isinstance(labels, list) else labels.to(model.device),
                             detached(model.conditioning(labels)), scheduler or model.scheduler, steps, warmup, seed,
                             guidance, step_kwargs, precision if isinstance(precision, Precision) else Precision(name, model.device),
-                            compile)
+                            compile, method)
     z0 = starting_latent(problem, batch, init)
     start_images = problem.images(z0)
     start_rewards = problem.reward(start_images, problem.labels).detach()
@@ -283,7 +299,7 @@ def optimize_latent(
     optimizer = torch.optim.Adam([z], lr=lr, betas=tuple(betas))
     regularizers = dict(start_images=start_images, prior_weight=prior_weight, proximity_weight=proximity_weight)
     history, stopped, last_good, current, interrupt = _iterate(
-        problem, z, optimizer, estimator, iters=iters, max_seconds=max_seconds, progress=progress,
+        problem, z, optimizer, method, iters=iters, max_seconds=max_seconds, progress=progress,
         callback=callback, clip_grad=clip_grad, **regularizers)
     latents, final_images, final_rewards = _final_samples(problem, last_good, current, regularizers)
     if latents is not current and current is not None and stopped is None:

@@ -38,9 +38,10 @@ The caller's scheduler is a template and is never stepped (see
 from __future__ import annotations
 
 import contextvars
+import copy
 import enum
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
 
 import torch
@@ -48,7 +49,8 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from .errors import UsageError
-from .schedulers import accepted_step_kwargs, fresh_scheduler, predicted_x0
+from .schedulers import (accepted_step_kwargs, fresh_scheduler, init_noise_sigma, learned_variance, predicted_x0,
+                         scale_input, set_begin_index)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -110,6 +112,9 @@ class SampleOutput:
     the first row's."""
     plans: Optional[tuple[Plan, ...]] = None
     """One plan per row when the plans differed between rows, else None."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """What a gradient method reports about the call (network calls, the memory its backward pass
+    held at once: filled in when that pass runs)."""
 
 
 def derived_generator(*key: Any) -> torch.Generator:
@@ -225,8 +230,7 @@ def _check_output(output: Any, x: torch.Tensor, scheduler: Any) -> None:
         )
     if output.shape == x.shape:
         return
-    learned = str(getattr(scheduler.config, "variance_type", "") or "").startswith("learned")
-    if learned and output.shape == (x.shape[0], 2 * x.shape[1], *x.shape[2:]):
+    if learned_variance(scheduler) and output.shape == (x.shape[0], 2 * x.shape[1], *x.shape[2:]):
         return
     raise UsageError(
         f"the denoiser returned shape {tuple(output.shape)} for a sample of shape {tuple(x.shape)}"
@@ -279,6 +283,73 @@ def _resolve_plans(estimator: PlanSource, steps: int, batch: int, per_sample: bo
     return plans if len(set(plans)) > 1 else plans[:1]
 
 
+@dataclass
+class StepResult:
+    """What one scheduler step gave: the next latent, the predicted clean sample, the network output."""
+
+    prev_sample: torch.Tensor
+    x0: torch.Tensor
+    output: torch.Tensor
+
+
+class GuidedStep:
+    """Step ``i`` of a sampling call, handed to a ``step_hook`` (training-free guidance): the hook
+    calls ``step(x)`` (any number of times, with a new ``repeat`` index for each time-travel
+    repetition) and returns the latent the loop goes on with.
+
+    Every call steps a copy of the scheduler as it was before step ``i``, so a repeated step sees
+    the same solver history; the copy of the last call is the one the loop continues with. Grad
+    mode is the hook's to choose."""
+
+    def __init__(self, i: int, t: torch.Tensor, x: torch.Tensor, cond: Any, sched: Any, denoiser: Denoiser,
+                 step_kwargs: dict[str, Any], noise_for: Optional[Callable[[int, int], Any]]):
+        self.i, self.t, self.x, self.cond = i, t, x, cond
+        self.scheduler = sched
+        self._before, self._denoiser, self._kwargs, self._noise_for = copy.deepcopy(sched), denoiser, step_kwargs, noise_for
+
+    def step(self, x: torch.Tensor, repeat: int = 0) -> StepResult:
+        sched = copy.deepcopy(self._before)
+        kwargs = dict(self._kwargs)
+        if self._noise_for is not None:
+            kwargs["generator"] = self._noise_for(self.i, repeat)
+        output = self._denoiser(scale_input(sched, x, self.t), self.t, self.cond)
+        _check_output(output, x, sched)
+        out = sched.step(output, self.t, x, return_dict=True, **kwargs)
+        self.scheduler = sched
+        return StepResult(out.prev_sample, predicted_x0(sched, out, x, output, self.t), output)
+
+
+StepHook = Callable[[GuidedStep], torch.Tensor]
+
+
+def _setup(scheduler: Any, x: torch.Tensor, steps: int, start: int, stop: Optional[int],
+           step_kwargs: Optional[dict[str, Any]], set_timesteps_kwargs: Optional[dict[str, Any]]):
+    """The set scheduler, the checked step range and step arguments, and the starting latent."""
+    sched = fresh_scheduler(scheduler, steps, device=x.device, **(set_timesteps_kwargs or {}))
+    stop = steps if stop is None else stop
+    if not 0 <= start < stop <= steps:
+        raise UsageError(f"need 0 <= start < stop <= steps, got start={start}, stop={stop}, steps={steps}")
+    set_begin_index(sched, start)
+    step_kwargs = dict(step_kwargs or {})
+    accepted = accepted_step_kwargs(sched)
+    unknown = sorted(set(step_kwargs) - accepted)
+    if unknown:
+        raise UsageError(f"{type(sched).__name__}.step does not accept {', '.join(unknown)}")
+    if start == 0 and init_noise_sigma(sched) != 1.0:
+        # ``x`` is standard normal noise; schedulers such as Euler start from sigma_max (as the
+        # pipelines' prepare_latents do). The scaling is part of the differentiable path.
+        x = x * init_noise_sigma(sched)
+    return sched, stop, step_kwargs, "generator" in accepted, x
+
+
+def _repeat_noise(generator: Union[torch.Generator, int, None]) -> Callable[[int, int], Any]:
+    """(step, repetition) -> that step's noise generator; repetition 0 is the plain loop's."""
+    for_step = _step_generators(generator)
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        return lambda i, r: for_step(i) if r == 0 else derived_generator("sdo-step-noise", generator, i, "repeat", r)
+    return lambda i, r: for_step(i)
+
+
 def sample(
     denoiser: Denoiser,
     scheduler: Any,
@@ -295,6 +366,7 @@ def sample(
     callback: Optional[Callable[[dict[str, Any]], None]] = None,
     progress: bool = False,
     per_sample: bool = False,
+    step_hook: Optional[StepHook] = None,
 ) -> SampleOutput:
     """Sample from ``x`` with ``steps`` scheduler steps; autograd records what ``estimator`` plans.
 
@@ -319,31 +391,39 @@ def sample(
             img2img does).
         step_kwargs: extra arguments of ``scheduler.step`` (e.g. ``{"eta": 1.0}`` for DDIM).
         set_timesteps_kwargs: extra arguments of ``scheduler.set_timesteps`` (e.g. ``mu``).
-        callback: called after every step with ``{"i", "t", "x", "mode"}``.
+        callback: called after every step with ``{"i", "t", "x", "mode", "output"}`` (``x`` the
+            latent after the step, ``output`` the network's output at the step).
         progress: show a progress bar.
         per_sample: draw one plan per row from ``estimator`` (random estimators then keep a
             different step for each sample).
+        step_hook: takes every step instead of the plain update (training-free guidance): called
+            with a :class:`GuidedStep`, returns the next latent. Plans do not apply to it.
     """
-    sched = fresh_scheduler(scheduler, steps, device=x.device, **(set_timesteps_kwargs or {}))
-    stop = steps if stop is None else stop
-    if not 0 <= start < stop <= steps:
-        raise UsageError(f"need 0 <= start < stop <= steps, got start={start}, stop={stop}, steps={steps}")
-    if start and hasattr(sched, "set_begin_index"):
-        sched.set_begin_index(start)
-    step_kwargs = dict(step_kwargs or {})
-    accepted = accepted_step_kwargs(sched)
-    unknown = sorted(set(step_kwargs) - accepted)
-    if unknown:
-        raise UsageError(f"{type(sched).__name__}.step does not accept {', '.join(unknown)}")
-    noise_for = _step_generators(generator) if "generator" in accepted else None
-    if start == 0 and float(getattr(sched, "init_noise_sigma", 1.0)) != 1.0:
-        # ``x`` is standard normal noise; schedulers such as Euler start from sigma_max (as the
-        # pipelines' prepare_latents do). The scaling is part of the differentiable path.
-        x = x * sched.init_noise_sigma
+    sched, stop, step_kwargs, noisy, x = _setup(scheduler, x, steps, start, stop, step_kwargs, set_timesteps_kwargs)
+    noise_for = _step_generators(generator) if noisy else None
+    timesteps = sched.timesteps[start:stop]
+    if step_hook is not None:
+        if estimator is not None:
+            raise UsageError("a step hook takes every step itself: sample with estimator=None")
+        repeat_noise = _repeat_noise(generator) if noisy else None
+        for i, t in enumerate(tqdm(timesteps, disable=not progress)):
+            guided = GuidedStep(start + i, t, x, cond, sched, denoiser, step_kwargs, repeat_noise)
+            x, sched = step_hook(guided), guided.scheduler
+            if callback is not None:
+                callback({"i": start + i, "t": t, "x": x, "mode": None, "output": None})
+        return SampleOutput(x, Plan.uniform(Mode.DETACH, stop - start))
     plans = _resolve_plans(estimator, stop - start, len(x), per_sample)
     if estimator is not None and torch.is_grad_enabled():
         _check_differentiable(denoiser, x, cond)
-    timesteps = sched.timesteps[start:stop]
+    return _planned_loop(denoiser, sched, x, timesteps, plans, cond=cond, start=start, step_kwargs=step_kwargs,
+                         noise_for=noise_for, callback=callback, progress=progress)
+
+
+def _planned_loop(denoiser: Denoiser, sched: Any, x: torch.Tensor, timesteps: torch.Tensor,
+                  plans: tuple[Plan, ...], *, cond: Any, start: int, step_kwargs: dict[str, Any],
+                  noise_for: Optional[Callable[[int], Any]], callback: Optional[Callable],
+                  progress: bool) -> SampleOutput:
+    """The steps of :func:`sample`, each recorded as its plan's mode says."""
     x0_rows: dict[int, torch.Tensor] = {}
 
     def result(x: torch.Tensor) -> SampleOutput:
@@ -361,8 +441,7 @@ def sample(
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(m is not Mode.STOP for m in modes)):
             if noise_for is not None:
                 step_kwargs["generator"] = noise_for(start + i)
-            x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
-            output = _call_network_rows(denoiser, x_in, t, cond, row_modes)
+            output = _call_network_rows(denoiser, scale_input(sched, x, t), t, cond, row_modes)
             _check_output(output, x, sched)
             out = sched.step(output, t, x, return_dict=True, **step_kwargs)
             rows = [r for r, p in enumerate(plans) if p.x0_at == i]
@@ -373,5 +452,5 @@ def sample(
                     return result(x)
         x = out.prev_sample
         if callback is not None:
-            callback({"i": start + i, "t": t, "x": x, "mode": modes[0]})
+            callback({"i": start + i, "t": t, "x": x, "mode": modes[0], "output": output})
     return result(x)

@@ -75,9 +75,8 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     import torch
 
     from ..config import resolve_device
-    from ..estimators import get_estimator
     from ..gradcheck import estimator_gradient
-    from ..methods import get_gradient_method
+    from ..gradients import get_method
     from ..loading import apply_thread_policy, load_model
     from ..precision import Precision
     from ..rewards import get_reward, resolve_reward_spec
@@ -87,7 +86,7 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     model = load_model(model_name, device=device, **options)
     apply_thread_policy(model, threads)
     reward = get_reward(resolve_reward_spec(reward_spec, model), shape=model.image_shape, model=model)
-    estimator = None if spec is None else get_gradient_method(spec, seed=seed)
+    estimator = None if spec is None else get_method(spec, seed=seed)
     conditions = model.labels_from(list(prompts) if model.condition_kind == "prompt" else ["all"],
                                    "--prompt" if model.condition_kind == "prompt" else "--cond")
     labels = [conditions[i % len(conditions)] for i in range(batch)]
@@ -113,7 +112,7 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     last = runs[-1]
     cosine = None
     if estimator is not None:  # gradient fidelity: the last timed gradient against full's, same noise
-        cosine = _cosine_to_full(last["gradient"], lambda: once(get_estimator("full", seed=seed))["gradient"])
+        cosine = _cosine_to_full(last["gradient"], lambda: once(get_method("full", seed=seed))["gradient"])
     return {
         "model": model_name, "task": "latent", "estimator": spec or "sampling", "steps": steps, "batch": batch,
         "seconds_per_iter": statistics.median(r["seconds"] for r in runs),
@@ -169,18 +168,15 @@ def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> lis
         raise UsageError(f"--steps needs positive numbers, got {config.steps}")
     if config.batch < 1 or config.repeats < 1:
         raise UsageError("batch and repeats must be positive")
+    from ..gradients import get_method
     from ..loading import load_model
-    from ..methods import RecomputedMethod, get_gradient_method
 
     config.check()
-    specs = [get_gradient_method(s).spec for s in config.estimators]  # validate before any work
-    for steps in config.steps:  # range errors (k > steps) too
-        for s in specs:
-            get_gradient_method(s).plan(steps)
+    specs = [get_method(s).spec for s in config.estimators]  # validate before any work
     model = load_model(config.model, **config.load_options())  # a model that does not load fails before any work
-    for s in specs:
-        if isinstance(get_gradient_method(s), RecomputedMethod):
-            get_gradient_method(s).check(model.scheduler, max(config.steps))
+    for steps in config.steps:  # range errors (k > steps) and schedules a method cannot follow
+        for s in specs:
+            get_method(s).check(model.scheduler, steps, task="bench")
     if model.condition_kind == "prompt" and not config.prompt:
         raise UsageError("--prompt is required for a text-to-image model")
     with rundir.claimed(config.out, "bench", overwrite=config.overwrite) as out:

@@ -1,12 +1,10 @@
 """One latent-optimization run per method, for the equal wall-clock tables.
 
-Three kinds of method get the same seeds, starting noise and wall-clock budget: the per-step
-estimators (:func:`~shortcut_diffusion.optimize.optimize_latent`), the recomputing methods
-``adjoint`` and ``doodl`` (:func:`~shortcut_diffusion.recomputed.optimize_recomputed`), and
-training-free guidance, ``freedom[:scale=S,travel=T]``, which spends its compute in one guided
-sampling pass instead of iterations (:func:`~shortcut_diffusion.guidance.freedom_sample`; time
-travel over the middle
-60% of the steps, 10-40 of 50). Each iterate is re-sampled afterwards, outside the clock, with the
+Every gradient method (:func:`~shortcut_diffusion.optimize.optimize_latent`: the per-step
+estimators and the recomputing ``adjoint`` and ``doodl``) and training-free guidance,
+``freedom[:scale=S,travel=T]``, which spends its compute in one guided sampling pass instead of
+iterations (:func:`~shortcut_diffusion.guidance.freedom_sample`; time travel over the middle 60%
+of the steps, 10-40 of 50), get the same seeds, starting noise and wall-clock budget. Each iterate is re-sampled afterwards, outside the clock, with the
 method's own sampler. Memory is the peak held for backward by sampling (the reward's graph
 excluded, except for guidance, which differentiates the reward inside every step).
 """
@@ -41,26 +39,18 @@ def run_method(model: Any, reward: Callable, labels: torch.Tensor, spec: str, *,
     if spec.partition(":")[0] == "freedom":
         return _freedom(model, reward, labels, spec, steps=steps, seed=seed)
     from ..generation import generate
-    from ..methods import RecomputedMethod, get_gradient_method
+    from ..gradients import get_method
     from ..optimize import optimize_latent
-    from ..recomputed import optimize_recomputed
 
-    method = get_gradient_method(spec, seed=seed)
+    method = get_method(spec, seed=seed)
     zs: list[tuple[float, torch.Tensor]] = []
-    common = dict(steps=steps, iters=10**6, lr=lr, seed=seed, progress=False, max_seconds=seconds,
-                  callback=lambda row, z, images: zs.append((row["wall_clock"], z.clone())))
-    if isinstance(method, RecomputedMethod):
-        result = optimize_recomputed(model, reward, labels, method=method, **common)
-        denoiser = model.denoiser()
+    result = optimize_latent(model, reward, labels, estimator=method, steps=steps, iters=10**6, lr=lr, seed=seed,
+                             progress=False, max_seconds=seconds,
+                             callback=lambda row, z, images: zs.append((row["wall_clock"], z.clone())))
 
-        def resample(z: torch.Tensor, lab: list) -> torch.Tensor:
-            cond = model.conditioning(lab)
-            return model.decode(method.sample(denoiser, model.scheduler, z, steps=steps, cond=cond)).float().clamp(-1, 1)
-    else:
-        result = optimize_latent(model, reward, labels, estimator=method, **common)
+    def resample(z: torch.Tensor, lab: list) -> torch.Tensor:  # the method's own chain
+        return generate(model, z, lab, steps=steps, seed=seed + 1, estimator=method, plain=True).images
 
-        def resample(z: torch.Tensor, lab: list) -> torch.Tensor:
-            return generate(model, z, lab, steps=steps, seed=seed + 1).images
     with torch.no_grad():  # every iterate in one batch, outside the clock
         images = resample(torch.cat([z for _, z in zs]).to(model.device), labels.repeat(len(zs)).tolist())
     per = images.view(len(zs), len(labels), *images.shape[1:])

@@ -29,7 +29,7 @@ import torch
 
 from .. import reporting, rundir
 from ..config import resolve_device
-from ..estimators import get_estimator
+from ..gradients import get_method
 from ..errors import UsageError
 from ..interrupts import Interrupted, as_interrupted, deferred
 from ..loading import apply_thread_policy, load_model
@@ -78,12 +78,8 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune per ``config``; returns the summary (also written to ``OUT/summary.json``)."""
     config.check()
     resolve_device(config.device)  # an unknown or unavailable device fails here, before any work
-    from ..methods import METHODS
-
-    if config.estimator.partition(":")[0] in METHODS:
-        raise UsageError(f"--estimator {config.estimator} optimizes latents (sdo latent); fine-tuning takes full, "
-                         "checkpointed, truncated, alignprop, refl, drtune or sdo")
-    estimator = get_estimator(config.estimator, seed=config.seed)
+    estimator = get_method(config.estimator, seed=config.seed)
+    estimator.check_task("finetune")
     from accelerate import Accelerator
 
     # On a machine without CUDA, cpu=True is what makes Accelerate set up gloo across processes.
@@ -115,10 +111,13 @@ def setup(config: FinetuneConfig, estimator: Any, device: torch.device, accelera
                              modules=config.lora_modules, labels=labels, keep_base=not config.fsdp)
     model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
                          attention_slicing=config.attention_slicing)
+    scheduler = scheduler_for(model, config.scheduler)
+    estimator.check(scheduler, config.steps, step_kwargs=config.step_kwargs,
+                    task="finetune")
     check_batch_fits(model, estimator, steps=config.steps, batch=config.batch, labels=labels,
                      guidance=config.guidance, precision=Precision(config.dtype, device))
     world = accelerator.num_processes if accelerator is not None else 1
-    ft = FineTuning(config, model, target, reward, scheduler_for(model, config.scheduler), estimator, labels,
+    ft = FineTuning(config, model, target, reward, scheduler, estimator, labels,
                     Precision(config.dtype, device), world=world,
                     rank=accelerator.process_index if accelerator is not None else 0,
                     reduce=(lambda t: accelerator.reduce(t, reduction="sum")) if world > 1 else (lambda t: t))

@@ -22,13 +22,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..estimators import GradientEstimator
+from ..gradients import GradientMethod
 from ..generation import generate, reward_labels
 from ..interrupts import deferred
 from ..models.base import DiffusionModel
 from ..precision import Precision
 from ..sampling import derived_generator
-from ..schedulers import fresh_scheduler
+from ..schedulers import fresh_scheduler, scale_input
 from .config import EARLY_STOP_METRICS, FinetuneConfig
 from .targets import Target
 
@@ -51,7 +51,7 @@ class FineTuning:
     target: Target
     reward: Callable
     scheduler: Any
-    estimator: GradientEstimator
+    estimator: GradientMethod
     conditions: list
     precision: Precision
     world: int = 1
@@ -153,17 +153,17 @@ def make_state(ft: FineTuning) -> TrainState:
     return TrainState(optimizer, schedule, EarlyStop(config.early_stop_metric, config.early_stop), ema=ema)
 
 
-def micro_batch(ft: FineTuning, first: int) -> tuple[torch.Tensor, list, list]:
-    """Noise, conditions and estimator plans of global samples ``first .. first + batch - 1``."""
-    noise, labels, plans = [], [], []
+def micro_batch(ft: FineTuning, first: int) -> tuple[torch.Tensor, list, GradientMethod]:
+    """Noise, conditions and the gradient method with every row's own draw, for the global
+    samples ``first .. first + batch - 1``."""
+    noise, labels, seeds = [], [], []
     steps = ft.config.steps
     for g in range(first, first + ft.config.batch):
         gen = stream(ft.config.seed, _NOISE, g)
         labels.append(ft.conditions[int(torch.randint(len(ft.conditions), (1,), generator=gen))])
         noise.append(torch.randn(ft.model.sample_shape, generator=gen))
-        plan_seed = int(torch.randint(2**62, (1,), generator=stream(ft.config.seed, _PLAN, g)))
-        plans.append(ft.estimator.reseed(plan_seed).plan(steps))
-    return torch.stack(noise).to(ft.model.device), labels, plans
+        seeds.append(int(torch.randint(2**62, (1,), generator=stream(ft.config.seed, _PLAN, g))))
+    return torch.stack(noise).to(ft.model.device), labels, ft.estimator.rows(seeds, steps)
 
 
 def kl_penalty(ft: FineTuning, states: list[tuple[int, torch.Tensor]], labels: list, first: int) -> torch.Tensor:
@@ -172,7 +172,7 @@ def kl_penalty(ft: FineTuning, states: list[tuple[int, torch.Tensor]], labels: l
     i, x = states[int(torch.randint(len(states), (1,), generator=stream(config.seed, _KL, first)))]
     sched = fresh_scheduler(ft.scheduler, config.steps, device=model.device, **model.timestep_kwargs(config.steps))
     t = sched.timesteps[i]
-    x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+    x_in = scale_input(sched, x, t)
     cond = model.conditioning(labels)
     with torch.no_grad(), ft.target.base(), ft.precision.autocast():
         reference = model.denoiser(config.guidance)(x_in, t, cond)
@@ -184,14 +184,14 @@ def kl_penalty(ft: FineTuning, states: list[tuple[int, torch.Tensor]], labels: l
 def _micro_step(ft: FineTuning, first: int, totals: torch.Tensor) -> None:
     """Generate, score and backpropagate one micro-batch; accumulate reward, KL, samples, graph steps."""
     config = ft.config
-    noise, labels, plans = micro_batch(ft, first)
+    noise, labels, method = micro_batch(ft, first)
     states: list[tuple[int, torch.Tensor]] = [(0, noise)]
 
     def keep_state(info: dict[str, Any]) -> None:
         if info["i"] + 1 < config.steps:
             states.append((info["i"] + 1, info["x"].detach()))
 
-    out = generate(ft.model, noise, labels, steps=config.steps, estimator=plans, guidance=config.guidance,
+    out = generate(ft.model, noise, labels, steps=config.steps, estimator=method, guidance=config.guidance,
                    scheduler=ft.scheduler, seed=config.seed + first, step_kwargs=config.step_kwargs,
                    precision=ft.precision, callback=keep_state if config.kl_weight else None, compile=config.compile)
     r = ft.reward(out.images, reward_labels(labels, ft.model.device))
@@ -204,6 +204,7 @@ def _micro_step(ft: FineTuning, first: int, totals: torch.Tensor) -> None:
         ft.precision.backward(loss)
     totals[0] += r.detach().sum()
     totals[2] += len(labels)
+    plans = out.plans or (out.plan,)
     totals[3] += sum(p.graph_steps for p in plans) / len(plans)
 
 

@@ -205,6 +205,12 @@ class DiffusionModel(abc.ABC):
         """Differentiable decode to float32 images in [-1, 1] (pixel space: the sample itself)."""
         return latents.float()
 
+    def images(self, latents: torch.Tensor) -> torch.Tensor:
+        """What users see and rewards score: :meth:`decode` as float32, clamped to [-1, 1].
+
+        (Unclamped pixels beyond the range are an easy reward hack that disappears on display.)"""
+        return self.decode(latents).float().clamp(-1, 1)
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] to the latents :meth:`decode` maps back to them."""
         return images

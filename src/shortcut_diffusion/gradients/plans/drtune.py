@@ -23,8 +23,8 @@ and ``last`` take the first or last K. ``k`` defaults to 1.
 
 from __future__ import annotations
 
-from ..errors import UsageError
-from ..sampling import Mode, Plan
+from ...errors import UsageError
+from ...sampling import Mode, Plan
 from .base import GradientEstimator
 
 KEEP = ("random", "first", "last")

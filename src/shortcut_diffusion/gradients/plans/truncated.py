@@ -10,7 +10,7 @@ noise), the truncated gradient is exactly zero.
 
 from __future__ import annotations
 
-from ..sampling import Mode, Plan
+from ...sampling import Mode, Plan
 from .base import GradientEstimator, resolve_k
 
 

@@ -27,8 +27,8 @@ from typing import Optional
 
 import torch
 
-from ..errors import UsageError
-from ..sampling import Mode, Plan
+from ...errors import UsageError
+from ...sampling import Mode, Plan
 from .base import GradientEstimator
 
 DRAWS = ("step", "call")

@@ -9,7 +9,7 @@ Classifier Guidance", ICCV 2023, arXiv 2303.13703) makes memory-efficient.
 
 from __future__ import annotations
 
-from ..sampling import Plan
+from ...sampling import Plan
 from .base import GradientEstimator
 
 

@@ -22,22 +22,36 @@ Which step is kept (``keep``): ``first`` (default; the paper's choice for latent
 after the optimized latent), ``last``, ``random`` (a new step per call; the default for weights
 and embeddings), or a step index. ``k`` > 1 keeps k steps (first k, last k, or k distinct random
 steps; ``k=all`` keeps every step, which is full backpropagation) for ablations.
+
+``rollout=cached`` computes the same gradient from a cached rollout (:mod:`..cached`): one sampling
+pass without a graph, then the scheduler's updates replayed on the cached network outputs with the
+kept step re-run. It costs one network call more than the default ``rollout=loop``, which detaches
+the outputs inside the loop.
 """
 
 from __future__ import annotations
 
-from ..errors import UsageError
-from ..sampling import Mode, Plan
+import torch
+
+from ...errors import UsageError
+from ...sampling import Mode, Plan, PlanSource, SampleOutput
+from ..base import Sampling
+from ..cached import cached_rollout, replay
 from .base import GradientEstimator
 
 KEEP_CHOICES = ("first", "last", "random")
+ROLLOUTS = ("loop", "cached")
 
 
 class SDO(GradientEstimator):
     name = "sdo"
 
-    def __init__(self, keep: "str | int" = "first", k: "int | str" = 1, seed=0, checkpoint: bool = False):
+    def __init__(self, keep: "str | int" = "first", k: "int | str" = 1, rollout: str = "loop", seed=0,
+                 checkpoint: bool = False):
         super().__init__(seed=seed, checkpoint=checkpoint)
+        if rollout not in ROLLOUTS:
+            raise UsageError(f"sdo: rollout={rollout!r} must be loop (detach inside the loop) or cached")
+        self.rollout = rollout
         if keep is None or isinstance(keep, (bool, float)):
             raise UsageError(f"sdo: keep={keep!r} must be first, last, random or a step index")
         if isinstance(keep, str) and keep not in KEEP_CHOICES:
@@ -55,6 +69,8 @@ class SDO(GradientEstimator):
         p = {} if self.keep == "first" else {"keep": self.keep}
         if self.k != 1:
             p["k"] = self.k
+        if self.rollout != "loop":
+            p["rollout"] = self.rollout
         return p
 
     def kept_steps(self, steps: int) -> list[int]:
@@ -68,3 +84,9 @@ class SDO(GradientEstimator):
     def plan(self, steps: int) -> Plan:
         kept = set(self.kept_steps(steps))
         return Plan(tuple(self.grad_mode if i in kept else Mode.DETACH for i in range(steps)))
+
+    def run_plans(self, sampling: Sampling, x: torch.Tensor, plans: PlanSource, per_sample: bool = False
+                  ) -> SampleOutput:
+        if self.rollout == "loop" or not torch.is_grad_enabled():
+            return super().run_plans(sampling, x, plans, per_sample)
+        return replay(sampling, x, cached_rollout(sampling, x), plans, per_sample)

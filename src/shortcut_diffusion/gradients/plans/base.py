@@ -1,16 +1,19 @@
-"""What every gradient estimator shares: a name, its own random stream, range checks."""
+"""What every per-step plan shares: a name, its own random stream, range checks, and sampling
+through the one loop with the plan it makes."""
 
 from __future__ import annotations
 
-from typing import Optional
+import copy
+from typing import Optional, Sequence
 
 import torch
 
-from ..errors import UsageError
-from ..sampling import Mode, Plan
+from ...errors import UsageError
+from ...sampling import Mode, Plan, PlanSource, SampleOutput
+from ..base import GradientMethod, Sampling
 
 
-class GradientEstimator:
+class GradientEstimator(GradientMethod):
     """Decides, per sampling step, what autograd records (see :class:`~shortcut_diffusion.sampling.Mode`).
 
     Subclasses implement :meth:`plan`. Random choices (a truncation point, a kept step) are drawn
@@ -44,22 +47,30 @@ class GradientEstimator:
     def plan(self, steps: int) -> Plan:
         raise NotImplementedError
 
-    def params(self) -> dict:
-        """The settings that distinguish this estimator from its defaults (for reports)."""
-        return {}
+    def check(self, scheduler, steps: int, *, start: int = 0, step_kwargs=None, task: str = "latent") -> None:
+        self.check_task(task)
+        self.plan(steps - start)  # range errors (k > steps) before any work
 
-    @property
-    def spec(self) -> str:
-        """``name`` or ``name:key=value,...``: the string :func:`get_estimator` parses back."""
+    def held_graphs(self, steps: int) -> int:
+        plan = copy.deepcopy(self).plan(steps)  # a copy: the run's own draws stay untouched
+        return max(plan.count(Mode.GRAD, Mode.INPUT_STOP), 1) + (1 if plan.count(Mode.CHECKPOINT) else 0)
+
+    def rows(self, seeds: Sequence[int], steps: int) -> "Drawn":
+        return Drawn(self, tuple(self.reseed(seed).plan(steps) for seed in seeds))
+
+    def sample(self, sampling: Sampling, x: torch.Tensor, per_sample: bool = False) -> SampleOutput:
+        return self.run_plans(sampling, x, self, per_sample)
+
+    def run_plans(self, sampling: Sampling, x: torch.Tensor, plans: PlanSource, per_sample: bool = False
+                  ) -> SampleOutput:
+        """Sample with ``plans`` (this estimator, or plans it drew): the one loop."""
+        return sampling.run(x, plans, per_sample)
+
+    def spec_params(self) -> dict:
         params = self.params()
         if self.checkpoint != self.default_checkpoint:
             params["checkpoint"] = int(self.checkpoint)
-        if not params:
-            return self.name
-        return self.name + ":" + ",".join(f"{k}={v}" for k, v in params.items())
-
-    def __repr__(self) -> str:
-        return f"<estimator {self.spec}>"
+        return params
 
     # helpers for subclasses -------------------------------------------------------------------
     def _randint(self, low: int, high: int) -> int:
@@ -84,3 +95,17 @@ class GradientEstimator:
 def resolve_k(k: "int | str", steps: int) -> int:
     """``k`` as an int, where ``"all"`` means every step."""
     return steps if k == "all" else int(k)
+
+
+class Drawn(GradientMethod):
+    """A plan estimator with one plan already drawn for every row of a batch (fine-tuning)."""
+
+    def __init__(self, estimator: GradientEstimator, plans: tuple[Plan, ...]):
+        self.estimator, self.plans = estimator, plans
+        self.name = estimator.name
+
+    def spec_params(self) -> dict:
+        return self.estimator.spec_params()
+
+    def sample(self, sampling: Sampling, x: torch.Tensor, per_sample: bool = False) -> SampleOutput:
+        return self.estimator.run_plans(sampling, x, list(self.plans))

@@ -23,52 +23,26 @@ is its multi-crop reward.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
-from .errors import UsageError
-from .inversion import noise_levels
-from .schedulers import fresh_scheduler, is_flow_matching, make_scheduler
+from ...schedulers import DDIMStep, ddim_steps, eps_from, prediction_type
 
 MIX = 0.93
 
 
-@dataclass(frozen=True)
-class EdictStep:
-    t: torch.Tensor
-    a: float
-    b: float
-    abar: float
-    """The noise level at ``t`` (for v-prediction)."""
+def edict_schedule(scheduler: Any, steps: int, device: Any = None) -> list[DDIMStep]:
+    """DDIM's coefficients on ``scheduler``'s noise schedule, step by step (refusing a scheduler
+    whose chain is not the ODE these methods follow)."""
+    return ddim_steps(scheduler, steps, device=device, what="EDICT (doodl) and the adjoint")
 
 
-def edict_schedule(scheduler: Any, steps: int, device: Any = None) -> list[EdictStep]:
-    """DDIM's coefficients on ``scheduler``'s noise schedule, step by step."""
-    if is_flow_matching(scheduler):
-        raise UsageError("EDICT (doodl) and the adjoint need a diffusion (epsilon or v) model, not flow matching")
-    if scheduler.config.get("clip_sample", False) or scheduler.config.get("thresholding", False):
-        raise UsageError("EDICT and the adjoint follow the ODE, which has no clipping: use a scheduler with "
-                         "clip_sample=False and thresholding=False")
-    ddim = fresh_scheduler(make_scheduler("ddim", like=scheduler), steps, device=device)
-    levels = noise_levels(ddim).tolist()
-    out = []
-    for i, t in enumerate(ddim.timesteps):
-        abar, abar_prev = levels[i], levels[i + 1]
-        a = (abar_prev / abar) ** 0.5
-        out.append(EdictStep(t, a, (1 - abar_prev) ** 0.5 - a * (1 - abar) ** 0.5, abar))
-    return out
+def _eps(denoiser: Callable, x: torch.Tensor, step: DDIMStep, cond: Any, kind: str) -> torch.Tensor:
+    return eps_from(denoiser(x, step.t, cond), x, step.abar, kind)
 
 
-def _eps(denoiser: Callable, x: torch.Tensor, step: EdictStep, cond: Any, kind: str) -> torch.Tensor:
-    out = denoiser(x, step.t, cond)
-    if kind == "v_prediction":  # eps = sqrt(abar) v + sqrt(1 - abar) x
-        return step.abar ** 0.5 * out + (1 - step.abar) ** 0.5 * x
-    return out
-
-
-def edict_step(denoiser: Callable, x: torch.Tensor, y: torch.Tensor, step: EdictStep, cond: Any,
+def edict_step(denoiser: Callable, x: torch.Tensor, y: torch.Tensor, step: DDIMStep, cond: Any,
                kind: str = "epsilon", p: float = MIX) -> tuple[torch.Tensor, torch.Tensor]:
     x_inter = step.a * x + step.b * _eps(denoiser, y, step, cond, kind)
     y_inter = step.a * y + step.b * _eps(denoiser, x_inter, step, cond, kind)
@@ -76,7 +50,7 @@ def edict_step(denoiser: Callable, x: torch.Tensor, y: torch.Tensor, step: Edict
     return x_new, p * y_inter + (1 - p) * x_new
 
 
-def edict_unstep(denoiser: Callable, x_new: torch.Tensor, y_new: torch.Tensor, step: EdictStep, cond: Any,
+def edict_unstep(denoiser: Callable, x_new: torch.Tensor, y_new: torch.Tensor, step: DDIMStep, cond: Any,
                  kind: str = "epsilon", p: float = MIX) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact inverse of :func:`edict_step`."""
     y_inter = (y_new - (1 - p) * x_new) / p
@@ -88,7 +62,7 @@ def edict_unstep(denoiser: Callable, x_new: torch.Tensor, y_new: torch.Tensor, s
 def edict_sample(denoiser: Callable, scheduler: Any, z: torch.Tensor, *, steps: int, cond: Any = None,
                  p: float = MIX) -> tuple[torch.Tensor, torch.Tensor]:
     """The final pair ``(x, y)`` of EDICT sampling from ``x = y = z`` (records a graph if grad is on)."""
-    kind = scheduler.config.prediction_type
+    kind = prediction_type(scheduler)
     x = y = z
     for step in edict_schedule(scheduler, steps, device=z.device):
         x, y = edict_step(denoiser, x, y, step, cond, kind, p)
@@ -100,7 +74,7 @@ def edict_invert(denoiser: Callable, scheduler: Any, x: torch.Tensor, y: torch.T
                  cond: Any = None, p: float = MIX) -> tuple[torch.Tensor, torch.Tensor]:
     """The starting pair from which EDICT sampling ends at ``(x, y)``; for an image's latent, pass
     it as both (EDICT's inversion of a real image)."""
-    kind = scheduler.config.prediction_type
+    kind = prediction_type(scheduler)
     for step in reversed(edict_schedule(scheduler, steps, device=x.device)):
         x, y = edict_unstep(denoiser, x, y, step, cond, kind, p)
     return x, y
@@ -128,33 +102,46 @@ def accumulate(total: list[Optional[torch.Tensor]], grads: Sequence[Optional[tor
             total[i] = g if total[i] is None else total[i] + g
 
 
+def doodl_backward(denoiser: Callable, schedule: Sequence[DDIMStep], x: torch.Tensor, y: torch.Tensor,
+                   gx: torch.Tensor, gy: torch.Tensor, *, kind: str, cond: Any = None, p: float = MIX,
+                   params: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, list[Optional[torch.Tensor]]]:
+    """From EDICT's final pair and the loss's gradients there, reconstruct every step's input and
+    pull the gradient back through it: ``(d loss / d z, d loss / d params)``."""
+    param_grads: list[Optional[torch.Tensor]] = [None] * len(params)
+    x, y = x.detach(), y.detach()
+    for step in reversed(schedule):
+        with torch.no_grad():
+            x, y = edict_unstep(denoiser, x, y, step, cond, kind, p)
+        x_in, y_in = x.detach().requires_grad_(True), y.detach().requires_grad_(True)
+        with torch.enable_grad():
+            x_out, y_out = edict_step(denoiser, x_in, y_in, step, cond, kind, p)
+        gx, gy, *grads = torch.autograd.grad((x_out, y_out), (x_in, y_in, *params), grad_outputs=(gx, gy),
+                                             allow_unused=True)
+        accumulate(param_grads, grads)
+    return gx + gy, param_grads
+
+
 def doodl_gradient(denoiser: Callable, scheduler: Any, z: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor],
                    *, steps: int, cond: Any = None, p: float = MIX, params: Sequence[torch.Tensor] = ()
                    ) -> RecomputedGradient:
     """The gradient of ``loss(x_final)`` of EDICT sampling from ``z`` w.r.t. ``z`` (and ``params``:
     conditioning tensors or weights the denoiser uses), backpropagated by reconstructing every
     step's input (constant memory in ``steps``)."""
-    kind = scheduler.config.prediction_type
+    kind = prediction_type(scheduler)
     schedule = edict_schedule(scheduler, steps, device=z.device)
     with torch.no_grad():
-        x, y = z, z
-        for step in schedule:
-            x, y = edict_step(denoiser, x, y, step, cond, kind, p)
+        x, y = edict_sample(denoiser, scheduler, z, steps=steps, cond=cond, p=p)
     x_final = x.detach().requires_grad_(True)
     value = loss(x_final)
     (gx,) = torch.autograd.grad(value, x_final)
-    gy = torch.zeros_like(gx)
-    param_grads: list[Optional[torch.Tensor]] = [None] * len(params)
-    for step in reversed(schedule):
-        with torch.no_grad():
-            x, y = edict_unstep(denoiser, x, y, step, cond, kind, p)
-        x_in, y_in = x.detach().requires_grad_(True), y.detach().requires_grad_(True)
-        x_out, y_out = edict_step(denoiser, x_in, y_in, step, cond, kind, p)
-        gx, gy, *grads = torch.autograd.grad((x_out, y_out), (x_in, y_in, *params), grad_outputs=(gx, gy),
-                                             allow_unused=True)
-        accumulate(param_grads, grads)
-    calls = {"forward": 2 * steps + 4 * steps, "backward": 2 * steps}  # sample, reconstruct + recompute; VJPs
-    return RecomputedGradient(value.detach(), gx + gy, param_grads, calls, x_final.detach())
+    grad, param_grads = doodl_backward(denoiser, schedule, x_final, y, gx, torch.zeros_like(gx), kind=kind,
+                                       cond=cond, p=p, params=params)
+    return RecomputedGradient(value.detach(), grad, param_grads, doodl_calls(steps), x_final.detach())
+
+
+def doodl_calls(steps: int) -> dict[str, int]:
+    """Network calls of one DOODL gradient: sample (2N), reconstruct + recompute (4N); VJPs (2N)."""
+    return {"forward": 2 * steps + 4 * steps, "backward": 2 * steps}
 
 
 def renormalize(z: torch.Tensor) -> torch.Tensor:

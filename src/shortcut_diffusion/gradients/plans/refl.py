@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from ..errors import UsageError
-from ..sampling import Mode, Plan
+from ...errors import UsageError
+from ...sampling import Mode, Plan
 from .base import GradientEstimator
 
 
