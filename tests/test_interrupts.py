@@ -74,8 +74,6 @@ def test_an_interrupted_optimization_returns_its_last_good_latents(model, sig):
 
 
 def test_an_interrupted_doodl_run_returns_its_last_complete_update(model):
-    from shortcut_diffusion.recomputed import optimize_doodl
-
     seen = []
 
     def interrupt(row, latents, images):
@@ -84,8 +82,8 @@ def test_an_interrupted_doodl_run_returns_its_last_complete_update(model):
             os.kill(os.getpid(), signal.SIGTERM)
 
     with interruptible():
-        result = optimize_doodl(model, get_reward("ink"), [1, 7], steps=4, iters=50, lr=0.2, progress=False,
-                                callback=interrupt)
+        result = optimize_latent(model, get_reward("ink"), [1, 7], estimator="doodl", steps=4, iters=50, lr=0.2,
+                                 progress=False, callback=interrupt)
     assert result.interrupt == signal.SIGTERM and "SIGTERM" in result.stopped and len(result.history) == 2
     torch.testing.assert_close(result.latents, seen[-1].cpu(), rtol=0, atol=0)
 

@@ -22,7 +22,7 @@ from . import reporting, rundir
 from .config import resolve_device
 from .errors import UsageError
 from .images import read_image
-from .interrupts import interrupted_fields
+from .interrupts import deferred, interrupted_fields
 from .inversion import ddim_invert
 from .loading import apply_thread_policy, load_model
 from .memory import check_batch_fits
@@ -178,10 +178,11 @@ def _recorder(config: LatentConfig, out: Path):
     start: dict[str, torch.Tensor] = {}
 
     def on_iteration(row: dict, latents: torch.Tensor, images: torch.Tensor) -> None:
-        reporting.append_jsonl(out / "metrics.jsonl", row)
-        start.setdefault("images", images.clone())
-        if config.grid_every and row["iter"] % config.grid_every == 0:
-            reporting.save_grid(out / f"grid_{row['iter']:04d}.png", [start["images"], images])
+        with deferred():  # an iteration's records are written whole, also when a signal comes
+            reporting.append_jsonl(out / "metrics.jsonl", row)
+            start.setdefault("images", images.clone())
+            if config.grid_every and row["iter"] % config.grid_every == 0:
+                reporting.save_grid(out / f"grid_{row['iter']:04d}.png", [start["images"], images])
 
     return on_iteration
 
