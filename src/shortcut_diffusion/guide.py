@@ -25,6 +25,9 @@ from .rewards import get_reward
 from .schedulers import scheduler_for
 
 ARTIFACTS = ("config.json", "summary.json", "before_after.png", "final.safetensors")
+MAX_SCALE = 100.0
+"""Each guided step moves the sample by ``scale`` times its noise level: far beyond 1 the reward's
+gradient swamps the sample, and huge scales overflow it into non-finite values."""
 
 
 @dataclass
@@ -37,7 +40,10 @@ class GuideConfig(RunOptions, RewardOptions, ConditionOptions, SamplingOptions, 
     travel_window: list[int] = field(default_factory=lambda: [0, 0], metadata={"help": "first and last (exclusive) step of the time-travel window"})
 
     def _check(self) -> None:
-        check_number("--scale", self.scale, low=0)
+        check_number("--scale", self.scale, low=0, high=MAX_SCALE)
+        if self.estimator != RunOptions.estimator:
+            raise UsageError(f"sdo guide takes no --estimator (got {self.estimator!r}): its gradient always goes "
+                             "through one step's predicted clean sample; estimators are for sdo latent and finetune")
         if self.travel < 1 or len(self.travel_window) != 2 or not 0 <= self.travel_window[0] <= self.travel_window[1] <= self.steps:
             raise UsageError(f"--travel must be >= 1 and --travel-window two steps within 0..{self.steps}")
 
@@ -53,7 +59,7 @@ def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
         labels = [conditions[i % len(conditions)] for i in range(config.batch)]
         reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
                             views=config.reward_views, seed=config.seed)
-        scheduler = scheduler_for(model, config.scheduler)
+        scheduler = scheduler_for(model, config.scheduler, steps=config.steps)
         noise = torch.randn((config.batch, *model.sample_shape), generator=torch.Generator().manual_seed(config.seed))
         reporting.write_json(out / "config.json", {**config.as_dict(), "device": str(device)})
         start = sample_images(model, noise, labels, steps=config.steps, guidance=config.guidance, scheduler=scheduler,

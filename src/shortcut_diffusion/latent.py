@@ -27,7 +27,7 @@ from .loading import apply_thread_policy, load_model
 from .memory import check_batch_fits
 from .methods import RecomputedMethod, get_gradient_method
 from .models.base import DiffusionModel
-from .optimize import LatentResult, check_latent_options, default_prior_weight, optimize_latent
+from .optimize import LatentResult, check_latent_options, check_moves_latent, default_prior_weight, optimize_latent
 from .options import (ConditionOptions, MemoryOptions, ModelOptions, OptimizerOptions, RewardOptions, RunOptions,
                       SamplingOptions, redefault)
 from .precision import Precision
@@ -92,6 +92,8 @@ class LatentConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptions
         method = get_gradient_method(self.estimator)
         if isinstance(method, RecomputedMethod) and (self.warmup or self.init != "noise"):
             raise UsageError(f"--estimator {method.name} optimizes the initial noise: use it without --warmup and --init")
+        if not isinstance(method, RecomputedMethod):
+            check_moves_latent(method, self.steps - self.warmup)
         if self.grid_every < 0:
             raise UsageError(f"--grid-every must be >= 0, got {self.grid_every}")
 
@@ -151,7 +153,7 @@ def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out
     labels = latent_labels(config, model)
     reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
                         views=config.reward_views, seed=config.seed)
-    scheduler = scheduler_for(model, config.scheduler)
+    scheduler = scheduler_for(model, config.scheduler, steps=config.steps)
     model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
                          attention_slicing=config.attention_slicing)
     model.prepare(labels)

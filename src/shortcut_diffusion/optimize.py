@@ -15,6 +15,7 @@ the network runs in the model's dtype under autocast, and fp16 scales the loss
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .generation import detached, generate
 from .models.base import DiffusionModel
 from .precision import DTYPES, Precision
 from .rewards.contract import checked
+from .sampling import Mode
 from .schedulers import make_scheduler
 
 PRECISIONS = dict(DTYPES)
@@ -105,6 +107,15 @@ def check_latent_options(*, steps: int, warmup: int, iters: int, lr: float, batc
         raise UsageError("regularizer weights must be >= 0 and finite")
     if prior_weight > 0 and not optimizes_noise:
         raise UsageError("the Gaussian prior applies to the initial noise: use it with warmup=0 and no inversion")
+
+
+def check_moves_latent(estimator: GradientEstimator, steps: int) -> None:
+    """Refuse an estimator whose gradient stops before the optimized latent: it would never move."""
+    plan = copy.deepcopy(estimator).plan(steps)  # a copy: the run's own draws stay untouched
+    if not plan.reaches_input:
+        raise UsageError(f"--estimator {estimator.spec} stops the gradient before the optimized latent ({plan.count(Mode.STOP)} "
+                         f"of the {steps} steps after it are cut off), so the latent would never move; for latents use "
+                         f"sdo, full, checkpointed, alignprop or truncated:k=all ({estimator.name} suits sdo finetune)")
 
 
 def check_betas(betas: Sequence[float]) -> None:

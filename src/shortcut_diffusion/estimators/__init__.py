@@ -52,6 +52,8 @@ def get_estimator(spec: Union[str, GradientEstimator], **overrides) -> GradientE
         key, sep, value = item.partition("=")
         if not sep:
             raise UsageError(f"estimator option {item!r} in {spec!r} must look like key=value")
+        if key.strip() in kwargs:
+            raise UsageError(f"estimator option {key.strip()} is given twice in {spec!r}; give it once")
         kwargs[key.strip()] = parse_scalar(value.strip())
     kwargs.update(overrides)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}

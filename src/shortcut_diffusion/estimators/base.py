@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import numbers
+from typing import Any, Optional
 
 import torch
 
@@ -23,7 +24,7 @@ class GradientEstimator:
     """Whether the kept steps are checkpointed unless ``checkpoint=`` says otherwise."""
 
     def __init__(self, seed: Optional[int] = 0, checkpoint: bool = False):
-        self.seed = seed
+        self.seed = whole_number(self.name or "estimator", "seed", seed, allow=(None,))
         self.checkpoint = bool(checkpoint)
         self._generator = torch.Generator()
         if seed is None:
@@ -84,3 +85,13 @@ class GradientEstimator:
 def resolve_k(k: "int | str", steps: int) -> int:
     """``k`` as an int, where ``"all"`` means every step."""
     return steps if k == "all" else int(k)
+
+
+def whole_number(estimator: str, key: str, value: Any, *, allow: tuple = ()) -> Any:
+    """An integer option of an estimator spec (or one of the words ``allow``), checked."""
+    if value in allow or value is None and None in allow:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        words = "".join(f" or {word}" for word in allow if word is not None)
+        raise UsageError(f"{estimator}: {key}={value!r} must be a whole number{words}")
+    return value

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from ..sampling import Mode, Plan
-from .base import GradientEstimator
+from .base import GradientEstimator, whole_number
 
 KEEP_CHOICES = ("first", "last", "random")
 
@@ -47,7 +47,7 @@ class SDO(GradientEstimator):
                 raise UsageError(
                     f"sdo: keep={keep!r} must be first, last, random or a step index"
                 ) from None
-        self.keep, self.k = keep, k
+        self.keep, self.k = keep, whole_number(self.name, "k", k, allow=("all",))
         if isinstance(keep, int) and k != 1:
             raise UsageError("sdo: k > 1 needs keep=first, last or random, not a step index")
 

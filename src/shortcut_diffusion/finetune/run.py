@@ -120,7 +120,7 @@ def setup(config: FinetuneConfig, estimator: Any, device: torch.device, accelera
     check_batch_fits(model, estimator, steps=config.steps, batch=config.batch, labels=labels,
                      guidance=config.guidance, precision=Precision(config.dtype, device))
     world = accelerator.num_processes if accelerator is not None else 1
-    ft = FineTuning(config, model, target, reward, scheduler_for(model, config.scheduler), estimator, labels,
+    ft = FineTuning(config, model, target, reward, scheduler_for(model, config.scheduler, steps=config.steps), estimator, labels,
                     Precision(config.dtype, device), world=world,
                     rank=accelerator.process_index if accelerator is not None else 0,
                     reduce=(lambda t: accelerator.reduce(t, reduction="sum")) if world > 1 else (lambda t: t))
