@@ -54,7 +54,7 @@ def one_line_error(argv, capsys) -> str:
     (["--guidance", "nan"], "--guidance must be a finite number"),
     (["--lr", "inf"], "learning rate must be > 0 and finite"),
     (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--reward-views", "0"], "--reward-views must be >= 1"),
+    (["--reward-views", "0"], "--reward-views must be in 1.."),
     (["--height", "0"], "--height must be at least 8"),
 ])
 def test_bad_options(command, options, message, tmp_path, capsys):

@@ -70,6 +70,7 @@ def _eval_testbed(args: argparse.Namespace) -> int:
     from .testbed.train import EvalTestbedConfig, evaluate_model
 
     config = from_args(EvalTestbedConfig, args)
+    config.check()
     model = load_model(config.model)
     if model.family != "digits":
         raise UsageError(f"model {config.model!r} is not a digits testbed")

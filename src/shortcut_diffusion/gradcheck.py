@@ -23,7 +23,7 @@ from .generation import detached, generate, reward_labels
 from .loading import apply_thread_policy, load_model
 from .gradients import get_method
 from .models.base import DiffusionModel
-from .options import ConditionOptions, ModelOptions, RewardOptions, SamplingOptions, redefault
+from .options import ConditionOptions, ModelOptions, RewardOptions, SamplingOptions, check_seed, redefault
 from .precision import Precision
 from .rewards import get_reward, resolve_reward_spec
 from .schedulers import scheduler_for
@@ -60,6 +60,7 @@ class GradcheckConfig(RewardOptions, ConditionOptions, SamplingOptions, ModelOpt
             raise UsageError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
         if self.steps < 1 or self.batch < 1:
             raise UsageError(f"steps and batch must be positive, got steps={self.steps}, batch={self.batch}")
+        check_seed("--seed", self.seed)
 
 
 def _flat(grads: list[Optional[torch.Tensor]], like: list[torch.Tensor]) -> torch.Tensor:
@@ -192,7 +193,7 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
     model = load_model(config.model, device=device, progress=not config.json, **config.load_options())
     apply_thread_policy(model, config.threads)
     labels = gradcheck_labels(config, model)
-    scheduler = scheduler_for(model, config.scheduler)
+    scheduler = scheduler_for(model, config.scheduler, steps=config.steps)
     for method in estimators:
         method.check(scheduler, config.steps, step_kwargs=config.step_kwargs, task="gradcheck")
     reward_spec = resolve_reward_spec(config.reward, model)

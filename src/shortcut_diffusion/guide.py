@@ -26,6 +26,10 @@ from .precision import Precision
 from .rewards import get_reward
 from .schedulers import scheduler_for
 
+MAX_SCALE = 100.0
+"""Each guided step moves the sample by ``scale`` times its noise level: far beyond 1 the reward's
+gradient swamps the sample, and huge scales overflow it into non-finite values."""
+
 
 @dataclass
 class GuideConfig(RunOptions, RewardOptions, ConditionOptions, SamplingOptions, ModelOptions):
@@ -37,7 +41,10 @@ class GuideConfig(RunOptions, RewardOptions, ConditionOptions, SamplingOptions, 
     travel_window: list[int] = field(default_factory=lambda: [0, 0], metadata={"help": "first and last (exclusive) step of the time-travel window"})
 
     def _check(self) -> None:
-        check_number("--scale", self.scale, low=0)
+        check_number("--scale", self.scale, low=0, high=MAX_SCALE)
+        if self.estimator != RunOptions.estimator:
+            raise UsageError(f"sdo guide takes no --estimator (got {self.estimator!r}): its gradient always goes "
+                             "through one step's predicted clean sample; estimators are for sdo latent and finetune")
         if self.compile:
             raise UsageError("--compile compiles the network calls that record no graph; guidance differentiates "
                              "every step, so sdo guide has none: run it without --compile")
@@ -57,7 +64,7 @@ def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
         reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
                             views=config.reward_views, seed=config.seed,
                             allow_code=config.allow_code)
-        scheduler = scheduler_for(model, config.scheduler)
+        scheduler = scheduler_for(model, config.scheduler, steps=config.steps)
         noise = torch.randn((config.batch, *model.sample_shape), generator=torch.Generator().manual_seed(config.seed))
         reporting.write_json(out / "config.json", {**config.as_dict(), "device": str(device)})
         precision = Precision(config.dtype, device)

@@ -28,7 +28,7 @@ from .loading import apply_thread_policy, load_model
 from .memory import check_batch_fits
 from .gradients import get_method
 from .models.base import DiffusionModel
-from .optimize import LatentResult, check_latent_options, default_prior_weight, optimize_latent
+from .optimize import LatentResult, check_latent_options, check_moves_latent, default_prior_weight, optimize_latent
 from .options import (ConditionOptions, MemoryOptions, ModelOptions, OptimizerOptions, RewardOptions, RunOptions,
                       SamplingOptions, redefault)
 from .precision import Precision
@@ -87,7 +87,8 @@ class LatentConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptions
         check_latent_options(steps=self.steps, warmup=self.warmup, iters=self.iters, lr=self.lr,
                              batch=self.batch_size, prior_weight=prior, proximity_weight=self.proximity_weight,
                              optimizes_noise=optimizes_noise, betas=self.betas, clip_grad=self.clip_grad or None)
-        get_method(self.estimator)  # the spec, before any work (the schedule is checked once the model is loaded)
+        method = get_method(self.estimator)  # the spec, before any work (the schedule: once the model is loaded)
+        check_moves_latent(method, self.steps - self.warmup)
         if self.grid_every < 0:
             raise UsageError(f"--grid-every must be >= 0, got {self.grid_every}")
 
@@ -148,7 +149,7 @@ def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out
     reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
                         views=config.reward_views, seed=config.seed,
                         allow_code=config.allow_code)
-    scheduler = scheduler_for(model, config.scheduler)
+    scheduler = scheduler_for(model, config.scheduler, steps=config.steps)
     model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
                          attention_slicing=config.attention_slicing)
     model.prepare(labels)

@@ -45,6 +45,7 @@ def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Op
     and ``guidance_rescale`` apply to text-to-image pipelines; ``guidance_scale`` to every guided
     model."""
     torch_dtype = dtype_of(dtype)
+    pipeline_only = {"--height": height, "--width": width, "--negative-prompt": negative_prompt}
     if name in BUILT_IN:
         model = BUILT_IN[name]()
     elif name == "sd15-random" or name.startswith(("sd15-random:", "random:")):
@@ -65,10 +66,24 @@ def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Op
         pipe.set_progress_bar_config(disable=True)
         options = {"height": height, "width": width, "guidance_scale": guidance_scale,
                    "guidance_rescale": guidance_rescale, "negative_prompt": negative_prompt}
-        return from_pipeline(pipe, **options).to(device)
+        model = from_pipeline(pipe, **options)
+        if model.condition_kind != "prompt":
+            _refuse_unused(name, model, pipeline_only)
+        return model.to(device)
+    _refuse_unused(name, model, pipeline_only)
     if guidance_scale is not None:
         model.guidance_scale = float(guidance_scale)
     return model.to(device, dtype=torch_dtype)
+
+
+def _refuse_unused(name: str, model: DiffusionModel, options: dict[str, Any]) -> None:
+    """Options only text-to-image pipelines use, given for ``model``: refused, naming the first."""
+    given = [option for option, value in options.items() if value is not None]
+    if given:
+        kind = {"class": "a class-conditional", "none": "an unconditional"}.get(model.condition_kind, "a")
+        size = "x".join(map(str, model.image_shape))
+        raise UsageError(f"{given[0]} applies to text-to-image pipelines; {name!r} is {kind} model of fixed size "
+                         f"{size}")
 
 
 def apply_thread_policy(model: DiffusionModel, threads: Optional[int] = None) -> int:

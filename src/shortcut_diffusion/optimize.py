@@ -113,6 +113,14 @@ def check_latent_options(*, steps: int, warmup: int, iters: int, lr: float, batc
         raise UsageError("the Gaussian prior applies to the initial noise: use it with warmup=0 and no inversion")
 
 
+def check_moves_latent(method: GradientMethod, steps: int) -> None:
+    """Refuse a method whose gradient stops before the optimized latent: it would never move."""
+    if not method.moves_start(steps):
+        raise UsageError(f"--estimator {method.spec} stops the gradient before the optimized latent (steps after it "
+                         f"are cut off), so the latent would never move; for latents use sdo, full, checkpointed, "
+                         f"alignprop or truncated:k=all ({method.name} suits sdo finetune)")
+
+
 def check_betas(betas: Sequence[float]) -> None:
     if len(betas) != 2:
         raise UsageError(f"--betas needs two values, got {list(betas)}")

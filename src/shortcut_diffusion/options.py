@@ -41,6 +41,22 @@ def check_number(option: str, value: Optional[float], *, low: Optional[float] = 
         raise UsageError(f"{option} must be <= {high:g}, got {value:g}")
 
 
+MAX_SEED = 2**32 - 1
+"""Seeds are 32-bit (what torch, NumPy and Python generators all take, with room for seed + k)."""
+MAX_GUIDANCE = 1000.0
+"""Classifier-free guidance scales in use are below 30; far larger ones overflow the guided noise
+prediction into non-finite samples."""
+MAX_REWARD_VIEWS = 256
+"""Each view is a copy of every image through the reward: beyond a few hundred the average barely
+changes while time and memory grow linearly."""
+
+
+def check_seed(option: str, value: int) -> None:
+    """A seed is an integer in ``0..MAX_SEED``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise UsageError(f"{option} must be an integer in 0..{MAX_SEED}, got {value}")
+
+
 class Options:
     def check(self) -> None:
         """Every group's checks, before any work starts."""
@@ -69,7 +85,7 @@ class ModelOptions(Options):
                                                                    "else 1 for the bundled small models, torch's default otherwise)"})
 
     def _check(self) -> None:
-        check_number("--guidance", self.guidance, low=0)
+        check_number("--guidance", self.guidance, low=0, high=MAX_GUIDANCE)
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
         for name in ("height", "width"):
@@ -102,7 +118,7 @@ class SamplingOptions(Options):
     def _check(self) -> None:
         if self.steps < 1:
             raise UsageError(f"--steps must be >= 1, got {self.steps}")
-        check_number("--eta", self.eta, low=0)
+        check_number("--eta", self.eta, low=0, high=1)  # 0: deterministic DDIM, 1: DDPM's noise
 
     @property
     def step_kwargs(self) -> dict[str, Any]:
@@ -124,8 +140,15 @@ class ConditionOptions(Options):
         if self.prompts_file:
             text = Path(self.prompts_file).read_text()
             return [line.strip() for line in text.splitlines() if line.strip()], f"--prompts-file {self.prompts_file}"
+        given_cond = self.cond != type(self).__dataclass_fields__["cond"].default_factory()  # type: ignore[attr-defined]
         if condition_kind == "prompt":
+            if given_cond:
+                raise UsageError("--cond takes class indices, and this text-to-image model takes prompts: "
+                                 "use --prompt instead")
             return list(self.prompt), "--prompt"
+        if self.prompt:
+            what = "class-conditional (use --cond)" if condition_kind == "class" else "unconditional"
+            raise UsageError(f"--prompt is for text-to-image pipelines; this model is {what}")
         return [str(c) for c in self.cond], "--cond"
 
 
@@ -139,8 +162,9 @@ class RewardOptions(Options):
                                                               "module MODULE, which runs its code (use only code you trust)"})
 
     def _check(self) -> None:
-        if self.reward_views < 1:
-            raise UsageError(f"--reward-views must be >= 1, got {self.reward_views}")
+        if not 1 <= self.reward_views <= MAX_REWARD_VIEWS:
+            raise UsageError(f"--reward-views must be in 1..{MAX_REWARD_VIEWS} (each view sends a copy of every "
+                             f"image through the reward), got {self.reward_views}")
 
 
 @dataclass
@@ -171,3 +195,4 @@ class RunOptions(Options):
     def _check(self) -> None:
         if self.batch is not None and self.batch < 1:
             raise UsageError(f"--batch must be >= 1, got {self.batch}")
+        check_seed("--seed", self.seed)

@@ -96,6 +96,11 @@ class Plan:
         """Steps whose network call keeps its graph."""
         return self.count(*GRAPH_MODES)
 
+    @property
+    def reaches_input(self) -> bool:
+        """Whether the gradient reaches the sampled latent: no step that is run stops it."""
+        return self.count(Mode.STOP) == 0
+
 
 class Estimator(Protocol):
     """Anything that makes a plan for a given number of steps."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from diffusers import (
@@ -78,7 +78,14 @@ def fresh_scheduler(
     if not isinstance(steps, int) or steps < 1:
         raise UsageError(f"steps must be a positive integer, got {steps!r}")
     scheduler = type(template).from_config(template.config)
-    scheduler.set_timesteps(steps, device=device, **set_timesteps_kwargs)
+    try:
+        scheduler.set_timesteps(steps, device=device, **set_timesteps_kwargs)
+    except ValueError as error:  # diffusers' own range checks, e.g. more steps than training timesteps
+        trained = template.config.get("num_train_timesteps")
+        if trained is not None and steps > int(trained):
+            raise UsageError(f"--steps {steps} is beyond the scheduler's range: {type(template).__name__} samples at "
+                             f"most {trained} steps (the timesteps the model was trained on)") from None
+        raise UsageError(f"--steps {steps}: {type(template).__name__} cannot sample it ({error})") from None
     return scheduler
 
 
@@ -121,12 +128,20 @@ def predicted_x0(
     raise UsageError(f"cannot predict x0 for prediction_type {kind!r}")
 
 
-def scheduler_for(model: Any, name: str) -> SchedulerMixin:
+def scheduler_for(model: Any, name: str, steps: Optional[int] = None) -> SchedulerMixin:
     """Scheduler ``name`` configured like ``model``'s, where the model's parameterization allows it.
 
     ``auto`` is the model's own scheduler. Flow-matching models (SD3, Flux) sample only with
     ``flow-euler``; diffusion models (epsilon or v-prediction) with every other scheduler.
+    With ``steps``, a scheduler that cannot sample that many steps is refused at once.
     """
+    scheduler = _scheduler_for(model, name)
+    if steps is not None:
+        fresh_scheduler(scheduler, steps, **model.timestep_kwargs(steps))
+    return scheduler
+
+
+def _scheduler_for(model: Any, name: str) -> SchedulerMixin:
     own = model.scheduler
     if name == "auto":
         return own

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 from .. import reporting, rundir
 from ..errors import UsageError
-from ..options import ModelOptions
+from ..options import ModelOptions, check_seed
 
 COLUMNS = ["model", "task", "estimator", "steps", "batch", "seconds_per_iter", "paired_sampling_seconds",
            "nfe_forward", "nfe_backward", "saved_bytes", "peak_mem_mb", "cosine_to_full", "device", "threads", "compile", "dtype",
@@ -63,6 +63,9 @@ class BenchConfig(ModelOptions):
                                                             "(compiled in the warm-up round, outside the timed iterations)"})
     quick: bool = field(default=False, metadata={"help": "tiny run that checks the harness (steps 2 and 4, 1 repeat, batch 2, "
                                                          "in this process: peak memory is not per configuration)"})
+
+    def _check(self) -> None:
+        check_seed("--seed", self.seed)
 
 
 def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeats: int, reward_spec: str,
@@ -170,10 +173,12 @@ def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> lis
         raise UsageError("batch and repeats must be positive")
     from ..gradients import get_method
     from ..loading import load_model
+    from ..schedulers import scheduler_for
 
     config.check()
     specs = [get_method(s).spec for s in config.estimators]  # validate before any work
     model = load_model(config.model, **config.load_options())  # a model that does not load fails before any work
+    scheduler_for(model, "auto", steps=max(config.steps))  # more steps than the scheduler has are refused
     for steps in config.steps:  # range errors (k > steps) and schedules a method cannot follow
         for s in specs:
             get_method(s).check(model.scheduler, steps, task="bench")

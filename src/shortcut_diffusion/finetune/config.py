@@ -12,7 +12,7 @@ from typing import Optional
 
 from ..errors import UsageError
 from ..options import (ConditionOptions, MemoryOptions, ModelOptions, OptimizerOptions, RewardOptions, RunOptions,
-                       SamplingOptions, check_number, redefault)
+                       SamplingOptions, check_number, check_seed, redefault)
 from .targets import TARGETS
 
 DEFAULT_LR = {"lora": 1e-3, "full": 2e-5, "embedding": 5e-3}
@@ -93,6 +93,10 @@ class FinetuneConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptio
         if self.ema is not None and not 0 < self.ema < 1:
             raise UsageError(f"--ema must be a decay in (0, 1), got {self.ema}")
         check_number("--kl-weight", self.kl_weight, low=0)
+        if self.lora_rank < 1:
+            raise UsageError(f"--lora-rank must be >= 1, got {self.lora_rank}")
+        check_number("--lora-alpha", self.lora_alpha, low=0, strict=True)  # alpha 0 scales the adapter to nothing
+        check_seed("--eval-seed", self.eval_seed)
         check_number("--weight-decay", self.weight_decay, low=0)
         if min(self.eval_every, self.checkpoint_every, self.early_stop, self.lr_warmup) < 0:
             raise UsageError("--eval-every, --checkpoint-every, --early-stop and --lr-warmup must be >= 0")

@@ -11,6 +11,7 @@ including the ``UNet2DModel`` of pixel-space models that has no loader of its ow
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -45,13 +46,31 @@ def check_target_modules(module: nn.Module, targets: Sequence[str]) -> None:
                          f"its layers end in: {', '.join(suffixes)}")
 
 
+def _full_rank(layer: nn.Module) -> int:
+    """The largest rank a LoRA update of ``layer`` can have: its smaller side."""
+    if isinstance(layer, nn.Linear):
+        return min(layer.in_features, layer.out_features)
+    fan_in = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+    return min(fan_in, layer.out_channels)
+
+
+def check_rank(module: nn.Module, targets: Sequence[str], rank: int) -> None:
+    """Refuse a rank beyond every targeted layer's full rank: it adds parameters (and memory), no capacity."""
+    if rank < 1:
+        raise UsageError(f"--lora-rank must be >= 1, got {rank}")
+    widest = max((_full_rank(m) for n, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))
+                  and any(n == t or n.endswith("." + t) for t in targets)), default=0)
+    if widest and rank > widest:
+        raise UsageError(f"--lora-rank {rank} is above the full rank of every targeted layer (at most {widest} in "
+                         f"{type(module).__name__}): use --lora-rank {widest} or less, or --target full")
+
+
 def add_lora(module: nn.Module, rank: int = 4, alpha: Union[float, None] = None,
              targets: Sequence[str] = DEFAULT_TARGETS) -> list[nn.Parameter]:
     """Inject a LoRA adapter (B initialised to zero: the model is unchanged) and return its parameters."""
     peft = _peft()
-    if rank < 1:
-        raise UsageError(f"LoRA rank must be >= 1, got {rank}")
     check_target_modules(module, targets)
+    check_rank(module, targets, rank)
     config = peft.LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=list(targets),
                              init_lora_weights=True)
     peft.inject_adapter_in_model(config, module)

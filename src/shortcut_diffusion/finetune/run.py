@@ -111,7 +111,7 @@ def setup(config: FinetuneConfig, estimator: Any, device: torch.device, accelera
                              modules=config.lora_modules, labels=labels, keep_base=not config.fsdp)
     model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
                          attention_slicing=config.attention_slicing)
-    scheduler = scheduler_for(model, config.scheduler)
+    scheduler = scheduler_for(model, config.scheduler, steps=config.steps)
     estimator.check(scheduler, config.steps, step_kwargs=config.step_kwargs,
                     task="finetune")
     check_batch_fits(model, estimator, steps=config.steps, batch=config.batch, labels=labels,

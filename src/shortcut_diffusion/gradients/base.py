@@ -105,6 +105,10 @@ class GradientMethod:
         """Network graphs one sample holds for backward at once (the memory check before a run)."""
         return 1
 
+    def moves_start(self, steps: int) -> bool:
+        """Whether the gradient reaches the latent sampling starts from (what latent optimization moves)."""
+        return True
+
     def reseed(self, seed: int) -> "GradientMethod":
         """Restart the method's own random stream (a method without one ignores it)."""
         return self

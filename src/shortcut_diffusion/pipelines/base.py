@@ -24,6 +24,22 @@ TRAINED_EMBEDDINGS = ("encoder_hidden_states", "pooled_projections", "added_cond
 """The tensors of a prompt's conditioning an embedding target trains (token and pooled embeddings)."""
 
 
+MAX_AREA = 16
+"""The most pixels a run may ask for, in multiples of the pipeline's native size (4x each side).
+Within it the memory check (:mod:`shortcut_diffusion.memory`) measures a sample at the size
+asked for; beyond it, that measurement alone (attention is quadratic in the pixels) can exhaust
+the machine."""
+
+
+def check_area(height: int, width: int, native: int) -> None:
+    """Refuse a resolution beyond :data:`MAX_AREA` times the native ``native x native`` pixels."""
+    if height * width > MAX_AREA * native * native:
+        option = "--height" if height >= width else "--width"
+        raise UsageError(f"{option} {max(height, width)}: {height}x{width} is {height * width / native ** 2:.0f} times "
+                         f"the pixels of this model's native {native}x{native}; at most {MAX_AREA} times is accepted "
+                         f"(e.g. {4 * native}x{4 * native})")
+
+
 class PipelineModel(DiffusionModel):
     """A diffusers text-to-image pipeline with a VAE (see the module docstring)."""
 
@@ -52,6 +68,7 @@ class PipelineModel(DiffusionModel):
         multiple = factor * self.size_multiple
         if self.height % multiple or self.width % multiple:
             raise UsageError(f"height and width must be multiples of {multiple} for this model, got {self.height}x{self.width}")
+        check_area(self.height, self.width, default)
         self.sample_shape = self.latent_shape(self.height // factor, self.width // factor)
 
     # -- shapes and networks ----------------------------------------------------------------------

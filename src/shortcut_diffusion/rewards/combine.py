@@ -68,7 +68,13 @@ def parse_weighted(spec: str) -> Optional[tuple[list[tuple[str, float]], Optiona
             terms.append((left, float(right)))
         except ValueError:
             return None
-    return (terms, normalize) if len(terms) >= 1 and len(terms) + (normalize is not None) == len(items) else None
+    if not (len(terms) >= 1 and len(terms) + (normalize is not None) == len(items)):
+        return None
+    names = [left for left, _ in terms] + ["normalize"] * sum(item.rpartition("=")[0] == "normalize" for item in items)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"reward {spec!r}: {twice[0]} is given twice in the weighted sum; give each term once")
+    return terms, normalize
 
 
 class Augmented:

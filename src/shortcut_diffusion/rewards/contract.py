@@ -24,6 +24,9 @@ from ..errors import UsageError
 
 def check_value(value: Any, images: torch.Tensor, name: str) -> None:
     batch = len(images)
+    if isinstance(images, torch.Tensor) and images.is_floating_point() and not torch.isfinite(images.detach()).all():
+        raise UsageError(f"the images reward {name} was given are non-finite (NaN or inf): sampling diverged before "
+                         "the reward saw them; lower --guidance (or --scale of sdo guide), or check the model")
     if not isinstance(value, torch.Tensor):
         raise UsageError(f"reward {name} returned {type(value).__name__}; a reward returns a tensor of one value "
                          f"per image (shape [{batch}])")

@@ -28,5 +28,7 @@ def parse_options(name: str, arg: str, allowed: Sequence[str], positional: Optio
             continue
         if not sep or key not in allowed:
             raise UsageError(f"reward {name}: unknown option {item!r}; options: {', '.join(allowed)}")
+        if key in options:
+            raise UsageError(f"reward {name}: option {key} is given twice; give it once")
         options[key] = value
     return options

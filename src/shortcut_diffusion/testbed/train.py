@@ -32,13 +32,25 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
+from ..options import MAX_GUIDANCE, Options, check_number, check_seed
 from . import data, metrics
 from .classifier import DigitClassifier, augment
 from .model import NULL_CLASS, NUM_CLASSES, DigitsModel
 
+NORM_GROUPS = 8
+"""The UNet's group-norm groups: every block width is a multiple of this."""
+
+
+def _at_least(low: int, **values: int) -> None:
+    """Each ``--name value`` is an integer >= ``low``."""
+    for name, value in values.items():
+        if value < low:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
 
 @dataclass
-class TrainTestbedConfig:
+class TrainTestbedConfig(Options):
     out: str = field(default="runs/testbed", metadata={"help": "directory to save the model to"})
     overwrite: bool = field(default=False, metadata={"help": "replace a testbed sdo trained earlier in --out (only the files sdo wrote are removed)"})
     seed: int = field(default=0, metadata={"help": "seed of everything"})
@@ -57,6 +69,21 @@ class TrainTestbedConfig:
     eval_per_class: int = field(default=100, metadata={"help": "samples per class for the final metrics (0: skip)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
 
+    def _check(self) -> None:
+        _at_least(1, steps=self.steps, batch=self.batch, layers_per_block=self.layers_per_block,
+                  classifier_epochs=self.classifier_epochs)
+        _at_least(0, warmup=self.warmup, judge_epochs=self.judge_epochs, eval_per_class=self.eval_per_class,
+                  threads=self.threads)
+        if not self.channels or any(c < NORM_GROUPS or c % NORM_GROUPS for c in self.channels):
+            raise UsageError(f"--channels must be positive multiples of {NORM_GROUPS} (the UNet's group-norm groups), "
+                             f"got {' '.join(map(str, self.channels))}")
+        check_number("--lr", self.lr, low=0, strict=True)
+        check_number("--cond-dropout", self.cond_dropout, low=0, high=1)
+        check_number("--ema", self.ema, low=0, high=1)
+        check_number("--guidance", self.guidance, low=0, high=MAX_GUIDANCE)
+        check_number("--classifier-noise", self.classifier_noise, low=0)
+        check_seed("--seed", self.seed)
+
 
 def build_unet(config: TrainTestbedConfig) -> UNet2DModel:
     depth = len(config.channels)
@@ -68,7 +95,7 @@ def build_unet(config: TrainTestbedConfig) -> UNet2DModel:
         layers_per_block=config.layers_per_block,
         down_block_types=("DownBlock2D",) + ("AttnDownBlock2D",) * (depth - 1),
         up_block_types=("AttnUpBlock2D",) * (depth - 1) + ("UpBlock2D",),
-        norm_num_groups=8,
+        norm_num_groups=NORM_GROUPS,
         class_embed_type="identity",
     )
 
@@ -146,12 +173,17 @@ def train_diffusion(config: TrainTestbedConfig, progress: bool = True) -> tuple[
 
 
 @dataclass
-class EvalTestbedConfig:
+class EvalTestbedConfig(Options):
     model: str = field(default="digits", metadata={"help": "digits (bundled) or a saved testbed directory"})
     per_class: int = field(default=100, metadata={"help": "samples per class"})
     steps: int = field(default=50, metadata={"help": "DDIM steps"})
     guidance: Optional[float] = field(default=None, metadata={"help": "guidance scale (default: the model's)"})
     seed: int = field(default=0, metadata={"help": "seed of the noise"})
+
+    def _check(self) -> None:
+        _at_least(1, per_class=self.per_class, steps=self.steps)
+        check_number("--guidance", self.guidance, low=0, high=MAX_GUIDANCE)
+        check_seed("--seed", self.seed)
 
 
 def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int = 50,
@@ -172,6 +204,7 @@ def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int
 def train_testbed(config: TrainTestbedConfig, progress: bool = True, log: Optional[Callable[[str], None]] = print) -> DigitsModel:
     from .. import rundir
 
+    config.check()
     with rundir.claimed(config.out, "train-testbed", overwrite=config.overwrite):
         return _train_testbed(config, progress, log)
 

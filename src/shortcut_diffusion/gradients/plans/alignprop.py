@@ -29,7 +29,7 @@ import torch
 
 from ...errors import UsageError
 from ...sampling import Mode, Plan
-from .base import GradientEstimator
+from .base import GradientEstimator, whole_number
 
 DRAWS = ("step", "call")
 
@@ -59,7 +59,8 @@ class AlignProp(GradientEstimator):
         if dist == "gaussian" and draw == "step":
             raise UsageError("alignprop: dist=gaussian draws K once per call: use it with draw=call")
         self.draw, self.dist, self.mean, self.std = draw, dist, mean, float(std)
-        self.low = (0 if draw == "step" else 1) if low is None else int(low)
+        low, high = (whole_number(self.name, key, value, allow=(None,)) for key, value in (("low", low), ("high", high)))
+        self.low = (0 if draw == "step" else 1) if low is None else low
         self.high = high
 
     def params(self) -> dict:

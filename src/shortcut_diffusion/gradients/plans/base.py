@@ -4,7 +4,8 @@ through the one loop with the plan it makes."""
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+import numbers
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -26,7 +27,7 @@ class GradientEstimator(GradientMethod):
     """Whether the kept steps are checkpointed unless ``checkpoint=`` says otherwise."""
 
     def __init__(self, seed: Optional[int] = 0, checkpoint: bool = False):
-        self.seed = seed
+        self.seed = whole_number(self.name or "estimator", "seed", seed, allow=(None,))
         self.checkpoint = bool(checkpoint)
         self._generator = torch.Generator()
         if seed is None:
@@ -54,6 +55,9 @@ class GradientEstimator(GradientMethod):
     def held_graphs(self, steps: int) -> int:
         plan = copy.deepcopy(self).plan(steps)  # a copy: the run's own draws stay untouched
         return max(plan.count(Mode.GRAD, Mode.INPUT_STOP), 1) + (1 if plan.count(Mode.CHECKPOINT) else 0)
+
+    def moves_start(self, steps: int) -> bool:
+        return copy.deepcopy(self).plan(steps).reaches_input  # a copy: the run's own draws stay untouched
 
     def rows(self, seeds: Sequence[int], steps: int) -> "Drawn":
         return Drawn(self, tuple(self.reseed(seed).plan(steps) for seed in seeds))
@@ -109,3 +113,13 @@ class Drawn(GradientMethod):
 
     def sample(self, sampling: Sampling, x: torch.Tensor, per_sample: bool = False) -> SampleOutput:
         return self.estimator.run_plans(sampling, x, list(self.plans))
+
+
+def whole_number(estimator: str, key: str, value: Any, *, allow: tuple = ()) -> Any:
+    """An integer option of an estimator spec (or one of the words ``allow``), checked."""
+    if value in allow or value is None and None in allow:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        words = "".join(f" or {word}" for word in allow if word is not None)
+        raise UsageError(f"{estimator}: {key}={value!r} must be a whole number{words}")
+    return value

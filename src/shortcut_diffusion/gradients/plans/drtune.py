@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from ...errors import UsageError
 from ...sampling import Mode, Plan
-from .base import GradientEstimator
+from .base import GradientEstimator, whole_number
 
 KEEP = ("random", "first", "last")
 
@@ -39,7 +39,7 @@ class DRTune(GradientEstimator):
             raise UsageError("drtune: checkpoint=1 is not supported (its kept calls hold no input graph to save)")
         if keep not in KEEP:
             raise UsageError(f"drtune: keep={keep!r} must be one of {', '.join(KEEP)}")
-        self.k, self.keep = k, keep
+        self.k, self.keep = whole_number(self.name, "k", k, allow=("all",)), keep
 
     def params(self) -> dict:
         p = {} if self.k == 1 else {"k": self.k}

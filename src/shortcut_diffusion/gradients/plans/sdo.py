@@ -37,7 +37,7 @@ from ...errors import UsageError
 from ...sampling import Mode, Plan, PlanSource, SampleOutput
 from ..base import Sampling
 from ..cached import cached_rollout, replay
-from .base import GradientEstimator
+from .base import GradientEstimator, whole_number
 
 KEEP_CHOICES = ("first", "last", "random")
 ROLLOUTS = ("loop", "cached")
@@ -61,7 +61,7 @@ class SDO(GradientEstimator):
                 raise UsageError(
                     f"sdo: keep={keep!r} must be first, last, random or a step index"
                 ) from None
-        self.keep, self.k = keep, k
+        self.keep, self.k = keep, whole_number(self.name, "k", k, allow=("all",))
         if isinstance(keep, int) and k != 1:
             raise UsageError("sdo: k > 1 needs keep=first, last or random, not a step index")
 

@@ -11,7 +11,7 @@ noise), the truncated gradient is exactly zero.
 from __future__ import annotations
 
 from ...sampling import Mode, Plan
-from .base import GradientEstimator, resolve_k
+from .base import GradientEstimator, resolve_k, whole_number
 
 
 class Truncated(GradientEstimator):
@@ -19,7 +19,7 @@ class Truncated(GradientEstimator):
 
     def __init__(self, k: "int | str" = 1, seed=0, checkpoint: bool = False):
         super().__init__(seed=seed, checkpoint=checkpoint)
-        self.k = k
+        self.k = whole_number(self.name, "k", k, allow=("all",))
 
     def params(self) -> dict:
         return {"k": self.k}
