@@ -42,7 +42,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         if not sep:
             raise UsageError(f"estimator option {item!r} in {spec!r} must look like key=value")
         if key.strip() in options:
-            raise UsageError(f"estimator option {key.strip()!r} is given twice in {spec!r}")
+            raise UsageError(f"estimator option {key.strip()} is given twice in {spec!r}; give it once")
         options[key.strip()] = parse_scalar(value.strip())
     return name, options
 
