@@ -5,13 +5,16 @@ SDO's one-step shortcut among them) decides what the backward pass through it se
 """
 
 from .errors import UsageError
-from .gradients import ESTIMATORS, METHODS, GradientEstimator, GradientMethod, get_estimator, get_method
-from .generation import Generation, generate
-from .loading import load_model
-from .models.base import DiffusionModel
-from .precision import Precision
-from .sampling import Mode, Plan, SampleOutput, sample
-from .schedulers import SCHEDULERS, make_scheduler
+from .lazy import exports
+
+# Imported on first use, so that ``import shortcut_diffusion.cli`` (``sdo --help``) needs no torch.
+__getattr__ = exports(__name__, {
+    **dict.fromkeys(["ESTIMATORS", "METHODS", "GradientEstimator", "GradientMethod", "get_estimator", "get_method"],
+                    ".gradients"),
+    "Generation": ".generation", "generate": ".generation", "load_model": ".loading",
+    "DiffusionModel": ".models.base", "Precision": ".precision", "Mode": ".sampling", "Plan": ".sampling",
+    "SampleOutput": ".sampling", "sample": ".sampling", "SCHEDULERS": ".schedulers", "make_scheduler": ".schedulers",
+})
 
 __version__ = "0.1.0"
 

@@ -97,13 +97,14 @@ def _add(commands, name: str, config_cls: type, run: Callable, help: str) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import BenchConfig
-    from .finetune import FinetuneConfig
-    from .gradcheck import GradcheckConfig
-    from .guide import GuideConfig
+    # The configs only (torch-free): a command imports its heavy modules when it runs.
     from . import __version__
-    from .latent import DemoConfig, LatentConfig
-    from .testbed.train import EvalTestbedConfig, TrainTestbedConfig
+    from .bench.config import BenchConfig
+    from .finetune.config import FinetuneConfig
+    from .gradcheck_config import GradcheckConfig
+    from .guide_config import GuideConfig
+    from .latent_config import DemoConfig, LatentConfig
+    from .testbed.config import EvalTestbedConfig, TrainTestbedConfig
 
     parser = argparse.ArgumentParser(prog="sdo", description="Shortcut Diffusion Optimization")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -133,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:  # answered without building the parser
+        from . import __version__
+
+        print(f"sdo {__version__}")
+        raise SystemExit(0)  # as argparse's version action does
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

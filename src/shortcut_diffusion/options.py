@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .choices import DTYPES, SCHEDULERS
 from .errors import UsageError
-from .precision import DTYPES
-from .schedulers import SCHEDULERS
 
 
 def redefault(owner: type, name: str, default: Any) -> Any:

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..choices import FINETUNE_TARGETS as TARGETS
 from ..errors import UsageError
 from ..options import (ConditionOptions, MemoryOptions, ModelOptions, OptimizerOptions, RewardOptions, RunOptions,
                        SamplingOptions, check_number, check_seed, redefault)
-from .targets import TARGETS
 
 DEFAULT_LR = {"lora": 1e-3, "full": 2e-5, "embedding": 5e-3}
 LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear")

@@ -27,11 +27,12 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..choices import FINETUNE_TARGETS
 from ..errors import UsageError
 from ..precision import master_copies
 from . import lora
 
-TARGETS = ("lora", "full", "embedding")
+TARGETS = FINETUNE_TARGETS
 MANIFEST = "finetuned.json"
 
 

@@ -1,5 +1,7 @@
 """The embedded testbed: real handwritten digits, a trained diffusion model and classifier."""
 
-from .model import BUNDLED, DigitsModel, load_digits_model
+from ..lazy import exports
+
+__getattr__ = exports(__name__, {"BUNDLED": ".model", "DigitsModel": ".model", "load_digits_model": ".model"})
 
 __all__ = ["BUNDLED", "DigitsModel", "load_digits_model"]
