@@ -6,3 +6,5 @@ from here."""
 DTYPES = ("fp32", "bf16", "fp16")
 SCHEDULERS = ("ddim", "ddpm", "euler", "euler-a", "dpmpp-2m", "dpmpp-2m-sde", "unipc", "flow-euler")
 FINETUNE_TARGETS = ("lora", "full", "embedding")
+TRACKERS = ("none", "tensorboard", "wandb", "trackio", "mlflow")
+"""``--report-to``: the experiment trackers (:mod:`.tracking`)."""

@@ -31,6 +31,7 @@ from .optimize import LatentResult, optimize_latent
 from .precision import Precision
 from .rewards import get_reward
 from .schedulers import scheduler_for
+from .tracking import Tracker
 
 
 def latent_labels(config: LatentConfig, model: DiffusionModel) -> list:
@@ -71,10 +72,15 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
     with rundir.claimed(config.out, "latent", overwrite=config.overwrite) as out:
         model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
         apply_thread_policy(model, config.threads)
-        return _run_latent(config, estimator, model, out)
+        tracker = Tracker(config.report_to, out, "latent", config.as_dict())
+        result, out = _run_latent(config, estimator, model, out, tracker)
+        tracker.image("before_after", out / "before_after.png", config.iters)
+        tracker.close(json.loads((out / "summary.json").read_text()), config.iters)
+        return result, out
 
 
-def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out: Path) -> tuple[LatentResult, Path]:
+def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out: Path,
+                tracker: Tracker) -> tuple[LatentResult, Path]:
     labels = latent_labels(config, model)
     reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
                         views=config.reward_views, seed=config.seed,
@@ -98,22 +104,25 @@ def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out
         clip_grad=config.clip_grad or None, prior_weight=config.prior_weight,
         proximity_weight=config.proximity_weight, init=init, batch=config.batch_size, seed=config.seed,
         step_kwargs=config.step_kwargs, guidance=config.guidance, precision=config.dtype,
-        progress=config.progress, callback=_recorder(config, out), compile=config.compile,
+        progress=config.progress, callback=_recorder(config, out, tracker), compile=config.compile,
     )
     _write_results(config, model, labels, result, estimator.spec, out)
     return result, out
 
 
-def _recorder(config: LatentConfig, out: Path):
-    """The per-iteration callback: a metrics row, and a start-vs-current grid every few iterations."""
+def _recorder(config: LatentConfig, out: Path, tracker: Tracker):
+    """The per-iteration callback: a metrics row, and a start-vs-current grid every few iterations
+    (both also to the tracker)."""
     start: dict[str, torch.Tensor] = {}
 
     def on_iteration(row: dict, latents: torch.Tensor, images: torch.Tensor) -> None:
         with deferred():  # an iteration's records are written whole, also when a signal comes
             reporting.append_jsonl(out / "metrics.jsonl", row)
+            tracker.scalars(row, row["iter"])
             start.setdefault("images", images.clone())
             if config.grid_every and row["iter"] % config.grid_every == 0:
-                reporting.save_grid(out / f"grid_{row['iter']:04d}.png", [start["images"], images])
+                grid = reporting.save_grid(out / f"grid_{row['iter']:04d}.png", [start["images"], images])
+                tracker.image("grid", grid, row["iter"])
 
     return on_iteration
 

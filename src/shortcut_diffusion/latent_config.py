@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from .errors import UsageError
 from .options import (ConditionOptions, MemoryOptions, ModelOptions, OptimizerOptions, RewardOptions, RunOptions,
-                      SamplingOptions, redefault)
+                      SamplingOptions, TrackingOptions, redefault)
 
 INVERT_BATCH = 1
 NOISE_BATCH = 8
@@ -21,7 +21,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class LatentConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptions, SamplingOptions, MemoryOptions,
+class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions, ConditionOptions, SamplingOptions, MemoryOptions,
                    ModelOptions):
     reward: str = redefault(RewardOptions, "reward", "digit-class:7")
     cond: list[str] = redefault(ConditionOptions, "cond", ["1"])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .choices import DTYPES, SCHEDULERS
+from .choices import DTYPES, SCHEDULERS, TRACKERS
 from .errors import UsageError
 
 
@@ -195,3 +195,15 @@ class RunOptions(Options):
         if self.batch is not None and self.batch < 1:
             raise UsageError(f"--batch must be >= 1, got {self.batch}")
         check_seed("--seed", self.seed)
+
+
+@dataclass
+class TrackingOptions(Options):
+    report_to: str = field(default="none", metadata={"help": "also log the metrics, grids and config to an experiment "
+                                                             "tracker, offline unless its own settings say otherwise "
+                                                             "(files in OUT/tracking)", "choices": list(TRACKERS)})
+
+    def _check(self) -> None:
+        from .tracking import check_installed
+
+        check_installed(self.report_to)

@@ -13,7 +13,7 @@ from typing import Optional
 from ..choices import FINETUNE_TARGETS as TARGETS
 from ..errors import UsageError
 from ..options import (ConditionOptions, MemoryOptions, ModelOptions, OptimizerOptions, RewardOptions, RunOptions,
-                       SamplingOptions, check_number, check_seed, redefault)
+                       SamplingOptions, TrackingOptions, check_number, check_seed, redefault)
 
 DEFAULT_LR = {"lora": 1e-3, "full": 2e-5, "embedding": 5e-3}
 LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear")
@@ -28,7 +28,7 @@ RESUME_KEYS = ("model", "target", "lora_rank", "lora_alpha", "lora_modules", "re
 
 
 @dataclass
-class FinetuneConfig(RunOptions, OptimizerOptions, RewardOptions, ConditionOptions, SamplingOptions, MemoryOptions,
+class FinetuneConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions, ConditionOptions, SamplingOptions, MemoryOptions,
                      ModelOptions):
     steps: int = redefault(SamplingOptions, "steps", 25)
     estimator: str = field(default="sdo:keep=random", metadata={"help": "gradient estimator spec (random estimators draw per sample)"})

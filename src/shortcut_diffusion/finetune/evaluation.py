@@ -10,6 +10,7 @@ import torch
 
 from .. import reporting
 from ..generation import reward_labels, sample_images
+from ..tracking import Tracker
 
 if TYPE_CHECKING:
     from .train import FineTuning, TrainState
@@ -51,9 +52,10 @@ class Evaluation:
     """The evaluation of one run: fixed conditions and noise, rows in ``eval.jsonl``, grids and
     the ``before``/``after`` samples under ``eval/``."""
 
-    def __init__(self, ft: "FineTuning", out: Path, write: bool = True):
+    def __init__(self, ft: "FineTuning", out: Path, write: bool = True, tracker: Optional[Tracker] = None):
         config = ft.config
         self.ft, self.out, self.write = ft, Path(out), write
+        self.tracker = tracker if tracker is not None else Tracker("none", out, "finetune", {})
         # The evaluation scores the plain images (training may average the reward over views).
         from ..rewards import get_reward
 
@@ -91,13 +93,15 @@ class Evaluation:
             return row
         per = config.eval_per_class
         rows = [images[i * per : (i + 1) * per] for i in range(len(self.conditions))]
-        reporting.save_grid(self.out / "eval" / f"grid_step_{state.step:06d}.png", rows)
+        grid = reporting.save_grid(self.out / "eval" / f"grid_step_{state.step:06d}.png", rows)
+        self.tracker.image(f"eval/{name or 'grid'}", grid, state.step)
         if name:
             from .run import label_index
 
             reporting.save_tensors(self.out / "eval" / f"{name}.safetensors",
                                    {"images": images, "labels": torch.as_tensor(label_index(self.labels))})
         reporting.append_jsonl(self.out / "eval.jsonl", row)
+        self.tracker.scalars(row, state.step, prefix="eval")
         return row
 
     def periodic(self, state: "TrainState") -> None:

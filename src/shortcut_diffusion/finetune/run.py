@@ -37,6 +37,7 @@ from ..memory import check_batch_fits
 from ..precision import Precision
 from ..rewards import get_reward
 from ..schedulers import scheduler_for
+from ..tracking import Tracker
 from . import checkpoint as ckpt
 from .config import RESUME_KEYS, FinetuneConfig
 from .evaluation import Evaluation
@@ -181,7 +182,8 @@ def _run(ft: FineTuning, accelerator: Any, out: Path) -> dict[str, Any]:
     config, main = ft.config, accelerator.is_main_process
     state = make_state(ft)
     resumed = _resume(ft, state, out, main)
-    evaluation = Evaluation(ft, out, write=main)
+    tracker = Tracker(config.report_to if main else "none", out, "finetune", config.as_dict())
+    evaluation = Evaluation(ft, out, write=main, tracker=tracker)
     if main:
         _start_files(ft, state, out, resumed)
     if not resumed and (main or ft.sharded):  # a sharded network samples on every process
@@ -193,7 +195,9 @@ def _run(ft: FineTuning, accelerator: Any, out: Path) -> dict[str, Any]:
     stopped = _train(ft, state, accelerator, evaluation, out)
     if main and config.checkpoint_every and state.step % config.checkpoint_every:
         _save_checkpoint(ft, state, out)  # the last steps, so that a finished run can be extended with --resume
-    return _finish(ft, state, accelerator, evaluation, out, stopped)
+    summary = _finish(ft, state, accelerator, evaluation, out, stopped)
+    tracker.close({k: v for k, v in summary.items() if k not in ("before", "after")}, state.step)
+    return summary
 
 
 def _train(ft: FineTuning, state: TrainState, accelerator: Any, evaluation: Evaluation, out: Path) -> Optional[str]:
@@ -221,6 +225,7 @@ def _train(ft: FineTuning, state: TrainState, accelerator: Any, evaluation: Eval
             logged, row = row, None
             if main:
                 reporting.append_jsonl(out / "metrics.jsonl", logged)
+                evaluation.tracker.scalars(logged, state.step)
             stopped = _after_step(ft, state, accelerator, evaluation, out, budget)
     except KeyboardInterrupt as error:
         bar.close()
