@@ -39,6 +39,7 @@ from ..rewards import get_reward
 from ..schedulers import scheduler_for
 from ..tracking import Tracker
 from . import checkpoint as ckpt
+from .card import write_model_card
 from .config import RESUME_KEYS, FinetuneConfig
 from .evaluation import Evaluation
 from .sharding import full_state_dict
@@ -305,6 +306,7 @@ def _finish(ft: FineTuning, state: TrainState, accelerator: Any, evaluation: Eva
             "rank_weight_digests": digests, "fsdp": ft.sharded,
         }
         reporting.write_json(out / "summary.json", summary)
+        write_model_card(out / "final", ft.model, config, summary)
     accelerator.wait_for_everyone()
     return summary
 
