@@ -32,7 +32,7 @@ def _loading(model: Any, target: str, base: str, directory: Path) -> list[str]:
                 f"pipe = DiffusionPipeline.from_pretrained({base!r})",
                 f"pipe.load_lora_weights({str(directory)!r})", "```"]
     if pipe is not None and target == "full":
-        cls, name = type(model.network).__name__, model.network_name
+        cls, name = type(model.network).__name__, getattr(model, "network_name", "unet")  # pixel pipelines: unet
         return ["```python", f"from diffusers import DiffusionPipeline, {cls}", "",
                 f"{name} = {cls}.from_pretrained({str(directory / 'unet')!r})",
                 f"pipe = DiffusionPipeline.from_pretrained({base!r}, {name}={name})",
