@@ -88,7 +88,7 @@ def test_recomputing_methods_print_their_rows_with_the_memory_of_one_step(capsys
 
 
 def test_recomputing_methods_refuse_what_their_sampler_cannot_follow(capsys):
-    assert main(["gradcheck", "--steps", "3", "--estimators", "adjoint", "--model", "random:sd3:tiny", "--prompt", "a cat"]) == 2
+    assert main(["gradcheck", "--steps", "3", "--estimators", "adjoint", "--model", "random:sd3:tiny"]) == 2
     assert "the adjoint need a diffusion (epsilon or v) model, not flow matching" in capsys.readouterr().err
     assert main(["gradcheck", "--estimators", "doodl:p=0.9"]) == 2
     assert "doodl takes no options" in capsys.readouterr().err
