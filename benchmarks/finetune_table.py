@@ -19,9 +19,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from shortcut_diffusion import reporting
-from shortcut_diffusion.bench.reward import finetune_time_to_reward
-from shortcut_diffusion.finetune import FinetuneConfig
+from shortcut_diffusion.io import reporting
+from shortcut_diffusion.measure.bench.reward import finetune_time_to_reward
+from shortcut_diffusion.tasks.finetune import FinetuneConfig
 
 ESTIMATORS = ["checkpointed", "truncated:k=1", "alignprop", "refl", "sdo:keep=random"]
 REWARDS = {"digit-match": 4.0, "ink": 2.0}  # reward: minutes of training per estimator

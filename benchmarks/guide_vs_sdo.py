@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from shortcut_diffusion import generate, load_model
-from shortcut_diffusion.guidance import freedom_sample
-from shortcut_diffusion.optimize import optimize_latent
+from shortcut_diffusion.tasks.guide.freedom import freedom_sample
+from shortcut_diffusion.tasks.latent.optimize import optimize_latent
 from shortcut_diffusion.rewards import get_reward
 
 SETTINGS = [  # (scale, travel, window): one guided pass each

@@ -21,8 +21,8 @@ import json
 import sys
 from pathlib import Path
 
-from shortcut_diffusion.bench import reward as rw
-from shortcut_diffusion.testbed import load_digits_model
+from shortcut_diffusion.measure.bench import reward as rw
+from shortcut_diffusion.models.testbed import load_digits_model
 
 METHODS = ["full", "checkpointed", "alignprop", "sdo", "adjoint", "doodl", "freedom:scale=0.5",
            "freedom:scale=1,travel=3"]

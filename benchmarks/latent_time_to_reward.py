@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from shortcut_diffusion.bench import reward as rw
-from shortcut_diffusion.testbed import load_digits_model
+from shortcut_diffusion.measure.bench import reward as rw
+from shortcut_diffusion.models.testbed import load_digits_model
 
 
 def main(argv=None) -> int:

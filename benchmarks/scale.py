@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from shortcut_diffusion.bench.cost import _run_worker, is_out_of_memory, measure
+from shortcut_diffusion.measure.bench.cost import _run_worker, is_out_of_memory, measure
 
 FLUX_STEPS = 28
 

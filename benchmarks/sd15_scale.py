@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shortcut_diffusion.bench import BenchConfig, run_bench
+from shortcut_diffusion.measure.bench import BenchConfig, run_bench
 
 
 def main(argv=None) -> int:

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from shortcut_diffusion import generate, get_estimator, load_model, make_scheduler, sample
-from shortcut_diffusion.inversion import ddim_invert
+from shortcut_diffusion.sampling.inversion import ddim_invert
 from shortcut_diffusion.models import ClassifierFreeGuidance, UNet2DDenoiser
-from shortcut_diffusion.optimize import optimize_latent
+from shortcut_diffusion.tasks.latent.optimize import optimize_latent
 from shortcut_diffusion.rewards import get_reward
 
 from conftest import class_cond, latent
@@ -73,7 +73,7 @@ def digits():
 @pytest.mark.parametrize("name", ["ddim", "euler", "dpmpp-2m", "unipc"])
 @pytest.mark.parametrize("start", [0, 10])
 def test_inversion_then_sampling_reconstructs_the_image_with_every_deterministic_scheduler(digits, name, start):
-    from shortcut_diffusion.testbed import data
+    from shortcut_diffusion.models.testbed import data
 
     images = torch.stack([data.digit_image(i) for i in range(4)])
     labels = [int(data.load("all").labels[i]) for i in range(4)]
@@ -87,9 +87,9 @@ def test_inversion_then_sampling_reconstructs_the_image_with_every_deterministic
 @pytest.mark.parametrize("name", ["euler", "euler-a"])
 def test_inversion_hands_sigma_scaled_samplers_their_scale(digits, name):
     """At step 10 of 20, Euler's latent is the DDIM latent over sqrt(abar) at that step."""
-    from shortcut_diffusion.inversion import noise_levels
-    from shortcut_diffusion.schedulers import fresh_scheduler
-    from shortcut_diffusion.testbed import data
+    from shortcut_diffusion.sampling.inversion import noise_levels
+    from shortcut_diffusion.sampling.schedulers import fresh_scheduler
+    from shortcut_diffusion.models.testbed import data
 
     image = data.digit_image(0)[None]
     cond = digits.conditioning([0])
@@ -158,7 +158,7 @@ def test_alignprop_is_the_published_recipe_by_default():
     does: step i keeps its graph iff a fresh T ~ U[0, N] is <= i, so late steps are kept more often.
     The per-call draw (last K steps) stays available as draw=call, without checkpointing as
     checkpoint=0."""
-    from shortcut_diffusion.sampling import Mode
+    from shortcut_diffusion.sampling.loop import Mode
 
     default = get_estimator("alignprop", seed=0)
     assert default.checkpoint and default.spec == "alignprop"
@@ -181,7 +181,7 @@ def test_alignprop_is_the_published_recipe_by_default():
 
 def test_alignprop_default_saves_checkpoint_placeholders_only(tiny):
     """With checkpointing, the kept steps save (almost) nothing but their inputs."""
-    from shortcut_diffusion.diagnostics import SavedTensorMeter
+    from shortcut_diffusion.meters import SavedTensorMeter
 
     cond = class_cond(tiny)
     saved = {}

@@ -8,7 +8,7 @@ import pytest
 
 from shortcut_diffusion import get_estimator
 from shortcut_diffusion.cli import main
-from shortcut_diffusion.optimize import check_moves_latent
+from shortcut_diffusion.tasks.latent.optimize import check_moves_latent
 
 from test_bad_input_cli import FAST, FAST_FINETUNE, one_line_error
 

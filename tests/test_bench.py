@@ -7,8 +7,8 @@ import csv
 import pytest
 
 from shortcut_diffusion import UsageError
-from shortcut_diffusion.bench import BenchConfig, run_bench
-from shortcut_diffusion.bench.cost import COLUMNS, measure
+from shortcut_diffusion.measure.bench import BenchConfig, run_bench
+from shortcut_diffusion.measure.bench.cost import COLUMNS, measure
 from shortcut_diffusion.cli import main
 
 
@@ -77,8 +77,8 @@ def test_quick_time_to_reward_writes_its_tables(tmp_path):
 
 
 def test_class_fd_compares_with_the_real_digits_of_one_class():
-    from shortcut_diffusion.bench.reward import _target_class, real_fd_spread
-    from shortcut_diffusion.testbed import data, load_digits_model, metrics
+    from shortcut_diffusion.measure.bench.reward import _target_class, real_fd_spread
+    from shortcut_diffusion.models.testbed import data, load_digits_model, metrics
 
     classifier = load_digits_model().classifier
     train = data.load("train")
@@ -100,8 +100,8 @@ def test_the_recomputing_methods_are_rows_of_the_bench():
 
 def test_equal_wall_clock_rows_for_every_kind_of_method():
     """Per-step estimators, recomputing methods and a guided pass share one equal wall-clock table."""
-    from shortcut_diffusion.bench import reward as rw
-    from shortcut_diffusion.testbed import load_digits_model
+    from shortcut_diffusion.measure.bench import reward as rw
+    from shortcut_diffusion.models.testbed import load_digits_model
 
     rows = rw.latent_time_to_reward(load_digits_model(), "adversarial:7", 1, seconds=0.3, steps=3, batch=2,
                                     estimators=["full", "sdo", "adjoint", "doodl", "freedom:scale=1,travel=2"])

@@ -53,8 +53,10 @@ def test_the_package_exports_its_heavy_names_on_first_use():
 
 
 def test_the_torch_free_name_tables_match_the_objects_they_name():
-    from shortcut_diffusion import choices, precision, schedulers
-    from shortcut_diffusion.finetune import targets
+    from shortcut_diffusion.options import choices
+    from shortcut_diffusion import precision
+    from shortcut_diffusion.sampling import schedulers
+    from shortcut_diffusion.tasks.finetune import targets
 
     assert tuple(precision.DTYPES) == choices.DTYPES
     assert tuple(schedulers.SCHEDULERS) == choices.SCHEDULERS

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from shortcut_diffusion import generate, get_estimator
-from shortcut_diffusion.generation import CompiledDenoiser, compiled_denoiser
+from shortcut_diffusion.tasks.generate import CompiledDenoiser, compiled_denoiser
 from shortcut_diffusion.models import toy_model
 
 

@@ -17,11 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 from shortcut_diffusion import UsageError
-from shortcut_diffusion.bench import BenchConfig, run_bench
+from shortcut_diffusion.measure.bench import BenchConfig, run_bench
 from shortcut_diffusion.cli import main
-from shortcut_diffusion.finetune import FinetuneConfig, run_finetune
-from shortcut_diffusion.gradcheck import GradcheckConfig, run_gradcheck
-from shortcut_diffusion.latent import LatentConfig, run_latent
+from shortcut_diffusion.tasks.finetune import FinetuneConfig, run_finetune
+from shortcut_diffusion.measure.gradcheck.run import GradcheckConfig, run_gradcheck
+from shortcut_diffusion.tasks.latent.run import LatentConfig, run_latent
 
 FAMILIES = ["digits", "toy", "sd", "sd-v", "sdxl", "sd3", "flux", "ddpm"]
 DTYPES = ["fp32", "bf16", "fp16"]
@@ -109,7 +109,7 @@ def test_gradcheck_on_a_pipeline_from_the_command_line(pipeline_dirs, capsys):
     assert main(["gradcheck", "--model", str(pipeline_dirs["sd"]), "--prompt", "a photo", "--steps", "4", "--json",
                  "--height", "16", "--width", "16", "--device", "cpu"]) == 0
     report = json.loads(capsys.readouterr().out)
-    from shortcut_diffusion.gradcheck import DEFAULT_ESTIMATORS
+    from shortcut_diffusion.measure.gradcheck.run import DEFAULT_ESTIMATORS
 
     assert [r["estimator"] for r in report["results"]] == DEFAULT_ESTIMATORS
     assert report["guidance"] == 7.5 and report["family"] == "sd"

@@ -55,7 +55,7 @@ def test_renormalize_puts_noise_on_the_gaussian_shell():
 
 def test_doodl_latent_optimization_raises_the_reward():
     from shortcut_diffusion import load_model
-    from shortcut_diffusion.optimize import optimize_latent
+    from shortcut_diffusion.tasks.latent.optimize import optimize_latent
     from shortcut_diffusion.rewards import get_reward
 
     model = load_model("digits")

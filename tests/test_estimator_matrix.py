@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shortcut_diffusion import Mode, get_estimator, sample
-from shortcut_diffusion.diagnostics import CountingDenoiser
+from shortcut_diffusion.meters import CountingDenoiser
 
 from conftest import ESTIMATOR_SPECS, class_cond, latent
 

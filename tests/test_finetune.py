@@ -17,12 +17,12 @@ import torch
 from safetensors.torch import load_file
 
 from shortcut_diffusion.errors import UsageError
-from shortcut_diffusion.finetune import FinetuneConfig, load_finetuned, make_target, run_finetune
-from shortcut_diffusion.finetune import checkpoint as ckpt
-from shortcut_diffusion.finetune.evaluation import eval_labels, eval_noise
-from shortcut_diffusion.generation import sample_images
+from shortcut_diffusion.tasks.finetune import FinetuneConfig, load_finetuned, make_target, run_finetune
+from shortcut_diffusion.tasks.finetune import checkpoint as ckpt
+from shortcut_diffusion.tasks.finetune.evaluation import eval_labels, eval_noise
+from shortcut_diffusion.tasks.generate import sample_images
 from shortcut_diffusion import load_model
-from shortcut_diffusion.schedulers import make_scheduler
+from shortcut_diffusion.sampling.schedulers import make_scheduler
 
 
 @pytest.fixture
@@ -263,7 +263,7 @@ def test_evaluation_on_held_out_conditions(base_config, capsys):
     rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert all({"reward", "seen_reward", "accuracy", "seen_accuracy"} <= set(r) for r in rows)
     assert summary["after"]["reward"] != summary["after"]["seen_reward"]
-    from shortcut_diffusion.finetune import describe
+    from shortcut_diffusion.tasks.finetune import describe
 
     text = describe(summary, out)
     assert "(held-out conditions)" in text and "(training conditions)" in text

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from shortcut_diffusion.finetune import FinetuneConfig, run_finetune
-from shortcut_diffusion.finetune import checkpoint as ckpt
+from shortcut_diffusion.tasks.finetune import FinetuneConfig, run_finetune
+from shortcut_diffusion.tasks.finetune import checkpoint as ckpt
 
 
 def test_two_processes_match_one_process_with_the_summed_batch(tiny_testbed_dir, tmp_path):
@@ -58,7 +58,7 @@ def test_two_processes_match_one_process_with_the_summed_batch(tiny_testbed_dir,
 def test_lora_file_loads_with_diffusers_own_loader(tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from shortcut_diffusion.finetune.lora import WEIGHT_NAME, add_lora, save_lora
+    from shortcut_diffusion.tasks.finetune.lora import WEIGHT_NAME, add_lora, save_lora
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,

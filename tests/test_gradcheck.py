@@ -7,7 +7,7 @@ import json
 import pytest
 
 from shortcut_diffusion.cli import main
-from shortcut_diffusion.gradcheck import GradcheckConfig, run_gradcheck
+from shortcut_diffusion.measure.gradcheck.run import GradcheckConfig, run_gradcheck
 
 
 def run_json(capsys, *argv):

@@ -10,8 +10,8 @@ import torch
 
 from shortcut_diffusion import UsageError, load_model, make_scheduler
 from shortcut_diffusion.cli import main
-from shortcut_diffusion.generation import sample_images
-from shortcut_diffusion.guidance import freedom_sample
+from shortcut_diffusion.tasks.generate import sample_images
+from shortcut_diffusion.tasks.guide.freedom import freedom_sample
 from shortcut_diffusion.rewards import get_reward
 
 

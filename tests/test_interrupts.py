@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from shortcut_diffusion.interrupts import Interrupted, deferred, interruptible
-from shortcut_diffusion.optimize import optimize_latent
+from shortcut_diffusion.io.interrupts import Interrupted, deferred, interruptible
+from shortcut_diffusion.tasks.latent.optimize import optimize_latent
 from shortcut_diffusion.rewards import get_reward
-from shortcut_diffusion.testbed import load_digits_model
+from shortcut_diffusion.models.testbed import load_digits_model
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -115,7 +115,7 @@ def test_latent_saves_its_best_result_on_a_signal(tiny_testbed_dir, tmp_path, si
 
 
 def test_a_reward_that_turns_nan_stops_fine_tuning_with_the_last_good_weights(tiny_testbed_dir, tmp_path):
-    from shortcut_diffusion.finetune import FinetuneConfig, run_finetune
+    from shortcut_diffusion.tasks.finetune import FinetuneConfig, run_finetune
 
     source = ("calls = 0\n"
               "def reward(images, labels):\n"
@@ -182,8 +182,8 @@ def lora_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def test_finetune_interrupt_writes_a_checkpoint_that_resumes_exactly(tiny_testbed_dir, tmp_path):
-    from shortcut_diffusion.finetune import FinetuneConfig, run_finetune
-    from shortcut_diffusion.finetune import checkpoint as ckpt
+    from shortcut_diffusion.tasks.finetune import FinetuneConfig, run_finetune
+    from shortcut_diffusion.tasks.finetune import checkpoint as ckpt
 
     out = tmp_path / "interrupted"
     metrics = out / "metrics.jsonl"

@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 from shortcut_diffusion import UsageError, make_scheduler, sample
 from shortcut_diffusion.cli import main
-from shortcut_diffusion.inversion import ddim_invert
-from shortcut_diffusion.latent import LatentConfig, run_latent
-from shortcut_diffusion.optimize import chi_prior, optimize_latent
+from shortcut_diffusion.sampling.inversion import ddim_invert
+from shortcut_diffusion.tasks.latent.run import LatentConfig, run_latent
+from shortcut_diffusion.tasks.latent.optimize import chi_prior, optimize_latent
 from shortcut_diffusion.rewards import get_reward
-from shortcut_diffusion.testbed import load_digits_model
+from shortcut_diffusion.models.testbed import load_digits_model
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_bf16_autocast_keeps_the_latent_in_fp32(model):
 
 
 def test_the_paper_preset_fills_the_defaults_and_yields_to_explicit_options():
-    from shortcut_diffusion.latent import PRESETS, LatentConfig
+    from shortcut_diffusion.tasks.latent.run import PRESETS, LatentConfig
 
     paper = LatentConfig(preset="paper").resolved()
     assert {k: getattr(paper, k) for k in PRESETS["paper"]} == PRESETS["paper"]
@@ -170,7 +170,7 @@ def test_the_paper_preset_fills_the_defaults_and_yields_to_explicit_options():
 
 
 def test_an_inversion_optimizes_one_latent_unless_told_otherwise():
-    from shortcut_diffusion.latent import LatentConfig
+    from shortcut_diffusion.tasks.latent.run import LatentConfig
 
     assert LatentConfig(init="invert:3").batch_size == 1
     assert LatentConfig(init="invert:3", batch=4).batch_size == 4

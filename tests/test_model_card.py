@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from shortcut_diffusion.cli import main
-from shortcut_diffusion.finetune import FinetuneConfig, run_finetune
+from shortcut_diffusion.tasks.finetune import FinetuneConfig, run_finetune
 
 
 def card_and_snippet(final: Path) -> tuple[str, str]:

@@ -9,7 +9,7 @@ import torch
 
 from shortcut_diffusion import get_estimator, sample
 from shortcut_diffusion.errors import UsageError
-from shortcut_diffusion.sampling import Mode, Plan
+from shortcut_diffusion.sampling.loop import Mode, Plan
 
 from conftest import SCHEDULER_CASES, class_cond, latent
 

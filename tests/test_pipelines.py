@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from shortcut_diffusion import UsageError, get_estimator, make_scheduler, sample
-from shortcut_diffusion.finetune.lora import add_lora
+from shortcut_diffusion.tasks.finetune.lora import add_lora
 from shortcut_diffusion import load_model
 
 STEPS = 3
@@ -183,7 +183,7 @@ def test_text_to_image_model_needs_a_prompt(pipeline_dirs, tmp_path):
 
 
 def test_scheduler_must_fit_the_parameterization(pipeline_dirs):
-    from shortcut_diffusion.schedulers import scheduler_for
+    from shortcut_diffusion.sampling.schedulers import scheduler_for
 
     flow = load(pipeline_dirs, "flux")
     with pytest.raises(UsageError, match="does not fit a flow-matching model; choose flow-euler"):
@@ -198,9 +198,9 @@ def test_scheduler_must_fit_the_parameterization(pipeline_dirs):
 def test_finetune_on_a_pipeline_reloads(pipeline_dirs, tmp_path, target):
     from safetensors.torch import load_file
 
-    from shortcut_diffusion.finetune import FinetuneConfig, load_finetuned, run_finetune
-    from shortcut_diffusion.finetune.evaluation import eval_noise
-    from shortcut_diffusion.generation import sample_images
+    from shortcut_diffusion.tasks.finetune import FinetuneConfig, load_finetuned, run_finetune
+    from shortcut_diffusion.tasks.finetune.evaluation import eval_noise
+    from shortcut_diffusion.tasks.generate import sample_images
 
     config = FinetuneConfig(model=str(pipeline_dirs["sd"]), target=target, prompt=["a red cube", "a blue ball"],
                             reward="ink", steps=3, batch=2, max_steps=2, eval_every=0, eval_per_class=1,
@@ -249,7 +249,7 @@ def test_finetune_evaluates_held_out_prompts(pipeline_dirs, tmp_path):
 
     from safetensors.torch import load_file
 
-    from shortcut_diffusion.finetune import FinetuneConfig, run_finetune
+    from shortcut_diffusion.tasks.finetune import FinetuneConfig, run_finetune
 
     prompts = tmp_path / "eval_prompts.txt"
     prompts.write_text("a green tree\na yellow car\n")

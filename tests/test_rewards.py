@@ -9,7 +9,7 @@ from PIL import Image
 
 from shortcut_diffusion import UsageError
 from shortcut_diffusion.rewards import get_reward
-from shortcut_diffusion.testbed import data, load_digits_model
+from shortcut_diffusion.models.testbed import data, load_digits_model
 
 
 @pytest.fixture(scope="module")

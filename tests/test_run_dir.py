@@ -10,10 +10,11 @@ import textwrap
 
 import pytest
 
-from shortcut_diffusion import UsageError, runfiles
+from shortcut_diffusion import UsageError
+from shortcut_diffusion.io import runfiles
 from shortcut_diffusion.cli import main
 from shortcut_diffusion.errors import WriteError
-from shortcut_diffusion.rundir import LOCK, MARKER, claimed, open_run_dir, release
+from shortcut_diffusion.io.rundir import LOCK, MARKER, claimed, open_run_dir, release
 
 FAST_LATENT = ["--model", "toy", "--reward", "neg-mse", "--cond", "1", "--batch", "1", "--steps", "2", "--iters", "1",
                "--no-progress", "--grid-every", "0"]
@@ -74,7 +75,7 @@ def test_an_empty_directory_is_used(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from shortcut_diffusion.rundir import open_run_dir
+    from shortcut_diffusion.io.rundir import open_run_dir
     open_run_dir(sys.argv[1], "latent")
     print("ready", flush=True)
     time.sleep(60)
@@ -138,8 +139,8 @@ def test_every_file_of_a_run_has_the_same_mode_and_summaries_are_strict_json(tmp
     import json
     import stat
 
-    from shortcut_diffusion.reporting import write_json
-    from shortcut_diffusion.runfiles import file_mode
+    from shortcut_diffusion.io.reporting import write_json
+    from shortcut_diffusion.io.runfiles import file_mode
 
     out = tmp_path / "run"
     assert main(["latent", *FAST_LATENT, "--out", str(out)]) == 0
@@ -178,7 +179,7 @@ def test_overwrite_of_a_latent_run_removes_all_its_files_and_keeps_user_files_at
 
 
 def test_overwrite_of_a_finetune_run_keeps_user_files_inside_its_folders(tiny_testbed_dir, tmp_path, capsys):
-    from shortcut_diffusion.finetune import FinetuneConfig, run_finetune
+    from shortcut_diffusion.tasks.finetune import FinetuneConfig, run_finetune
 
     config = FinetuneConfig(model=str(tiny_testbed_dir), cond=["1"], steps=2, batch=1, max_steps=2, eval_every=1,
                             eval_per_class=1, checkpoint_every=1, keep_checkpoints=1, target="full", reward="ink",
@@ -287,8 +288,8 @@ def umask_027():
 def test_every_artefact_follows_the_umask_testbed_and_full_finetune_included(umask_027, tiny_testbed_dir, tmp_path):
     import stat
 
-    from shortcut_diffusion.finetune import FinetuneConfig, run_finetune
-    from shortcut_diffusion.testbed.train import TrainTestbedConfig, train_testbed
+    from shortcut_diffusion.tasks.finetune import FinetuneConfig, run_finetune
+    from shortcut_diffusion.models.testbed.train import TrainTestbedConfig, train_testbed
 
     testbed = tmp_path / "testbed"
     train_testbed(TrainTestbedConfig(out=str(testbed), steps=2, batch=8, channels=[8, 16], warmup=1,

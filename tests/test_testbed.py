@@ -9,10 +9,10 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from shortcut_diffusion.testbed import data, load_digits_model, metrics
-from shortcut_diffusion.testbed.classifier import augment
+from shortcut_diffusion.models.testbed import data, load_digits_model, metrics
+from shortcut_diffusion.models.testbed.classifier import augment
 from shortcut_diffusion import UsageError
-from shortcut_diffusion.generation import sample_images
+from shortcut_diffusion.tasks.generate import sample_images
 
 
 def test_split_is_a_stratified_partition():
@@ -70,7 +70,7 @@ def test_frechet_distance_properties():
 
 def test_the_bundled_judge_is_another_network_that_reads_real_digits():
     from shortcut_diffusion import load_model
-    from shortcut_diffusion.testbed.judge import DigitJudge
+    from shortcut_diffusion.models.testbed.judge import DigitJudge
 
     model = load_model("digits")
     assert isinstance(model.judge, DigitJudge) and not isinstance(model.judge, type(model.classifier))
@@ -84,7 +84,7 @@ def test_the_bundled_judge_is_another_network_that_reads_real_digits():
 def test_the_judge_reports_next_to_the_reward(tiny_testbed_dir, tmp_path):
     import json as _json
 
-    from shortcut_diffusion.latent import LatentConfig, run_latent
+    from shortcut_diffusion.tasks.latent.run import LatentConfig, run_latent
 
     _, out = run_latent(LatentConfig(model=str(tiny_testbed_dir), steps=3, iters=1, batch=2, progress=False,
                                      grid_every=0, out=str(tmp_path / "run")))

@@ -4,16 +4,16 @@ The core is one sampling loop (:func:`sample`); a gradient method (:mod:`shortcu
 SDO's one-step shortcut among them) decides what the backward pass through it sees.
 """
 
-from .errors import UsageError
-from .lazy import exports
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.lazy import exports
 
 # Imported on first use, so that ``import shortcut_diffusion.cli`` (``sdo --help``) needs no torch.
 __getattr__ = exports(__name__, {
     **dict.fromkeys(["ESTIMATORS", "METHODS", "GradientEstimator", "GradientMethod", "get_estimator", "get_method"],
                     ".gradients"),
-    "Generation": ".generation", "generate": ".generation", "load_model": ".loading",
-    "DiffusionModel": ".models.base", "Precision": ".precision", "Mode": ".sampling", "Plan": ".sampling",
-    "SampleOutput": ".sampling", "sample": ".sampling", "SCHEDULERS": ".schedulers", "make_scheduler": ".schedulers",
+    "Generation": ".tasks.generate", "generate": ".tasks.generate", "load_model": ".models.loading",
+    "DiffusionModel": ".models.base", "Precision": ".precision", "Mode": ".sampling.loop", "Plan": ".sampling.loop",
+    "SampleOutput": ".sampling.loop", "sample": ".sampling.loop", "SCHEDULERS": ".sampling.schedulers", "make_scheduler": ".sampling.schedulers",
 })
 
 __version__ = "0.1.0"

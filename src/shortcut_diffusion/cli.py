@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .config import add_arguments, from_args, given_options
-from .errors import UsageError, WriteError
-from .interrupts import Interrupted, as_interrupted, interruptible
+from shortcut_diffusion.options.parsing import add_arguments, from_args, given_options
+from shortcut_diffusion.errors import UsageError, WriteError
+from shortcut_diffusion.io.interrupts import Interrupted, as_interrupted, interruptible
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
-    from .gradcheck import GradcheckConfig, format_table, run_gradcheck
+    from shortcut_diffusion.measure.gradcheck.run import GradcheckConfig, format_table, run_gradcheck
 
     config = from_args(GradcheckConfig, args)
     report = run_gradcheck(config)
@@ -23,7 +23,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
 
 
 def _latent(args: argparse.Namespace) -> int:
-    from .latent import describe, run_latent
+    from shortcut_diffusion.tasks.latent.run import describe, run_latent
 
     result, out = run_latent(from_args(args.config_cls, args))
     if result.interrupt:
@@ -34,7 +34,7 @@ def _latent(args: argparse.Namespace) -> int:
 
 
 def _guide(args: argparse.Namespace) -> int:
-    from .guide import describe, run_guide
+    from shortcut_diffusion.tasks.guide.run import describe, run_guide
 
     result, out = run_guide(from_args(args.config_cls, args))
     if result.interrupt:
@@ -45,11 +45,11 @@ def _guide(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from .finetune import FinetuneConfig, describe, run_finetune
+    from shortcut_diffusion.tasks.finetune import FinetuneConfig, describe, run_finetune
 
     config = from_args(FinetuneConfig, args)
     if config.resume:  # the run's own options, unless given again (and then they must match)
-        from .finetune.resume import resumed_config
+        from shortcut_diffusion.tasks.finetune.resume import resumed_config
 
         config = resumed_config(config, given_options(FinetuneConfig, args.argv))
     summary = run_finetune(config)
@@ -59,15 +59,15 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _train_testbed(args: argparse.Namespace) -> int:
-    from .testbed.train import TrainTestbedConfig, train_testbed
+    from shortcut_diffusion.models.testbed.train import TrainTestbedConfig, train_testbed
 
     train_testbed(from_args(TrainTestbedConfig, args))
     return 0
 
 
 def _eval_testbed(args: argparse.Namespace) -> int:
-    from .loading import load_model
-    from .testbed.train import EvalTestbedConfig, evaluate_model
+    from shortcut_diffusion.models.loading import load_model
+    from shortcut_diffusion.models.testbed.train import EvalTestbedConfig, evaluate_model
 
     config = from_args(EvalTestbedConfig, args)
     config.check()
@@ -82,7 +82,7 @@ def _eval_testbed(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import BenchConfig, run_bench
+    from shortcut_diffusion.measure.bench import BenchConfig, run_bench
 
     config = from_args(BenchConfig, args)
     run_bench(config, command="sdo " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "sdo bench")
@@ -98,13 +98,13 @@ def _add(commands, name: str, config_cls: type, run: Callable, help: str) -> Non
 
 def build_parser() -> argparse.ArgumentParser:
     # The configs only (torch-free): a command imports its heavy modules when it runs.
-    from . import __version__
-    from .bench.config import BenchConfig
-    from .finetune.config import FinetuneConfig
-    from .gradcheck_config import GradcheckConfig
-    from .guide_config import GuideConfig
-    from .latent_config import DemoConfig, LatentConfig
-    from .testbed.config import EvalTestbedConfig, TrainTestbedConfig
+    from shortcut_diffusion import __version__
+    from shortcut_diffusion.measure.bench.config import BenchConfig
+    from shortcut_diffusion.tasks.finetune.config import FinetuneConfig
+    from shortcut_diffusion.measure.gradcheck.config import GradcheckConfig
+    from shortcut_diffusion.tasks.guide.config import GuideConfig
+    from shortcut_diffusion.tasks.latent.config import DemoConfig, LatentConfig
+    from shortcut_diffusion.models.testbed.config import EvalTestbedConfig, TrainTestbedConfig
 
     parser = argparse.ArgumentParser(prog="sdo", description="Shortcut Diffusion Optimization")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     if list(sys.argv[1:] if argv is None else argv) == ["--version"]:  # answered without building the parser
-        from . import __version__
+        from shortcut_diffusion import __version__
 
         print(f"sdo {__version__}")
         raise SystemExit(0)  # as argparse's version action does

@@ -12,7 +12,7 @@ class UsageError(ValueError):
 class WriteError(OSError):
     """A file of a run could not be written (a full disk, a read-only file system).
 
-    Nothing half-written is left behind (see :mod:`shortcut_diffusion.runfiles`); the CLI prints
+    Nothing half-written is left behind (see :mod:`shortcut_diffusion.io.runfiles`); the CLI prints
     ``sdo: error: could not write FILE: REASON`` and exits with status 1."""
 
     def __str__(self) -> str:

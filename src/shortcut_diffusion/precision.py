@@ -20,7 +20,7 @@ from typing import Any, Iterable, Union
 
 import torch
 
-from .errors import UsageError
+from shortcut_diffusion.errors import UsageError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 INIT_SCALE = 2.0**10

@@ -2,7 +2,7 @@
 
 ``get_method("truncated:k=1")`` builds a method from a spec ``name[:key=value,...]`` (the
 ``--estimator`` flag of every command); :func:`as_method` also takes a ready method, a
-:class:`~shortcut_diffusion.sampling.Plan`, a list of plans or ``None``. The interface is
+:class:`~shortcut_diffusion.sampling.loop.Plan`, a list of plans or ``None``. The interface is
 :class:`~.base.GradientMethod` (see :mod:`.base`); each method is a small module citing its paper:
 
 - :mod:`.plans`: full, checkpointed, truncated (DRaFT-K), alignprop, refl, drtune, sdo;
@@ -20,12 +20,13 @@ from typing import Any, Callable, Union
 
 import torch
 
-from ..config import parse_scalar
-from ..errors import UsageError
-from ..sampling import Plan, PlanSource
-from .base import FixedPlans, GradientMethod, Sampling
-from .plans import (AlignProp, Checkpointed, DRTune, Full, GradientEstimator, ReFL, SDO, Truncated)
-from .recomputed import DOODL, Adjoint, RecomputedMethod
+from shortcut_diffusion.options.parsing import parse_scalar
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.sampling.loop import Plan, PlanSource
+from shortcut_diffusion.gradients.base import FixedPlans, GradientMethod, Sampling
+from shortcut_diffusion.gradients.plans import (AlignProp, Checkpointed, DRTune, Full, GradientEstimator, ReFL, SDO,
+                                                Truncated)
+from shortcut_diffusion.gradients.recomputed import DOODL, Adjoint, RecomputedMethod
 
 METHODS: dict[str, type[GradientMethod]] = {
     cls.name: cls for cls in (Full, Checkpointed, Truncated, AlignProp, ReFL, SDO, DRTune, Adjoint, DOODL)
@@ -67,7 +68,7 @@ def get_method(spec: Union[str, GradientMethod], **overrides: Any) -> GradientMe
 
 
 def as_method(source: Union[str, GradientMethod, PlanSource], **overrides: Any) -> GradientMethod:
-    """What :func:`~shortcut_diffusion.generation.generate` samples with: a method, a spec, or the
+    """What :func:`~shortcut_diffusion.tasks.generate.generate` samples with: a method, a spec, or the
     loop's own plan sources (a Plan, a list of plans, an object with ``plan(steps)``, or ``None``
     for recording every step)."""
     if isinstance(source, GradientMethod):
@@ -79,7 +80,7 @@ def as_method(source: Union[str, GradientMethod, PlanSource], **overrides: Any) 
 
 def unmetered(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """``fn`` with what it saves for backward hidden from an enclosing
-    :class:`~shortcut_diffusion.diagnostics.SavedTensorMeter`."""
+    :class:`~shortcut_diffusion.meters.SavedTensorMeter`."""
 
     def call(x: torch.Tensor) -> torch.Tensor:
         with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):

@@ -2,12 +2,12 @@
 
 A :class:`GradientMethod` decides what the backward pass sees when a sample is drawn. It gets a
 :class:`Sampling` (the denoiser, the scheduler, the conditioning, the step range, the noise: one
-sampling call) and the starting latent, and returns a :class:`~shortcut_diffusion.sampling.SampleOutput`
+sampling call) and the starting latent, and returns a :class:`~shortcut_diffusion.sampling.loop.SampleOutput`
 whose ``sample`` carries the method's graph: ``loss(decode(sample)).backward()`` then leaves the
 method's gradient in every tensor that requires grad (the latent, the conditioning, the weights).
 Three kinds implement it, and nothing outside this package asks which one it is given:
 
-- per-step plans (:mod:`.plans`): the one sampling loop with a :class:`~shortcut_diffusion.sampling.Plan`
+- per-step plans (:mod:`.plans`): the one sampling loop with a :class:`~shortcut_diffusion.sampling.loop.Plan`
   of per-step modes (full, checkpointed, truncated, alignprop, refl, drtune, sdo);
 - recomputing methods (:mod:`.recomputed`): sample without a graph, then run backward one step at
   a time with the states recomputed (the adjoint, DOODL);
@@ -27,13 +27,13 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from ..errors import UsageError
-from ..sampling import PlanSource, SampleOutput, sample
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.sampling.loop import PlanSource, SampleOutput, sample
 
 
 @dataclass
 class Sampling:
-    """One sampling call, as :func:`~shortcut_diffusion.sampling.sample` takes it."""
+    """One sampling call, as :func:`~shortcut_diffusion.sampling.loop.sample` takes it."""
 
     denoiser: Callable
     scheduler: Any
@@ -134,7 +134,7 @@ class GradientMethod:
 
 
 class FixedPlans(GradientMethod):
-    """A :class:`~shortcut_diffusion.sampling.Plan` (or one per row) given directly, or ``None``
+    """A :class:`~shortcut_diffusion.sampling.loop.Plan` (or one per row) given directly, or ``None``
     for recording every step: the loop as the caller asked for it."""
 
     name = "plan"

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from ..errors import UsageError
-from ..sampling import Denoiser, PlanSource, SampleOutput, current_rows
-from .base import Sampling
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.sampling.loop import Denoiser, PlanSource, SampleOutput, current_rows
+from shortcut_diffusion.gradients.base import Sampling
 
 
 class Rollout:

@@ -4,9 +4,10 @@ built in code (:mod:`.toy`, :mod:`.sd15`). Loading by name or path is
 
 from __future__ import annotations
 
-from .base import CastDenoiser, DiffusionModel, TableConditioned
-from .denoisers import ClassifierFreeGuidance, UNet2DConditionDenoiser, UNet2DDenoiser, rescale_noise_cfg
-from .toy import ToyModel, toy_model
+from shortcut_diffusion.models.base import CastDenoiser, DiffusionModel, TableConditioned
+from shortcut_diffusion.models.denoisers import (ClassifierFreeGuidance, UNet2DConditionDenoiser, UNet2DDenoiser,
+                                                 rescale_noise_cfg)
+from shortcut_diffusion.models.toy import ToyModel, toy_model
 
 __all__ = [
     "CastDenoiser",

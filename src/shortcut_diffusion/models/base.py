@@ -1,7 +1,7 @@
 """The model interface every command goes through.
 
 A :class:`DiffusionModel` declares what sampling, rewards, targets and reports need, and nothing
-else. Every command reaches it through :func:`shortcut_diffusion.generation.generate`, so that what
+else. Every command reaches it through :func:`shortcut_diffusion.tasks.generate.generate`, so that what
 is optimized, evaluated, checked and benchmarked is one computation.
 
 ========================  ==========================================================================
@@ -35,8 +35,8 @@ from typing import Any, ClassVar, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from .denoisers import ClassifierFreeGuidance, UNet2DDenoiser
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.models.denoisers import ClassifierFreeGuidance, UNet2DDenoiser
 
 CONDITION_KINDS = ("class", "prompt", "none")
 

@@ -17,8 +17,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from ..sampling import current_rows
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.sampling.loop import current_rows
 
 
 class UNet2DDenoiser(nn.Module):

@@ -26,6 +26,6 @@ SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.0
 
 def sd15_shaped(resolution: int = 512, seed: int = 0):
     """The SD 1.5-shaped model for ``resolution`` pixels (see :mod:`.shaped`)."""
-    from .shaped import shaped_model
+    from shortcut_diffusion.models.shaped import shaped_model
 
     return shaped_model("sd15", resolution, seed=seed)

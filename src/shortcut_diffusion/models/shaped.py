@@ -18,10 +18,10 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from .base import DiffusionModel
-from .denoisers import UNet2DConditionDenoiser
-from .sd15 import SD15_SCHEDULER, SD15_UNET
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.models.base import DiffusionModel
+from shortcut_diffusion.models.denoisers import UNet2DConditionDenoiser
+from shortcut_diffusion.models.sd15 import SD15_SCHEDULER, SD15_UNET
 
 SDXL_UNET = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -154,7 +154,7 @@ class ShapedSD3(ShapedModel):
     lora_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
 
     def network_denoiser(self, guidance: float = 1.0) -> nn.Module:
-        from ..pipelines.denoisers import SD3Denoiser
+        from shortcut_diffusion.models.pipelines.denoisers import SD3Denoiser
 
         return SD3Denoiser(self.network_module)
 
@@ -174,7 +174,7 @@ class ShapedFlux(ShapedModel):
     def network_denoiser(self, guidance: float = 3.5) -> nn.Module:
         from diffusers import FluxPipeline
 
-        from ..pipelines.denoisers import FluxDenoiser
+        from shortcut_diffusion.models.pipelines.denoisers import FluxDenoiser
 
         h, w = self.latent_hw
         img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, self.device, torch.float32)

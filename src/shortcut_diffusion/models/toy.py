@@ -15,7 +15,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
-from .base import TableConditioned
+from shortcut_diffusion.models.base import TableConditioned
 
 
 @dataclass(eq=False)

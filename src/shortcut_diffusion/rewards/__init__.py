@@ -17,17 +17,17 @@ from typing import Callable, Optional
 
 import torch
 
-from ..errors import UsageError
-from .basic import Ink, NegMSE
-from .classifier import ClassifierReward
-from .clip import Aesthetic, ClipScore, ClipStyle, PickScore
-from .combine import AUGMENTATIONS, Augmented, WeightedSum, parse_weighted
-from .compress import Compressibility
-from .contract import CheckedReward, check_not_meta, checked
-from .digits import Adversarial, DigitClass, DigitMatch, Style
-from .hps import HPSv2
-from .imagereward import ImageReward
-from .user import load_user_reward
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.rewards.basic import Ink, NegMSE
+from shortcut_diffusion.rewards.classifier import ClassifierReward
+from shortcut_diffusion.rewards.clip import Aesthetic, ClipScore, ClipStyle, PickScore
+from shortcut_diffusion.rewards.combine import AUGMENTATIONS, Augmented, WeightedSum, parse_weighted
+from shortcut_diffusion.rewards.compress import Compressibility
+from shortcut_diffusion.rewards.contract import CheckedReward, check_not_meta, checked
+from shortcut_diffusion.rewards.digits import Adversarial, DigitClass, DigitMatch, Style
+from shortcut_diffusion.rewards.hps import HPSv2
+from shortcut_diffusion.rewards.imagereward import ImageReward
+from shortcut_diffusion.rewards.user import load_user_reward
 
 Reward = Callable[[torch.Tensor, Optional[list]], torch.Tensor]
 

@@ -6,8 +6,8 @@ from typing import Optional
 
 import torch
 
-from ..errors import UsageError
-from .spec import check_images
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.rewards.spec import check_images
 
 
 class Ink:

@@ -25,10 +25,10 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..config import parse_scalar
-from ..errors import UsageError
-from .spec import check_images
-from .user import import_user_module, run_user_code
+from shortcut_diffusion.options.parsing import parse_scalar
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.rewards.spec import check_images
+from shortcut_diffusion.rewards.user import import_user_module, run_user_code
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

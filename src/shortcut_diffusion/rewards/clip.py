@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UsageError
-from .spec import check_images, parse_options
-from .weights import OFFLINE_HINT, hub_offline
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.rewards.spec import check_images, parse_options
+from shortcut_diffusion.rewards.weights import OFFLINE_HINT, hub_offline
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's image statistics, open_clip's default
@@ -161,7 +161,7 @@ class _ClipBase:
 class ClipScore(_ClipBase):
     @classmethod
     def from_spec(cls, arg: str = "", **context) -> "ClipScore":
-        from .openclip import is_open_clip
+        from shortcut_diffusion.rewards.openclip import is_open_clip
 
         options = parse_options("clip", arg, ["model", "tokenizer"], positional="model")
         source = options.get("model", DEFAULT_CLIP)
@@ -178,7 +178,7 @@ class ClipScore(_ClipBase):
         """An open_clip model (directory or hub repository, see :mod:`.openclip`). Its tokenizer:
         ``tokenizer``, else the one saved with the model, else OpenAI CLIP's (open_clip's ViT models
         share its vocabulary)."""
-        from .openclip import load_open_clip
+        from shortcut_diffusion.rewards.openclip import load_open_clip
 
         model, pre = load_open_clip(source)
         if tokenizer is None:
@@ -272,7 +272,7 @@ class ClipStyle(_ClipBase):
 
     @classmethod
     def from_spec(cls, arg: str = "", **context) -> "ClipStyle":
-        from ..images import read_image
+        from shortcut_diffusion.io.images import read_image
 
         options = parse_options("clip-style", arg, ["ref", "model", "layers"], positional="ref")
         if "ref" not in options:

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import UsageError
+from shortcut_diffusion.errors import UsageError
 
 AUGMENTATIONS = ("crop", "cutout", "translation", "color")
 

@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from ..errors import UsageError
-from .spec import check_images, parse_options
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.rewards.spec import check_images, parse_options
 
 # ITU T.81 Annex K tables (quality 50).
 LUMA = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..errors import UsageError
+from shortcut_diffusion.errors import UsageError
 
 
 def check_value(value: Any, images: torch.Tensor, name: str) -> None:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UsageError
-from .clip import ClipPreprocess, ClipScore, _load
-from .openclip import open_clip_to_transformers
-from .spec import parse_options
-from .weights import checkpoint_file, read_state_dict
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.rewards.clip import ClipPreprocess, ClipScore, _load
+from shortcut_diffusion.rewards.openclip import open_clip_to_transformers
+from shortcut_diffusion.rewards.spec import parse_options
+from shortcut_diffusion.rewards.weights import checkpoint_file, read_state_dict
 
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 REPO = "xswu/HPSv2"

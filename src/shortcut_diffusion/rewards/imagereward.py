@@ -25,10 +25,10 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from .clip import ClipPreprocess, _load
-from .spec import check_images, parse_options
-from .weights import build_loaded, checkpoint_file, count_blocks, read_state_dict
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.rewards.clip import ClipPreprocess, _load
+from shortcut_diffusion.rewards.spec import check_images, parse_options
+from shortcut_diffusion.rewards.weights import build_loaded, checkpoint_file, count_blocks, read_state_dict
 
 REPO = "THUDM/ImageReward"
 TOKENIZER = "bert-base-uncased"

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from ..errors import UsageError
-from .clip import OPENAI_MEAN, OPENAI_STD
-from .weights import build_loaded, count_blocks, hub_offline, read_state_dict
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.rewards.clip import OPENAI_MEAN, OPENAI_STD
+from shortcut_diffusion.rewards.weights import build_loaded, count_blocks, hub_offline, read_state_dict
 
 CONFIG = "open_clip_config.json"
 WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")

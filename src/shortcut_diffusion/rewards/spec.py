@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..errors import UsageError
+from shortcut_diffusion.errors import UsageError
 
 
 def check_images(images: torch.Tensor, name: str) -> None:

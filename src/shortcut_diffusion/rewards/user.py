@@ -13,7 +13,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from ..errors import UsageError
+from shortcut_diffusion.errors import UsageError
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from shortcut_diffusion.errors import UsageError
 
 
 @functools.lru_cache(maxsize=None)

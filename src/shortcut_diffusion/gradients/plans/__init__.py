@@ -5,13 +5,13 @@ One file per method, each citing its paper; :class:`.base.GradientEstimator` is 
 
 from __future__ import annotations
 
-from .alignprop import AlignProp
-from .base import Drawn, GradientEstimator
-from .checkpointed import Checkpointed
-from .drtune import DRTune
-from .full import Full
-from .refl import ReFL
-from .sdo import SDO
-from .truncated import Truncated
+from shortcut_diffusion.gradients.plans.alignprop import AlignProp
+from shortcut_diffusion.gradients.plans.base import Drawn, GradientEstimator
+from shortcut_diffusion.gradients.plans.checkpointed import Checkpointed
+from shortcut_diffusion.gradients.plans.drtune import DRTune
+from shortcut_diffusion.gradients.plans.full import Full
+from shortcut_diffusion.gradients.plans.refl import ReFL
+from shortcut_diffusion.gradients.plans.sdo import SDO
+from shortcut_diffusion.gradients.plans.truncated import Truncated
 
 __all__ = ["AlignProp", "Checkpointed", "DRTune", "Drawn", "Full", "GradientEstimator", "ReFL", "SDO", "Truncated"]

@@ -27,9 +27,9 @@ from typing import Optional
 
 import torch
 
-from ...errors import UsageError
-from ...sampling import Mode, Plan
-from .base import GradientEstimator, whole_number
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.sampling.loop import Mode, Plan
+from shortcut_diffusion.gradients.plans.base import GradientEstimator, whole_number
 
 DRAWS = ("step", "call")
 

@@ -9,13 +9,13 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ...errors import UsageError
-from ...sampling import Mode, Plan, PlanSource, SampleOutput
-from ..base import GradientMethod, Sampling
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.sampling.loop import Mode, Plan, PlanSource, SampleOutput
+from shortcut_diffusion.gradients.base import GradientMethod, Sampling
 
 
 class GradientEstimator(GradientMethod):
-    """Decides, per sampling step, what autograd records (see :class:`~shortcut_diffusion.sampling.Mode`).
+    """Decides, per sampling step, what autograd records (see :class:`~shortcut_diffusion.sampling.loop.Mode`).
 
     Subclasses implement :meth:`plan`. Random choices (a truncation point, a kept step) are drawn
     from the estimator's own generator, never from the scheduler's noise stream, so estimators

@@ -9,7 +9,7 @@ call is recomputed; ``scheduler.step`` runs once, so scheduler state is never ad
 
 from __future__ import annotations
 
-from .full import Full
+from shortcut_diffusion.gradients.plans.full import Full
 
 
 class Checkpointed(Full):

@@ -3,7 +3,7 @@
 Wu, Zhang, Wang, Li, Xu, Ji, Liu, "Deep Reward Supervisions for Tuning Text-to-Image Diffusion
 Models", ECCV 2024 (arXiv 2405.00760). The network output of every step outside the K training
 steps is detached; at the K training steps the network call keeps its graph for the weights and
-the conditioning but runs on ``x.detach()`` (:attr:`~shortcut_diffusion.sampling.Mode.INPUT_STOP`);
+the conditioning but runs on ``x.detach()`` (:attr:`~shortcut_diffusion.sampling.loop.Mode.INPUT_STOP`);
 the scheduler's linear update stays differentiable everywhere.
 
 Where it differs from SDO with K kept steps (``sdo:k=K,keep=random``), which differentiates the
@@ -23,9 +23,9 @@ and ``last`` take the first or last K. ``k`` defaults to 1.
 
 from __future__ import annotations
 
-from ...errors import UsageError
-from ...sampling import Mode, Plan
-from .base import GradientEstimator, whole_number
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.sampling.loop import Mode, Plan
+from shortcut_diffusion.gradients.plans.base import GradientEstimator, whole_number
 
 KEEP = ("random", "first", "last")
 

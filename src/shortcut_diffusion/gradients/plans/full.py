@@ -9,8 +9,8 @@ Classifier Guidance", ICCV 2023, arXiv 2303.13703) makes memory-efficient.
 
 from __future__ import annotations
 
-from ...sampling import Plan
-from .base import GradientEstimator
+from shortcut_diffusion.sampling.loop import Plan
+from shortcut_diffusion.gradients.plans.base import GradientEstimator
 
 
 class Full(GradientEstimator):

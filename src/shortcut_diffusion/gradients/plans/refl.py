@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 
-from ...errors import UsageError
-from ...sampling import Mode, Plan
-from .base import GradientEstimator
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.sampling.loop import Mode, Plan
+from shortcut_diffusion.gradients.plans.base import GradientEstimator
 
 
 class ReFL(GradientEstimator):

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import UsageError
-from ...sampling import Mode, Plan, PlanSource, SampleOutput
-from ..base import Sampling
-from ..cached import cached_rollout, replay
-from .base import GradientEstimator, whole_number
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.sampling.loop import Mode, Plan, PlanSource, SampleOutput
+from shortcut_diffusion.gradients.base import Sampling
+from shortcut_diffusion.gradients.cached import cached_rollout, replay
+from shortcut_diffusion.gradients.plans.base import GradientEstimator, whole_number
 
 KEEP_CHOICES = ("first", "last", "random")
 ROLLOUTS = ("loop", "cached")

@@ -10,8 +10,8 @@ noise), the truncated gradient is exactly zero.
 
 from __future__ import annotations
 
-from ...sampling import Mode, Plan
-from .base import GradientEstimator, resolve_k, whole_number
+from shortcut_diffusion.sampling.loop import Mode, Plan
+from shortcut_diffusion.gradients.plans.base import GradientEstimator, resolve_k, whole_number
 
 
 class Truncated(GradientEstimator):

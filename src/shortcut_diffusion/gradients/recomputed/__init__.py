@@ -22,13 +22,14 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ...diagnostics import SavedTensorMeter
-from ...errors import UsageError
-from ...sampling import Mode, Plan, SampleOutput
-from ...schedulers import prediction_type
-from ..base import GradientMethod, Sampling
-from .adjoint import adjoint_backward, ddim_sample, drift
-from .edict import doodl_backward, doodl_calls, edict_sample, edict_schedule, renormalize
+from shortcut_diffusion.meters import SavedTensorMeter
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.sampling.loop import Mode, Plan, SampleOutput
+from shortcut_diffusion.sampling.schedulers import prediction_type
+from shortcut_diffusion.gradients.base import GradientMethod, Sampling
+from shortcut_diffusion.gradients.recomputed.adjoint import adjoint_backward, ddim_sample, drift
+from shortcut_diffusion.gradients.recomputed.edict import (doodl_backward, doodl_calls, edict_sample, edict_schedule,
+                                                           renormalize)
 
 
 class RecomputedMethod(GradientMethod):

@@ -20,8 +20,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from ...schedulers import DDIMStep, prediction_type
-from .edict import RecomputedGradient, _eps, accumulate, edict_schedule
+from shortcut_diffusion.sampling.schedulers import DDIMStep, prediction_type
+from shortcut_diffusion.gradients.recomputed.edict import RecomputedGradient, _eps, accumulate, edict_schedule
 
 
 def _ddim_step(denoiser: Callable, x: torch.Tensor, step: DDIMStep, cond: Any, kind: str) -> torch.Tensor:

@@ -27,7 +27,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
-from ...schedulers import DDIMStep, ddim_steps, eps_from, prediction_type
+from shortcut_diffusion.sampling.schedulers import DDIMStep, ddim_steps, eps_from, prediction_type
 
 MIX = 0.93
 

@@ -1,0 +1,39 @@
+"""Diffusers pipelines (SD 1.x/2.x, SDXL, SD3, Flux, pixel-space DDPM) as models: one small class
+per family, chosen by the pipeline's class."""
+
+from typing import Any
+
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.models.pipelines.base import PipelineModel
+from shortcut_diffusion.models.pipelines.loading import load_pipeline, looks_like_pipeline
+from shortcut_diffusion.models.pipelines.mmdit import FluxModel, SD3Model
+from shortcut_diffusion.models.pipelines.pixel import PixelModel
+from shortcut_diffusion.models.pipelines.unet import SDModel, SDXLModel
+
+FAMILIES = {
+    "StableDiffusionPipeline": SDModel,
+    "StableDiffusionXLPipeline": SDXLModel,
+    "StableDiffusion3Pipeline": SD3Model,
+    "FluxPipeline": FluxModel,
+    "DDPMPipeline": PixelModel,
+    "DDIMPipeline": PixelModel,
+}
+"""Pipeline class name -> the model class that adapts it (subclasses of a pipeline match too)."""
+
+
+def family_of(pipe: Any) -> type:
+    """The model class for ``pipe``."""
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in FAMILIES:
+            return FAMILIES[cls.__name__]
+    raise UsageError(f"{type(pipe).__name__} is not supported; supported pipelines: {', '.join(FAMILIES)}")
+
+
+def from_pipeline(pipe: Any, **options: Any):
+    """A loaded pipeline as its family's model; ``options`` (height, width, guidance_scale,
+    guidance_rescale, negative_prompt, max_sequence_length) go to the model class."""
+    return family_of(pipe)(pipe, **options)
+
+
+__all__ = ["FAMILIES", "FluxModel", "PipelineModel", "PixelModel", "SD3Model", "SDModel", "SDXLModel", "family_of",
+           "from_pipeline", "load_pipeline", "looks_like_pipeline"]

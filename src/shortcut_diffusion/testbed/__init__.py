@@ -1,7 +1,0 @@
-"""The embedded testbed: real handwritten digits, a trained diffusion model and classifier."""
-
-from ..lazy import exports
-
-__getattr__ = exports(__name__, {"BUNDLED": ".model", "DigitsModel": ".model", "load_digits_model": ".model"})
-
-__all__ = ["BUNDLED", "DigitsModel", "load_digits_model"]
