@@ -4,10 +4,15 @@ built in code (:mod:`.toy`, :mod:`.sd15`). Loading by name or path is
 
 from __future__ import annotations
 
-from shortcut_diffusion.models.base import CastDenoiser, DiffusionModel, TableConditioned
-from shortcut_diffusion.models.denoisers import (ClassifierFreeGuidance, UNet2DConditionDenoiser, UNet2DDenoiser,
-                                                 rescale_noise_cfg)
-from shortcut_diffusion.models.toy import ToyModel, toy_model
+from shortcut_diffusion.lazy import exports
+
+# Imported on first use, so that the torch-free configs below (models.testbed.config) stay light.
+__getattr__ = exports(__name__, {
+    **dict.fromkeys(["CastDenoiser", "DiffusionModel", "TableConditioned"], ".base"),
+    **dict.fromkeys(["ClassifierFreeGuidance", "UNet2DConditionDenoiser", "UNet2DDenoiser", "rescale_noise_cfg"],
+                    ".denoisers"),
+    "ToyModel": ".toy", "toy_model": ".toy",
+})
 
 __all__ = [
     "CastDenoiser",
