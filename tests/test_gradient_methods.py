@@ -140,3 +140,13 @@ def test_scheduler_probes_live_in_the_scheduler_module():
             if re.search(r"(hasattr|getattr)\((sched|scheduler|first|ddim)\b", line):
                 offenders.append(f"{path.relative_to(SRC)}: {line.strip()}")
     assert offenders == []
+
+
+@pytest.mark.parametrize("spec", ["alignprop", "sdo:keep=random", "drtune", "refl"])
+def test_checks_before_a_run_leave_the_methods_draws_untouched(tiny64, spec):
+    """A random method's draws are the run's: checking it (range, memory, reach) must not use them."""
+    checked, fresh = get_method(spec, seed=5), get_method(spec, seed=5)
+    checked.check(tiny64.scheduler, 10)
+    checked.held_graphs(10)
+    checked.moves_start(10)
+    assert [checked.plan(10) for _ in range(3)] == [fresh.plan(10) for _ in range(3)]

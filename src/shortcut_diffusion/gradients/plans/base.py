@@ -50,7 +50,7 @@ class GradientEstimator(GradientMethod):
 
     def check(self, scheduler, steps: int, *, start: int = 0, step_kwargs=None, task: str = "latent") -> None:
         self.check_task(task)
-        self.plan(steps - start)  # range errors (k > steps) before any work
+        copy.deepcopy(self).plan(steps - start)  # range errors (k > steps); a copy: the run's draws stay untouched
 
     def held_graphs(self, steps: int) -> int:
         plan = copy.deepcopy(self).plan(steps)  # a copy: the run's own draws stay untouched
