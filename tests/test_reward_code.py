@@ -121,6 +121,7 @@ def test_an_unreachable_hub_is_one_line_without_retries(tmp_path):
                OMP_NUM_THREADS="1")
     script = textwrap.dedent("""
         import time
+        import transformers  # imported before the clock: a busy machine's import time is not the point
         from shortcut_diffusion.rewards import get_reward
         from shortcut_diffusion.errors import UsageError
         start = time.perf_counter()

@@ -89,8 +89,12 @@ def test_every_reward_checks_its_images(spec, model):
     reward(images.clamp(-1, 1) * 1.01, labels)  # within the allowance
     with pytest.raises(UsageError, match=r"takes images in \[-1, 1\]; got values up to 3.00"):
         reward(images * 3, labels)
-    with pytest.raises(UsageError, match="NCHW images with 1 or 3 channels"):
-        reward(images[:, 0], labels)
+    if spec in ("ink", "neg-mse:3"):  # weight-free: any batch of samples (latents, token sequences)
+        with pytest.raises(UsageError, match="takes a batch of samples"):
+            reward(images[0, 0, 0], labels)
+    else:
+        with pytest.raises(UsageError, match="NCHW images with 1 or 3 channels"):
+            reward(images[:, 0], labels)
     if spec not in ("ink", "neg-mse:3"):
         with pytest.raises(UsageError, match=r"scores the digits testbed's 1x8x8 images, got shape \(2, 3, 8, 8\)"):
             reward(images.expand(-1, 3, -1, -1), labels)

@@ -24,7 +24,7 @@ class Ink:
         return cls()
 
     def __call__(self, images: torch.Tensor, prompts: Optional[list] = None) -> torch.Tensor:
-        check_images(images, "ink")
+        check_images(images, "ink", any_shape=True)
         return images.flatten(1).mean(dim=1)
 
 
@@ -53,6 +53,6 @@ class NegMSE:
         return cls(target)
 
     def __call__(self, images: torch.Tensor, prompts: Optional[list] = None) -> torch.Tensor:
-        check_images(images, "neg-mse")
+        check_images(images, "neg-mse", any_shape=True)
         target = self.target.to(images.device, images.dtype)
         return -(images - target).square().flatten(1).mean(dim=1)

@@ -9,9 +9,14 @@ import torch
 from shortcut_diffusion.errors import UsageError
 
 
-def check_images(images: torch.Tensor, name: str) -> None:
-    """Rewards take NCHW images in [-1, 1] (RGB or grey)."""
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
+def check_images(images: torch.Tensor, name: str, any_shape: bool = False) -> None:
+    """Rewards take NCHW images in [-1, 1] (RGB or grey). The weight-free rewards (``any_shape``)
+    take any batch of samples in that range: they also score the raw outputs of models without a
+    decoder (latents of any channel count, packed token sequences)."""
+    if any_shape:
+        if images.dim() < 2:
+            raise UsageError(f"reward {name} takes a batch of samples (NCHW images), got shape {tuple(images.shape)}")
+    elif images.dim() != 4 or images.shape[1] not in (1, 3):
         raise UsageError(f"reward {name} takes NCHW images with 1 or 3 channels, got shape {tuple(images.shape)}")
     if images.detach().abs().max() > 1.01:
         raise UsageError(f"reward {name} takes images in [-1, 1]; got values up to {float(images.detach().abs().max()):.2f} "
