@@ -13,15 +13,18 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from shortcut_diffusion.options.choices import DTYPES, SCHEDULERS, TRACKERS
 from shortcut_diffusion.errors import UsageError
 
 
-def redefault(owner: type, name: str, default: Any) -> Any:
-    """The field ``name`` of the option group ``owner`` with another default (same help, choices)."""
+def redefault(owner: type, name: str, default: Any, help: Optional[str] = None) -> Any:
+    """The field ``name`` of the option group ``owner`` with another default (same help, unless
+    ``help`` words it for the command, and the same choices)."""
     metadata = owner.__dataclass_fields__[name].metadata
+    if help is not None:
+        metadata = {**metadata, "help": help}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -173,11 +176,17 @@ class OptimizerOptions(Options):
     clip_grad: Optional[float] = field(default=None, metadata={"help": "clip the gradient norm to this value (0: no clipping)"})
 
     def _check(self) -> None:
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"--lr: the learning rate must be > 0 and finite, got {self.lr}")
-        if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
-            raise UsageError(f"--betas needs two numbers in [0, 1), got {' '.join(map(str, self.betas))}")
-        check_number("--clip-grad", self.clip_grad, low=0)
+        check_optimizer(self.lr, self.betas, self.clip_grad)
+
+
+def check_optimizer(lr: Optional[float], betas: Sequence[float], clip_grad: Optional[float] = None) -> None:
+    """The optimizer options (``--lr``, ``--betas``, ``--clip-grad``; 0 and None: no clipping),
+    for the option groups and the library functions alike."""
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise UsageError(f"--lr: the learning rate must be > 0 and finite, got {lr}")
+    if len(betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in betas):
+        raise UsageError(f"--betas needs two numbers in [0, 1), got {' '.join(map(str, betas))}")
+    check_number("--clip-grad", clip_grad, low=0)
 
 
 @dataclass

@@ -42,34 +42,31 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeats: int, reward_spec: str,
-            seed: int, device_name: str, model_options: Optional[dict[str, Any]] = None,
+            seed: int, device_name: str, options: Optional[dict[str, Any]] = None,
             prompts: Sequence[str] = (), threads: Optional[int] = None, compile: bool = False) -> dict[str, Any]:
     """One configuration, in this process: the median over ``repeats`` timed iterations of the
-    guided computation users run (the model's own guidance unless ``model_options`` sets one)."""
+    guided computation users run (the model's own guidance unless ``options`` sets one).
+
+    ``options`` holds the other fields of a :class:`BenchConfig` (dtype, guidance, conditions,
+    reward views, ...); the arguments named here win over it."""
     import resource
 
     import torch
 
-    from shortcut_diffusion.options.parsing import resolve_device
     from shortcut_diffusion.measure.gradcheck.run import estimator_gradient
     from shortcut_diffusion.gradients import get_method
-    from shortcut_diffusion.models.loading import apply_thread_policy, load_model
-    from shortcut_diffusion.precision import Precision
-    from shortcut_diffusion.rewards import get_reward, resolve_reward_spec
+    from shortcut_diffusion.tasks.context import build_context
 
-    device = resolve_device(device_name)
-    options = dict(model_options or {})
-    model = load_model(model_name, device=device, **options)
-    apply_thread_policy(model, threads)
-    reward = get_reward(resolve_reward_spec(reward_spec, model), shape=model.image_shape, model=model)
+    config = BenchConfig(**{**(options or {}), "model": model_name, "batch": batch, "reward": reward_spec,
+                            "seed": seed, "device": device_name, "prompt": list(prompts), "threads": threads,
+                            "compile": compile})
+    context = build_context(config, batch=batch, steps=steps, scheduler="auto")
+    model, labels, reward, precision, device = (context.model, context.labels, context.reward, context.precision,
+                                                context.device)
     estimator = None if spec is None else get_method(spec, seed=seed)
-    conditions = model.labels_from(list(prompts) if model.condition_kind == "prompt" else ["all"],
-                                   "--prompt" if model.condition_kind == "prompt" else "--cond")
-    labels = [conditions[i % len(conditions)] for i in range(batch)]
-    precision = Precision(options.get("dtype", "fp32"), device)
 
     def once(est):
-        return estimator_gradient(model, model.scheduler, est, reward, target="latent", steps=steps,
+        return estimator_gradient(model, context.scheduler, est, reward, target="latent", steps=steps,
                                   labels=labels, seed=seed, precision=precision, compile=compile)
 
     runs, floor = [], []
@@ -147,6 +144,7 @@ def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> lis
     from shortcut_diffusion.gradients import get_method
     from shortcut_diffusion.models.loading import load_model
     from shortcut_diffusion.sampling.schedulers import scheduler_for
+    from shortcut_diffusion.tasks.context import model_conditions
 
     config.check()
     specs = [get_method(s).spec for s in config.estimators]  # validate before any work
@@ -155,8 +153,9 @@ def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> lis
     for steps in config.steps:  # range errors (k > steps) and schedules a method cannot follow
         for s in specs:
             get_method(s).check(model.scheduler, steps, task="bench")
-    if model.condition_kind == "prompt" and not config.prompt:
+    if model.condition_kind == "prompt" and not (config.prompt or config.prompts_file):
         raise UsageError("--prompt is required for a text-to-image model")
+    model_conditions(config, model)  # conditions the model does not take fail before any work
     with rundir.claimed(config.out, "bench", overwrite=config.overwrite) as out:
         return _bench(config, specs, out, command, log)
 
@@ -167,7 +166,7 @@ def _bench(config: BenchConfig, specs: list[str], out: Path, command: str, log) 
         for spec in [None, *specs]:
             args = {"model_name": config.model, "spec": spec, "steps": steps, "batch": config.batch,
                     "repeats": config.repeats, "reward_spec": config.reward, "seed": config.seed,
-                    "device_name": config.device, "model_options": config.load_options(), "prompts": config.prompt,
+                    "device_name": config.device, "options": asdict(config), "prompts": config.prompt,
                     "threads": config.threads, "compile": config.compile}
             # --quick checks the harness in this process (its peak memory is not a configuration's own)
             try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shortcut_diffusion.errors import UsageError
-from shortcut_diffusion.options.groups import (ConditionOptions, ModelOptions, RewardOptions, SamplingOptions,
-                                               check_seed, redefault)
+from shortcut_diffusion.options.groups import (ConditionOptions, ModelOptions, RewardOptions, RunOptions,
+                                               SamplingOptions, check_number, check_seed, redefault)
 
 DEFAULT_ESTIMATORS = [
     "full",
@@ -25,19 +25,18 @@ TARGETS = ("latent", "cond", "weights")
 @dataclass
 class GradcheckConfig(RewardOptions, ConditionOptions, SamplingOptions, ModelOptions):
     scheduler: str = redefault(SamplingOptions, "scheduler", "auto")
-    batch: int = field(default=2, metadata={"help": "samples per batch"})
+    batch: int = redefault(RunOptions, "batch", 2)
     target: str = field(default="latent", metadata={"help": "what the gradient is taken for", "choices": list(TARGETS)})
     reward: str = field(default="auto", metadata={"help": "differentiable reward (name[:arg]); auto: digit-match on the testbed, neg-mse otherwise"})
     estimators: list[str] = field(
         default_factory=lambda: list(DEFAULT_ESTIMATORS),
         metadata={"help": "estimator specs, name[:key=value,...]; full is always included first"},
     )
-    seed: int = field(default=0, metadata={"help": "seed of the latent, the noise and the estimators"})
+    seed: int = redefault(RunOptions, "seed", 0, help="seed of the latent, the noise and the estimators")
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of a table"})
 
     def _check(self) -> None:
         if self.target not in TARGETS:
             raise UsageError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
-        if self.steps < 1 or self.batch < 1:
-            raise UsageError(f"steps and batch must be positive, got steps={self.steps}, batch={self.batch}")
+        check_number("--batch", self.batch, low=1)  # --steps: SamplingOptions
         check_seed("--seed", self.seed)

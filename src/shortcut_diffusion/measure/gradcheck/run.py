@@ -15,17 +15,14 @@ from typing import Any, Optional
 
 import torch
 
-from shortcut_diffusion.options.parsing import resolve_device
 from shortcut_diffusion.meters import CountingDenoiser, SavedTensorMeter, model_weights
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.tasks.generate import detached, generate, reward_labels
 from shortcut_diffusion.measure.gradcheck.config import DEFAULT_ESTIMATORS, GradcheckConfig
-from shortcut_diffusion.models.loading import apply_thread_policy, load_model
 from shortcut_diffusion.gradients import get_method
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.precision import Precision
-from shortcut_diffusion.rewards import get_reward, resolve_reward_spec
-from shortcut_diffusion.sampling.schedulers import scheduler_for
+from shortcut_diffusion.tasks.context import build_context
 
 
 def _flat(grads: list[Optional[torch.Tensor]], like: list[torch.Tensor]) -> torch.Tensor:
@@ -144,26 +141,15 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, l
     }
 
 
-def gradcheck_labels(config: GradcheckConfig, model: DiffusionModel) -> list:
-    items, source = config.condition_items(model.condition_kind)
-    conditions = model.labels_from(items, source)
-    return [conditions[i % len(conditions)] for i in range(config.batch)]
-
-
 def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
     config.check()
     specs = ["full"] + [s for s in config.estimators if s != "full"]
     estimators = [get_method(s, seed=config.seed) for s in specs]  # validate all before work
-    device = resolve_device(config.device)
-    model = load_model(config.model, device=device, progress=not config.json, **config.load_options())
-    apply_thread_policy(model, config.threads)
-    labels = gradcheck_labels(config, model)
-    scheduler = scheduler_for(model, config.scheduler, steps=config.steps)
+    context = build_context(config, batch=config.batch, progress=not config.json)
+    model, labels, scheduler, reward, precision = (context.model, context.labels, context.scheduler, context.reward,
+                                                   context.precision)
     for method in estimators:
         method.check(scheduler, config.steps, step_kwargs=config.step_kwargs, task="gradcheck")
-    reward_spec = resolve_reward_spec(config.reward, model)
-    reward = get_reward(reward_spec, shape=model.image_shape, model=model)
-    precision = Precision(config.dtype, device)
 
     results, reference = [], None
     for spec, estimator in zip(specs, estimators):
@@ -179,9 +165,9 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
         results.append({"estimator": spec, "cosine": cosine,
                         "rel_norm": float(norm / ref_norm) if ref_norm > 0 else None, **r})
     return {"steps": config.steps, "target": config.target, "model": config.model, "family": model.family,
-            "scheduler": config.scheduler, "reward": reward_spec, "batch": config.batch,
+            "scheduler": config.scheduler, "reward": context.reward_spec, "batch": config.batch,
             "guidance": model.guidance_scale if config.guidance is None else config.guidance,
-            "dtype": config.dtype, "device": str(device), "results": results}
+            "dtype": config.dtype, "device": str(context.device), "results": results}
 
 
 def format_table(report: dict[str, Any]) -> str:

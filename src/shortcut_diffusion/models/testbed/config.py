@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from shortcut_diffusion.errors import UsageError
-from shortcut_diffusion.options.groups import MAX_GUIDANCE, Options, check_number, check_seed
+from shortcut_diffusion.options.groups import (MAX_GUIDANCE, ModelOptions, Options, RunOptions, SamplingOptions,
+                                               check_number, check_seed, redefault)
 
 NORM_GROUPS = 8
 """The UNet's group-norm groups: every block width is a multiple of this."""
@@ -58,11 +59,11 @@ class TrainTestbedConfig(Options):
 
 @dataclass
 class EvalTestbedConfig(Options):
-    model: str = field(default="digits", metadata={"help": "digits (bundled) or a saved testbed directory"})
+    model: str = redefault(ModelOptions, "model", "digits", help="digits (bundled) or a saved testbed directory")
     per_class: int = field(default=100, metadata={"help": "samples per class"})
-    steps: int = field(default=50, metadata={"help": "DDIM steps"})
-    guidance: Optional[float] = field(default=None, metadata={"help": "guidance scale (default: the model's)"})
-    seed: int = field(default=0, metadata={"help": "seed of the noise"})
+    steps: int = redefault(SamplingOptions, "steps", 50, help="DDIM steps")
+    guidance: Optional[float] = redefault(ModelOptions, "guidance", None)
+    seed: int = redefault(RunOptions, "seed", 0, help="seed of the noise")
 
     def _check(self) -> None:
         _at_least(1, per_class=self.per_class, steps=self.steps)

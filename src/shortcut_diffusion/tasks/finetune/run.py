@@ -32,11 +32,8 @@ from shortcut_diffusion.options.parsing import resolve_device
 from shortcut_diffusion.gradients import get_method
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.io.interrupts import Interrupted, as_interrupted, deferred
-from shortcut_diffusion.models.loading import apply_thread_policy, load_model
 from shortcut_diffusion.tasks.memory import check_batch_fits
-from shortcut_diffusion.precision import Precision
-from shortcut_diffusion.rewards import get_reward
-from shortcut_diffusion.sampling.schedulers import scheduler_for
+from shortcut_diffusion.tasks.context import build_context
 from shortcut_diffusion.io.tracking import Tracker
 from shortcut_diffusion.tasks.finetune import checkpoint as ckpt
 from shortcut_diffusion.tasks.finetune.card import write_model_card
@@ -45,12 +42,6 @@ from shortcut_diffusion.tasks.finetune.evaluation import Evaluation
 from shortcut_diffusion.tasks.finetune.sharding import full_state_dict
 from shortcut_diffusion.tasks.finetune.targets import make_target
 from shortcut_diffusion.tasks.finetune.train import FineTuning, TrainState, make_state, train_step
-
-
-def conditions(config: FinetuneConfig, model: Any) -> list:
-    """The training conditions of ``config`` for ``model``, checked."""
-    items, source = config.condition_items(model.condition_kind)
-    return model.labels_from(items, source)
 
 
 def label_index(labels: list) -> list[int]:
@@ -101,26 +92,20 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
 
 def setup(config: FinetuneConfig, estimator: Any, device: torch.device, accelerator: Any = None) -> FineTuning:
     """Load the model, attach the target (float32 masters), build the rewards: a :class:`FineTuning`."""
-    model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
-    apply_thread_policy(model, config.threads)
-    labels = conditions(config, model)
-    reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
-                        views=config.reward_views, seed=config.seed,
-                        allow_code=config.allow_code)
+    context = build_context(config, batch=None, device=device, progress=config.progress)
+    model, labels, scheduler = context.model, context.conditions, context.scheduler
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # LoRA's random initialisation: the same on every rank and run
         target = make_target(config.target, model, rank=config.lora_rank, alpha=config.lora_alpha,
                              modules=config.lora_modules, labels=labels, keep_base=not config.fsdp)
-    model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
-                         attention_slicing=config.attention_slicing)
-    scheduler = scheduler_for(model, config.scheduler, steps=config.steps)
+    context.apply_memory_options(config)
     estimator.check(scheduler, config.steps, step_kwargs=config.step_kwargs,
                     task="finetune")
     check_batch_fits(model, estimator, steps=config.steps, batch=config.batch, labels=labels,
-                     guidance=config.guidance, precision=Precision(config.dtype, device))
+                     guidance=config.guidance, precision=context.precision)
     world = accelerator.num_processes if accelerator is not None else 1
-    ft = FineTuning(config, model, target, reward, scheduler, estimator, labels,
-                    Precision(config.dtype, device), world=world,
+    ft = FineTuning(config, model, target, context.reward, scheduler, estimator, labels,
+                    context.precision, world=world,
                     rank=accelerator.process_index if accelerator is not None else 0,
                     reduce=(lambda t: accelerator.reduce(t, reduction="sum")) if world > 1 else (lambda t: t))
     if world > 1:  # start every rank from the main process's weights, whatever happened before

@@ -19,28 +19,18 @@ from shortcut_diffusion.tasks.generate import reward_labels, sample_images
 from shortcut_diffusion.tasks.guide.freedom import GuidedResult, freedom_sample
 from shortcut_diffusion.tasks.guide.config import GuideConfig
 from shortcut_diffusion.io.interrupts import interrupted_fields
-from shortcut_diffusion.models.loading import apply_thread_policy, load_model
-from shortcut_diffusion.precision import Precision
-from shortcut_diffusion.rewards import get_reward
-from shortcut_diffusion.sampling.schedulers import scheduler_for
+from shortcut_diffusion.tasks.context import build_context
 
 
 def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
     config.check()
     device = resolve_device(config.device)
     with rundir.claimed(config.out, "guide", overwrite=config.overwrite) as out:
-        model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
-        apply_thread_policy(model, config.threads)
-        items, source = config.condition_items(model.condition_kind)
-        conditions = model.labels_from(items, source)
-        labels = [conditions[i % len(conditions)] for i in range(config.batch)]
-        reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
-                            views=config.reward_views, seed=config.seed,
-                            allow_code=config.allow_code)
-        scheduler = scheduler_for(model, config.scheduler, steps=config.steps)
+        context = build_context(config, batch=config.batch, device=device, progress=config.progress)
+        model, labels, reward, scheduler = context.model, context.labels, context.reward, context.scheduler
         noise = torch.randn((config.batch, *model.sample_shape), generator=torch.Generator().manual_seed(config.seed))
         reporting.write_json(out / "config.json", {**config.as_dict(), "device": str(device)})
-        precision = Precision(config.dtype, device)
+        precision = context.precision
         start = sample_images(model, noise, labels, steps=config.steps, guidance=config.guidance, scheduler=scheduler,
                               seed=config.seed + 1, step_kwargs=config.step_kwargs, precision=precision)
         result = freedom_sample(model, noise.to(device), labels, reward, steps=config.steps, scale=config.scale,

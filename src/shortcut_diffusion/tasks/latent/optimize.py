@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from shortcut_diffusion.meters import SavedTensorMeter, model_weights
 from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.options.groups import check_optimizer
 from shortcut_diffusion.gradients import GradientMethod, get_method
 from shortcut_diffusion.tasks.generate import detached, generate
 from shortcut_diffusion.io.interrupts import as_interrupted, deferred
@@ -80,14 +81,6 @@ def chi_prior(z: torch.Tensor) -> torch.Tensor:
     return (r.square() / 2 - (d - 1) * torch.log(r)) / d
 
 
-def _finite(name: str, value: Optional[float], low: float = 0.0, strict: bool = False) -> None:
-    if value is None:
-        return
-    bad = not math.isfinite(value) or value < low or (strict and value == low)
-    if bad:
-        raise UsageError(f"{name} must be {'>' if strict else '>='} {low:g} and finite, got {value}")
-
-
 def check_latent_options(*, steps: int, warmup: int, iters: int, lr: float, batch: int,
                          prior_weight: float = 0.0, proximity_weight: float = 0.0,
                          optimizes_noise: bool = True, precision: str = "fp32",
@@ -101,12 +94,9 @@ def check_latent_options(*, steps: int, warmup: int, iters: int, lr: float, batc
         raise UsageError(f"warm-up steps must satisfy 0 <= warmup < steps, got warmup={warmup}, steps={steps}")
     if iters < 1:
         raise UsageError(f"iters must be positive, got {iters}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise UsageError(f"learning rate must be > 0, got {lr}")
+    check_optimizer(lr, betas, clip_grad)  # the same check as --lr, --betas and --clip-grad
     if batch < 1:
         raise UsageError(f"batch must be positive, got {batch}")
-    check_betas(betas)
-    _finite("the gradient clipping norm", clip_grad, strict=True)
     if not (math.isfinite(prior_weight) and math.isfinite(proximity_weight)) or prior_weight < 0 or proximity_weight < 0:
         raise UsageError("regularizer weights must be >= 0 and finite")
     if prior_weight > 0 and not optimizes_noise:
@@ -119,13 +109,6 @@ def check_moves_latent(method: GradientMethod, steps: int) -> None:
         raise UsageError(f"--estimator {method.spec} stops the gradient before the optimized latent (steps after it "
                          f"are cut off), so the latent would never move; for latents use sdo, full, checkpointed, "
                          f"alignprop or truncated:k=all ({method.name} suits sdo finetune)")
-
-
-def check_betas(betas: Sequence[float]) -> None:
-    if len(betas) != 2:
-        raise UsageError(f"--betas needs two values, got {list(betas)}")
-    if not all(math.isfinite(b) and 0 <= b < 1 for b in betas):
-        raise UsageError(f"--betas must be two numbers in [0, 1), got {list(betas)}")
 
 
 @dataclass
@@ -231,6 +214,23 @@ def _labels(labels: Any, batch: Optional[int]) -> tuple[Any, int]:
     return labels, len(labels) if batch is None else batch
 
 
+def _precision_name(model: DiffusionModel, precision: Union[str, Precision, None]) -> str:
+    """The name of ``precision`` (default: the model's dtype)."""
+    if precision is None:
+        return {v: k for k, v in DTYPES.items()}[model.dtype]
+    return precision.name if isinstance(precision, Precision) else precision
+
+
+def _check_call(model: DiffusionModel, labels: Any, init: Optional[torch.Tensor], **options: Any) -> None:
+    """The checks of :func:`optimize_latent`'s arguments, before any work."""
+    check_latent_options(**options)
+    batch = options["batch"]
+    if len(labels) != batch:
+        raise UsageError(f"{len(labels)} labels for a batch of {batch}")
+    if init is not None and tuple(init.shape) != (batch, *model.sample_shape):
+        raise UsageError(f"init latent has shape {tuple(init.shape)}, expected {(batch, *model.sample_shape)}")
+
+
 def optimize_latent(
     model: DiffusionModel,
     reward: Callable[[torch.Tensor, Any], torch.Tensor],
@@ -284,15 +284,10 @@ def optimize_latent(
     method = get_method(estimator, seed=seed)
     optimizes_noise = warmup == 0 and init is None
     prior_weight = default_prior_weight(prior_weight, optimizes_noise and method.noise_prior)
-    name = {v: k for k, v in DTYPES.items()}[model.dtype] if precision is None else \
-        precision.name if isinstance(precision, Precision) else precision
-    check_latent_options(steps=steps, warmup=warmup, iters=iters, lr=lr, batch=batch, prior_weight=prior_weight,
-                         proximity_weight=proximity_weight, optimizes_noise=optimizes_noise, precision=name,
-                         betas=betas, clip_grad=clip_grad)
-    if len(labels) != batch:
-        raise UsageError(f"{len(labels)} labels for a batch of {batch}")
-    if init is not None and tuple(init.shape) != (batch, *model.sample_shape):
-        raise UsageError(f"init latent has shape {tuple(init.shape)}, expected {(batch, *model.sample_shape)}")
+    name = _precision_name(model, precision)
+    _check_call(model, labels, init, steps=steps, warmup=warmup, iters=iters, lr=lr, batch=batch,
+                prior_weight=prior_weight, proximity_weight=proximity_weight, optimizes_noise=optimizes_noise,
+                precision=name, betas=betas, clip_grad=clip_grad)
     if isinstance(scheduler, str):
         scheduler = make_scheduler(scheduler, like=model.scheduler)
     method.check(scheduler or model.scheduler, steps, start=warmup, step_kwargs=step_kwargs)

@@ -22,23 +22,13 @@ from shortcut_diffusion.options.parsing import resolve_device
 from shortcut_diffusion.io.images import read_image
 from shortcut_diffusion.io.interrupts import deferred, interrupted_fields
 from shortcut_diffusion.sampling.inversion import ddim_invert
+from shortcut_diffusion.tasks.context import RunContext, build_context
 from shortcut_diffusion.tasks.latent.config import PRESETS, DemoConfig, LatentConfig  # noqa: F401 (re-exported)
-from shortcut_diffusion.models.loading import apply_thread_policy, load_model
 from shortcut_diffusion.tasks.memory import check_batch_fits
 from shortcut_diffusion.gradients import get_method
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.tasks.latent.optimize import LatentResult, optimize_latent
-from shortcut_diffusion.precision import Precision
-from shortcut_diffusion.rewards import get_reward
-from shortcut_diffusion.sampling.schedulers import scheduler_for
 from shortcut_diffusion.io.tracking import Tracker
-
-
-def latent_labels(config: LatentConfig, model: DiffusionModel) -> list:
-    """The conditions of ``config`` for ``model``, checked, cycled over the batch."""
-    items, source = config.condition_items(model.condition_kind)
-    conditions = model.labels_from(items, source)
-    return [conditions[i % len(conditions)] for i in range(config.batch_size)]
 
 
 def _init_image(ref: str, model: DiffusionModel, batch: int) -> torch.Tensor:
@@ -53,13 +43,14 @@ def _init_image(ref: str, model: DiffusionModel, batch: int) -> torch.Tensor:
     return image[None].expand(batch, -1, -1, -1)
 
 
-def inverted_latent(config: LatentConfig, model: DiffusionModel, scheduler: Any, labels: list) -> torch.Tensor:
-    """The DDIM inversion of ``--init invert:REF`` at step ``--warmup``, in ``scheduler``'s scale."""
+def inverted_latent(config: LatentConfig, context: RunContext) -> torch.Tensor:
+    """The DDIM inversion of ``--init invert:REF`` at step ``--warmup``, in the scheduler's scale."""
+    model = context.model
     image = _init_image(config.init.partition(":")[2], model, config.batch_size).to(model.device)
-    with Precision(config.dtype, model.device).autocast():
+    with context.precision.autocast():
         latent = model.encode(image)
-    return ddim_invert(model.denoiser(config.guidance), scheduler, latent.float(), steps=config.steps,
-                       start=config.warmup, cond=model.conditioning(labels),
+    return ddim_invert(model.denoiser(config.guidance), context.scheduler, latent.float(), steps=config.steps,
+                       start=config.warmup, cond=model.conditioning(context.labels),
                        set_timesteps_kwargs=model.timestep_kwargs(config.steps))
 
 
@@ -70,40 +61,34 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
     estimator = get_method(config.estimator, seed=config.seed)
     device = resolve_device(config.device)
     with rundir.claimed(config.out, "latent", overwrite=config.overwrite) as out:
-        model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
-        apply_thread_policy(model, config.threads)
+        context = build_context(config, batch=config.batch_size, device=device, progress=config.progress)
         tracker = Tracker(config.report_to, out, "latent", config.as_dict())
-        result, out = _run_latent(config, estimator, model, out, tracker)
+        result, out = _run_latent(config, estimator, context, out, tracker)
         tracker.image("before_after", out / "before_after.png", config.iters)
         tracker.close(json.loads((out / "summary.json").read_text()), config.iters)
         return result, out
 
 
-def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out: Path,
+def _run_latent(config: LatentConfig, estimator: Any, context: RunContext, out: Path,
                 tracker: Tracker) -> tuple[LatentResult, Path]:
-    labels = latent_labels(config, model)
-    reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
-                        views=config.reward_views, seed=config.seed,
-                        allow_code=config.allow_code)
-    scheduler = scheduler_for(model, config.scheduler, steps=config.steps)
-    model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
-                         attention_slicing=config.attention_slicing)
+    model, labels, scheduler = context.model, context.labels, context.scheduler
+    context.apply_memory_options(config)
     model.prepare(labels)
     estimator.check(scheduler, config.steps, start=config.warmup, step_kwargs=config.step_kwargs)
     check_batch_fits(model, estimator, steps=config.steps - config.warmup, batch=config.batch_size, labels=labels,
-                     guidance=config.guidance, precision=Precision(config.dtype, model.device))
-    init = inverted_latent(config, model, scheduler, labels) if config.init.startswith("invert:") else None
+                     guidance=config.guidance, precision=context.precision)
+    init = inverted_latent(config, context) if config.init.startswith("invert:") else None
     if config.offload_text_encoders and model.device.type != "cpu":
         model.offload_text_encoders()
     reporting.write_json(out / "config.json", {**config.as_dict(), "batch": config.batch_size,
                                                "estimator_spec": estimator.spec, "device": str(model.device),
                                                "torch_threads": torch.get_num_threads()})
     result = optimize_latent(
-        model, reward, labels, estimator=estimator, scheduler=scheduler, steps=config.steps,
+        model, context.reward, labels, estimator=estimator, scheduler=scheduler, steps=config.steps,
         warmup=config.warmup, iters=config.iters, lr=config.lr, betas=config.betas,
         clip_grad=config.clip_grad or None, prior_weight=config.prior_weight,
         proximity_weight=config.proximity_weight, init=init, batch=config.batch_size, seed=config.seed,
-        step_kwargs=config.step_kwargs, guidance=config.guidance, precision=config.dtype,
+        step_kwargs=config.step_kwargs, guidance=config.guidance, precision=context.precision,
         progress=config.progress, callback=_recorder(config, out, tracker), compile=config.compile,
     )
     _write_results(config, model, labels, result, estimator.spec, out)
