@@ -41,3 +41,6 @@ class GradcheckConfig(RewardOptions, ConditionOptions, SamplingOptions, ModelOpt
         if self.steps < 1 or self.batch < 1:
             raise UsageError(f"steps and batch must be positive, got steps={self.steps}, batch={self.batch}")
         check_seed("--seed", self.seed)
+        if self.eval_reward:
+            raise UsageError("sdo gradcheck takes no --eval-reward (it compares gradients of one reward); "
+                             "held-out rewards are for sdo latent, guide and finetune")

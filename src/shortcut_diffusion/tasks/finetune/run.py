@@ -36,6 +36,7 @@ from shortcut_diffusion.models.loading import apply_thread_policy, load_model
 from shortcut_diffusion.tasks.memory import check_batch_fits
 from shortcut_diffusion.precision import Precision
 from shortcut_diffusion.rewards import get_reward
+from shortcut_diffusion.rewards.held_out import describe_lines
 from shortcut_diffusion.sampling.schedulers import scheduler_for
 from shortcut_diffusion.io.tracking import Tracker
 from shortcut_diffusion.tasks.finetune import checkpoint as ckpt
@@ -320,6 +321,8 @@ def describe(summary: dict[str, Any], out: Path) -> str:
     if held_out:
         lines.append(f"evaluation reward (training conditions) {_number(before['seen_reward'])} -> "
                      f"{_number(after['seen_reward'])}")
+    lines += describe_lines({**{f"before_{k}": v for k, v in before.items()},
+                             **{f"after_{k}": v for k, v in after.items()}}, "before_", "after_")
     if summary.get("skipped_steps"):
         lines.append(f"fp16 loss scaling skipped {summary['skipped_steps']} step(s) whose gradient overflowed")
     if "digits_fd" in after and "digits_fd" in before:

@@ -30,6 +30,7 @@ from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.tasks.latent.optimize import LatentResult, optimize_latent
 from shortcut_diffusion.precision import Precision
 from shortcut_diffusion.rewards import get_reward
+from shortcut_diffusion.rewards.held_out import describe_lines, eval_rewards, start_final
 from shortcut_diffusion.sampling.schedulers import scheduler_for
 from shortcut_diffusion.io.tracking import Tracker
 
@@ -85,6 +86,7 @@ def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out
     reward = get_reward(config.reward, shape=model.image_shape, model=model, augment=config.reward_augment,
                         views=config.reward_views, seed=config.seed,
                         allow_code=config.allow_code)
+    held_out = eval_rewards(config.eval_reward, model, allow_code=config.allow_code)
     scheduler = scheduler_for(model, config.scheduler, steps=config.steps)
     model.memory_options(vae_slicing=config.vae_slicing, vae_checkpointing=config.vae_checkpointing,
                          attention_slicing=config.attention_slicing)
@@ -105,6 +107,7 @@ def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out
         proximity_weight=config.proximity_weight, init=init, batch=config.batch_size, seed=config.seed,
         step_kwargs=config.step_kwargs, guidance=config.guidance, precision=config.dtype,
         progress=config.progress, callback=_recorder(config, out, tracker), compile=config.compile,
+        eval_rewards=held_out,
     )
     _write_results(config, model, labels, result, estimator.spec, out)
     return result, out
@@ -141,6 +144,7 @@ def _write_results(config: LatentConfig, model: DiffusionModel, labels: list, re
     summary = {
         "start_reward": float(result.start_rewards.mean()),
         "final_reward": float(result.rewards.mean()),
+        **start_final(result.start_eval_rewards, result.eval_rewards),
         "stopped": result.stopped,
         **interrupted_fields(result.interrupt),
         "seconds_per_iter": (sum(r["seconds"] for r in result.history) / len(result.history)) if result.history else None,
@@ -162,6 +166,7 @@ def describe(result: LatentResult, out: Path) -> str:
     summary = json.loads((out / "summary.json").read_text())
     lines = [f"reward {_number(summary['start_reward'])} -> {_number(summary['final_reward'])} "
              "(mean per sample; metrics.jsonl's loss is Adam's objective: -reward summed over the batch + regularizers)"]
+    lines += describe_lines(summary)
     if "final_predicted" in summary:
         lines.append(f"classifier: before {summary['start_predicted']} after {summary['final_predicted']}")
     if "judge_final_predicted" in summary:
