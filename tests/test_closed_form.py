@@ -26,7 +26,8 @@ def ddim_coefficients(scheduler, steps):
     coeffs = []
     for i, t in enumerate(ts):
         a_t = abar[t]
-        a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else sched.final_alpha_cumprod
+        prev = t - sched.config.num_train_timesteps // steps  # where diffusers' DDIM step goes
+        a_prev = abar[prev] if prev >= 0 else sched.final_alpha_cumprod
         a = (a_prev / a_t).sqrt()
         b = (1 - a_prev).sqrt() - (a_prev * (1 - a_t) / a_t).sqrt()
         coeffs.append((float(a), float(b)))
