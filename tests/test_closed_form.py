@@ -26,7 +26,8 @@ def ddim_coefficients(scheduler, steps):
     coeffs = []
     for i, t in enumerate(ts):
         a_t = abar[t]
-        a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else sched.final_alpha_cumprod
+        prev = t - sched.config.num_train_timesteps // steps  # where diffusers' DDIM step goes
+        a_prev = abar[prev] if prev >= 0 else sched.final_alpha_cumprod
         a = (a_prev / a_t).sqrt()
         b = (1 - a_prev).sqrt() - (a_prev * (1 - a_t) / a_t).sqrt()
         coeffs.append((float(a), float(b)))
@@ -94,3 +95,39 @@ def test_all_detached_is_the_pure_linear_path(setup):
         scale *= a
     got = grad_of(Plan.uniform(Mode.DETACH, STEPS), setup)
     torch.testing.assert_close(got, scale * g, rtol=1e-6, atol=1e-9)
+
+
+def test_anatomy_parts_match_the_closed_form(setup):
+    """The linear path is (prod_i a_i) g; full's network part is full minus it; SDO keeping step j
+    adds (prod_{i != j} a_i) b_j W^T g, which is also full's per-step part j."""
+    from shortcut_diffusion.measure.gradcheck.anatomy import anatomy, drawn_plan
+
+    W, g, *_, scheduler, _ = setup
+    coeffs = ddim_coefficients(scheduler, STEPS)
+    eye = torch.eye(DIM, dtype=torch.float64)
+    product, scale = eye, 1.0
+    for a, b in coeffs:
+        product, scale = (a * eye + b * W) @ product, scale * a
+    full, linear = apply_transposed(product, g).flatten(), (scale * g).flatten()
+
+    def one_step(j):  # the network part of keeping step j alone
+        a_j, b_j = coeffs[j]
+        return (scale / a_j * b_j * apply_transposed(W, g)).flatten()
+
+    methods = [("full", get_estimator("full")), ("sdo", get_estimator("sdo")), ("sdo:keep=3", get_estimator("sdo", keep=3))]
+    report = anatomy(lambda plan: grad_of(plan, setup), [(s, drawn_plan(m, STEPS)) for s, m in methods], STEPS)
+    rows = {r["estimator"]: r for r in report["estimators"]}
+    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
+    for row in rows.values():
+        assert row["linear_rel_norm"] == pytest.approx(float(linear.norm() / full.norm()), rel=1e-6)
+        assert row["linear_cosine"] == pytest.approx(cos(linear, full), abs=1e-7)
+    assert rows["full"]["network_rel_norm"] == pytest.approx(float((full - linear).norm() / full.norm()), rel=1e-6)
+    assert rows["full"]["network_cosine"] == pytest.approx(cos(full - linear, full), abs=1e-7)
+    for name, j in (("sdo", 0), ("sdo:keep=3", 3)):
+        assert rows[name]["network_rel_norm"] == pytest.approx(float(one_step(j).norm() / full.norm()), rel=1e-6)
+        assert rows[name]["network_linear_cosine"] == pytest.approx(cos(one_step(j), linear), abs=1e-7)
+        assert rows[name]["cosine"] == pytest.approx(cos(linear + one_step(j), full), abs=1e-7)
+        assert report["full_steps"][j]["rel_norm"] == pytest.approx(rows[name]["network_rel_norm"], rel=1e-9)
+    total = sum(one_step(j) for j in range(STEPS))  # the one-step parts add up, cross terms aside
+    assert report["full_steps"][-1]["step"] is None
+    assert report["full_steps"][-1]["network_cosine"] == pytest.approx(cos(total, full - linear), abs=1e-7)

@@ -92,3 +92,18 @@ def test_recomputing_methods_refuse_what_their_sampler_cannot_follow(capsys):
     assert "the adjoint need a diffusion (epsilon or v) model, not flow matching" in capsys.readouterr().err
     assert main(["gradcheck", "--estimators", "doodl:p=0.9"]) == 2
     assert "doodl takes no options" in capsys.readouterr().err
+
+
+def test_anatomy_in_json_and_table(capsys):
+    report = run_json(capsys, "--steps", "4", "--model", "toy", "--anatomy", "--estimators", "sdo", "truncated:k=1")
+    rows = {r["estimator"]: r for r in report["anatomy"]["estimators"]}
+    assert list(rows) == ["full", "sdo", "truncated:k=1"]
+    main_cosines = {r["estimator"]: r["cosine"] for r in report["results"]}
+    assert rows["sdo"]["cosine"] == pytest.approx(main_cosines["sdo"], abs=1e-6)  # the same draw as the table
+    assert rows["full"]["linear_rel_norm"] == pytest.approx(rows["sdo"]["linear_rel_norm"])  # one linear path
+    assert rows["truncated:k=1"]["linear_rel_norm"] == 0  # its stopped steps stay stopped
+    assert len(report["anatomy"]["full_steps"]) == 5  # four steps and their sum
+    assert main(["gradcheck", "--steps", "3", "--model", "toy", "--anatomy", "--estimators", "sdo"]) == 0
+    assert "gradient anatomy" in capsys.readouterr().out
+    assert main(["gradcheck", "--steps", "3", "--model", "toy", "--anatomy", "--target", "cond"]) == 2
+    assert "use it with --target latent" in capsys.readouterr().err

@@ -160,6 +160,10 @@ class RewardOptions(Options):
                                                                  "(runs that Python file: use only files you trust)"})
     reward_augment: list[str] = field(default_factory=list, metadata={"help": "average the reward over random views: crop, cutout, translation, color"})
     reward_views: int = field(default=4, metadata={"help": "views per image with --reward-augment"})
+    eval_reward: list[str] = field(default_factory=list, metadata={"help": "a held-out reward (same SPEC forms as --reward), "
+                                                                          "scored on the same samples and reported as "
+                                                                          "eval_reward/SPEC, never optimized; repeatable",
+                                                                  "repeatable": True})
     allow_code: bool = field(default=False, metadata={"help": "let --reward classifier:MODULE:CLASS import the Python "
                                                               "module MODULE, which runs its code (use only code you trust)"})
 
@@ -167,6 +171,9 @@ class RewardOptions(Options):
         if not 1 <= self.reward_views <= MAX_REWARD_VIEWS:
             raise UsageError(f"--reward-views must be in 1..{MAX_REWARD_VIEWS} (each view sends a copy of every "
                              f"image through the reward), got {self.reward_views}")
+        repeated = sorted({spec for spec in self.eval_reward if self.eval_reward.count(spec) > 1})
+        if repeated:
+            raise UsageError(f"--eval-reward {repeated[0]} is given more than once")
 
 
 @dataclass

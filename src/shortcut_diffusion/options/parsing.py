@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if origin in (list, tuple):
             (item,) = set(typing.get_args(kind)) - {Ellipsis}
             kwargs.update(nargs="+", type=item)
+            if f.metadata.get("repeatable"):  # --opt A --opt B gives [A, B] (as does --opt A B)
+                kwargs["action"] = "extend"
         elif origin is typing.Union:  # Optional[X]
             kwargs["type"] = next(a for a in typing.get_args(kind) if a is not type(None))
         else:
@@ -59,9 +61,12 @@ def given_options(cls: type, argv: Sequence[str]) -> set[str]:
     unset = object()  # a default no option value can be
     probe = argparse.ArgumentParser(add_help=False)
     add_arguments(probe, cls)
-    probe.set_defaults(**{f.name: unset for f in dataclasses.fields(cls)})
+    repeatable = {f.name for f in dataclasses.fields(cls) if f.metadata.get("repeatable")}
+    # A repeatable option extends its default, so its "unset" is None (extended into a list when given).
+    probe.set_defaults(**{f.name: None if f.name in repeatable else unset for f in dataclasses.fields(cls)})
     known, _ = probe.parse_known_args(list(argv))
-    return {name for name, value in vars(known).items() if value is not unset}
+    return {name for name, value in vars(known).items()
+            if value is not unset and not (name in repeatable and value is None)}
 
 
 def parse_scalar(text: str) -> Any:

@@ -34,9 +34,18 @@ class GradcheckConfig(RewardOptions, ConditionOptions, SamplingOptions, ModelOpt
     )
     seed: int = redefault(RunOptions, "seed", 0, help="seed of the latent, the noise and the estimators")
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of a table"})
+    anatomy: bool = field(default=False, metadata={"help": "also split each estimator's gradient into the linear path "
+                                                            "(every network output detached) and the network part, "
+                                                            "and full's network part per step (target latent)"})
 
     def _check(self) -> None:
         if self.target not in TARGETS:
             raise UsageError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
         check_number("--batch", self.batch, low=1)  # --steps: SamplingOptions
         check_seed("--seed", self.seed)
+        if self.anatomy and self.target != "latent":
+            raise UsageError(f"--anatomy splits the gradient w.r.t. the latent (the linear path carries no gradient "
+                             f"to the {self.target}): use it with --target latent")
+        if self.eval_reward:
+            raise UsageError("sdo gradcheck takes no --eval-reward (it compares gradients of one reward); "
+                             "held-out rewards are for sdo latent, guide and finetune")

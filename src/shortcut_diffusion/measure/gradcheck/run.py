@@ -18,6 +18,7 @@ import torch
 from shortcut_diffusion.meters import CountingDenoiser, SavedTensorMeter, model_weights
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.tasks.generate import detached, generate, reward_labels
+from shortcut_diffusion.measure.gradcheck.anatomy import anatomy, drawn_plan, format_anatomy
 from shortcut_diffusion.measure.gradcheck.config import DEFAULT_ESTIMATORS, GradcheckConfig
 from shortcut_diffusion.gradients import get_method
 from shortcut_diffusion.models.base import DiffusionModel
@@ -150,6 +151,13 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
                                                    context.precision)
     for method in estimators:
         method.check(scheduler, config.steps, step_kwargs=config.step_kwargs, task="gradcheck")
+    plans = [(spec, drawn_plan(method, config.steps)) for spec, method in zip(specs, estimators)]  # before they draw
+
+    def plan_gradient(source: Any) -> torch.Tensor:
+        return estimator_gradient(model, scheduler, source, reward, target=config.target, steps=config.steps,
+                                  labels=labels, seed=config.seed, guidance=config.guidance,
+                                  step_kwargs=config.step_kwargs, precision=precision,
+                                  compile=config.compile)["gradient"]
 
     results, reference = [], None
     for spec, estimator in zip(specs, estimators):
@@ -164,10 +172,13 @@ def run_gradcheck(config: GradcheckConfig) -> dict[str, Any]:
         cosine = float(g @ reference / (norm * ref_norm)) if defined else None
         results.append({"estimator": spec, "cosine": cosine,
                         "rel_norm": float(norm / ref_norm) if ref_norm > 0 else None, **r})
-    return {"steps": config.steps, "target": config.target, "model": config.model, "family": model.family,
-            "scheduler": config.scheduler, "reward": context.reward_spec, "batch": config.batch,
-            "guidance": model.guidance_scale if config.guidance is None else config.guidance,
-            "dtype": config.dtype, "device": str(context.device), "results": results}
+    report = {"steps": config.steps, "target": config.target, "model": config.model, "family": model.family,
+              "scheduler": config.scheduler, "reward": context.reward_spec, "batch": config.batch,
+              "guidance": model.guidance_scale if config.guidance is None else config.guidance,
+              "dtype": config.dtype, "device": str(context.device), "results": results}
+    if config.anatomy:
+        report["anatomy"] = anatomy(plan_gradient, plans, config.steps)
+    return report
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -191,7 +202,8 @@ def format_table(report: dict[str, Any]) -> str:
     if "doodl" in names:
         notes.append("doodl differentiates EDICT's coupled sampler, not the scheduler's: its cosine compares two chains "
                      "(against backpropagation through EDICT it is exact); saved_MiB is the peak held at once.")
-    return "\n".join([head, line(cols), *map(line, rows), *notes])
+    anatomy_table = ["", format_anatomy(report["anatomy"])] if "anatomy" in report else []
+    return "\n".join([head, line(cols), *map(line, rows), *notes, *anatomy_table])
 
 
 __all__ = ["DEFAULT_ESTIMATORS", "GradcheckConfig", "estimator_gradient", "format_table", "run_gradcheck"]

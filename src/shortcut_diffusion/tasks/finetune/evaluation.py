@@ -11,6 +11,7 @@ import torch
 from shortcut_diffusion.io import reporting
 from shortcut_diffusion.tasks.generate import reward_labels, sample_images
 from shortcut_diffusion.io.tracking import Tracker
+from shortcut_diffusion.rewards.held_out import eval_rewards, score
 
 if TYPE_CHECKING:
     from shortcut_diffusion.tasks.finetune.train import FineTuning, TrainState
@@ -26,11 +27,13 @@ def eval_noise(model: Any, count: int, seed: int) -> torch.Tensor:
     return torch.randn((count, *model.sample_shape), generator=gen)
 
 
-def evaluate(model: Any, reward: Callable, images: torch.Tensor, labels: Sequence[Any]) -> dict[str, float]:
-    """Mean reward, and the model's own metrics (on the digits testbed: digits-FD, conditional
-    accuracy and diversity, from two samples up)."""
+def evaluate(model: Any, reward: Callable, images: torch.Tensor, labels: Sequence[Any],
+             held_out: Optional[dict[str, Callable]] = None) -> dict[str, float]:
+    """Mean reward, the held-out rewards (``eval_reward/<spec>``), and the model's own metrics (on
+    the digits testbed: digits-FD, conditional accuracy and diversity, from two samples up)."""
     with torch.no_grad():
         row = {"reward": float(reward(images.to(model.device), reward_labels(labels, model.device)).mean())}
+    row.update(score(held_out or {}, images.to(model.device), reward_labels(labels, model.device)))
     row.update(model.metrics(images, labels))
     return row
 
@@ -61,6 +64,7 @@ class Evaluation:
 
         self.reward = get_reward(config.reward, shape=ft.model.image_shape, model=ft.model,
                                  allow_code=config.allow_code)
+        self.held_out = eval_rewards(config.eval_reward, ft.model, allow_code=config.allow_code)
         held_out = evaluation_conditions(config, ft.model)
         self.conditions = held_out if held_out is not None else ft.conditions
         self.labels = eval_labels(self.conditions, config.eval_per_class)
@@ -83,10 +87,11 @@ class Evaluation:
         config = self.ft.config
         images = self._samples(state, self.noise, self.labels, config.eval_seed)
         row = {"step": state.step, "wall_clock": state.wall_clock, "samples": state.samples,
-               **evaluate(self.ft.model, self.reward, images, self.labels)}
+               **evaluate(self.ft.model, self.reward, images, self.labels, self.held_out)}
         if self.seen_labels is not None:
             seen = self._samples(state, self.seen_noise, self.seen_labels, config.eval_seed + 1)
-            row.update({f"seen_{k}": v for k, v in evaluate(self.ft.model, self.reward, seen, self.seen_labels).items()})
+            row.update({f"seen_{k}": v for k, v in evaluate(self.ft.model, self.reward, seen, self.seen_labels,
+                                                                      self.held_out).items()})
         if final:
             row["final"] = True  # the exported weights (EMA or best), after the last step
         if not self.write:  # another process writes the run directory

@@ -34,6 +34,7 @@ from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.io.interrupts import Interrupted, as_interrupted, deferred
 from shortcut_diffusion.tasks.memory import check_batch_fits
 from shortcut_diffusion.tasks.context import build_context
+from shortcut_diffusion.rewards.held_out import describe_lines
 from shortcut_diffusion.io.tracking import Tracker
 from shortcut_diffusion.tasks.finetune import checkpoint as ckpt
 from shortcut_diffusion.tasks.finetune.card import write_model_card
@@ -305,6 +306,8 @@ def describe(summary: dict[str, Any], out: Path) -> str:
     if held_out:
         lines.append(f"evaluation reward (training conditions) {_number(before['seen_reward'])} -> "
                      f"{_number(after['seen_reward'])}")
+    lines += describe_lines({**{f"before_{k}": v for k, v in before.items()},
+                             **{f"after_{k}": v for k, v in after.items()}}, "before_", "after_")
     if summary.get("skipped_steps"):
         lines.append(f"fp16 loss scaling skipped {summary['skipped_steps']} step(s) whose gradient overflowed")
     if "digits_fd" in after and "digits_fd" in before:

@@ -36,8 +36,8 @@ from shortcut_diffusion.io.interrupts import as_interrupted
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.precision import Precision
 from shortcut_diffusion.sampling.loop import GuidedStep, derived_generator
-from shortcut_diffusion.sampling.schedulers import (fresh_scheduler, is_flow_matching, noise_levels, noise_std,
-                                                    renoise, sigma_scaled)
+from shortcut_diffusion.sampling.schedulers import (fresh_scheduler, is_flow_matching, noise_std, renoise,
+                                                    sigma_scaled, step_levels)
 
 
 @dataclass
@@ -67,8 +67,9 @@ class FreeDoM:
     scale: float
     travel: int
     window: tuple[int, int]
-    levels: list[float]
-    """``abar`` at each listed timestep, then after the last step."""
+    levels: list[tuple[float, float]]
+    """``(abar before, abar after)`` of each step, where the scheduler's own step goes
+    (:func:`~shortcut_diffusion.sampling.schedulers.step_levels`: DDIM's ``t - T // N``)."""
     scaled: bool
     seed: int
     calls: int = 0
@@ -79,12 +80,13 @@ class FreeDoM:
     def __call__(self, step: GuidedStep) -> torch.Tensor:
         i, x = step.i, step.x
         repeats = self.travel if self.window[0] <= i < self.window[1] else 1
-        rho = self.scale * noise_std(self.levels[i + 1], self.scaled)
+        abar_t, abar_prev = self.levels[i]
+        rho = self.scale * noise_std(abar_prev, self.scaled)
         for r in range(repeats):
             x_prev, x0 = self._guided(step, x, r, rho)
             if r + 1 < repeats:  # time travel: noise x_prev back to step i and take the step again
                 z = torch.randn(x.shape, generator=derived_generator("sdo-travel", self.seed, i, r)).to(x)
-                x = renoise(x_prev, self.levels[i], self.levels[i + 1], z, self.scaled)
+                x = renoise(x_prev, abar_t, abar_prev, z, self.scaled)
         self.last = (x_prev, x0)
         return x_prev
 
@@ -121,7 +123,7 @@ def freedom_sample(model: DiffusionModel, noise: torch.Tensor, labels: Sequence[
         raise UsageError("training-free guidance here needs a diffusion (epsilon or v) model, not flow matching")
     first = fresh_scheduler(template, steps, device=noise.device, **model.timestep_kwargs(steps))
     hook = FreeDoM(model, reward, reward_labels(labels, model.device), scale, travel, tuple(travel_window),
-                   noise_levels(first).tolist(), sigma_scaled(first), seed)
+                   step_levels(first), sigma_scaled(first), seed)
     began, interrupt, stopped = time.perf_counter(), None, None
     try:
         out = generate(model, noise, list(labels), steps=steps, guidance=guidance, scheduler=template, seed=seed,

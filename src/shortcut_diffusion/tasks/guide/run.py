@@ -20,6 +20,7 @@ from shortcut_diffusion.tasks.guide.freedom import GuidedResult, freedom_sample
 from shortcut_diffusion.tasks.guide.config import GuideConfig
 from shortcut_diffusion.io.interrupts import interrupted_fields
 from shortcut_diffusion.tasks.context import build_context
+from shortcut_diffusion.rewards.held_out import describe_lines, eval_rewards, score, start_final
 
 
 def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
@@ -28,6 +29,7 @@ def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
     with rundir.claimed(config.out, "guide", overwrite=config.overwrite) as out:
         context = build_context(config, batch=config.batch, device=device, progress=config.progress)
         model, labels, reward, scheduler = context.model, context.labels, context.reward, context.scheduler
+        held_out = eval_rewards(config.eval_reward, model, allow_code=config.allow_code)
         noise = torch.randn((config.batch, *model.sample_shape), generator=torch.Generator().manual_seed(config.seed))
         reporting.write_json(out / "config.json", {**config.as_dict(), "device": str(device)})
         precision = context.precision
@@ -39,15 +41,18 @@ def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
                                 precision=precision, progress=config.progress)
         with torch.no_grad():
             start_rewards = reward(start.to(device), reward_labels(labels, device)).cpu()
-        _write(out, model, labels, start, start_rewards, result)
+        scored = start_final(score(held_out, start.to(device), reward_labels(labels, device)),
+                             score(held_out, result.images.to(device), reward_labels(labels, device)))
+        _write(out, model, labels, start, start_rewards, result, scored)
         return result, out
 
 
-def _write(out: Path, model, labels: list, start: torch.Tensor, start_rewards: torch.Tensor, result: GuidedResult) -> None:
+def _write(out: Path, model, labels: list, start: torch.Tensor, start_rewards: torch.Tensor, result: GuidedResult,
+           held_out: dict) -> None:
     reporting.save_tensors(out / "final.safetensors", {"images": result.images, "start_images": start,
                                                         "latents": result.latents, "rewards": result.rewards})
     reporting.save_grid(out / "before_after.png", [start, result.images])
-    summary = {"start_reward": float(start_rewards.mean()), "final_reward": float(result.rewards.mean()),
+    summary = {"start_reward": float(start_rewards.mean()), "final_reward": float(result.rewards.mean()), **held_out,
                "seconds": result.seconds, "network_calls": result.network_calls, "stopped": result.stopped,
                **interrupted_fields(result.interrupt)}
     for name, network in (("", model.classifier), ("judge_", model.judge)):
@@ -62,6 +67,7 @@ def describe(result: GuidedResult, out: Path) -> str:
     summary = json.loads((out / "summary.json").read_text())
     lines = [f"reward {summary['start_reward']:.3f} (plain samples of the same noise) -> {summary['final_reward']:.3f} "
              f"(guided; {summary['seconds']:.1f} s, {summary['network_calls']} network calls with grad)"]
+    lines += describe_lines(summary)
     if "final_predicted" in summary:
         lines.append(f"classifier: before {summary['start_predicted']} after {summary['final_predicted']}")
     if "judge_final_predicted" in summary:

@@ -34,6 +34,7 @@ from shortcut_diffusion.io.interrupts import as_interrupted, deferred
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.precision import DTYPES, Precision
 from shortcut_diffusion.rewards.contract import checked
+from shortcut_diffusion.rewards.held_out import score
 from shortcut_diffusion.sampling.schedulers import make_scheduler
 
 PRECISIONS = dict(DTYPES)
@@ -68,6 +69,10 @@ class LatentResult:
     interrupt: Optional[int] = None
     """The signal that interrupted the iterations (SIGINT for Ctrl-C, SIGTERM), or None; the result
     then holds the last good latents."""
+    start_eval_rewards: dict[str, float] = field(default_factory=dict)
+    """Mean of each held-out reward (``eval_reward/<spec>``) on ``start_images``."""
+    eval_rewards: dict[str, float] = field(default_factory=dict)
+    """Mean of each held-out reward on ``images``."""
 
 
 def chi_prior(z: torch.Tensor) -> torch.Tensor:
@@ -129,6 +134,11 @@ class LatentProblem:
     compile: bool = False
 
     method: Optional[GradientMethod] = None
+    eval_rewards: dict[str, Callable] = field(default_factory=dict)
+    """Held-out rewards (:mod:`shortcut_diffusion.rewards.held_out`): scored, never optimized."""
+
+    def held_out(self, images: torch.Tensor) -> dict[str, float]:
+        return score(self.eval_rewards, images, self.labels)
 
     def generate(self, z: torch.Tensor, estimator: Any = None, **options: Any):
         return generate(self.model, z, steps=self.steps, estimator=estimator, guidance=self.guidance,
@@ -196,7 +206,7 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
                 z.copy_(problem.method.project(z))
     row = {"reward": float(r.detach().mean()), "loss": float(loss.detach()), "seconds": time.perf_counter() - began,
            "saved_bytes": max(meter.bytes, out.info.get("backward_peak_bytes", 0)), "grad_norm": grad_norm,
-           "grad_steps": out.plan.graph_steps, **method_info(out.info)}
+           "grad_steps": out.plan.graph_steps, **method_info(out.info), **problem.held_out(out.images)}
     if problem.precision.scaled:
         row["step_skipped"] = not stepped  # fp16: the scaled gradient overflowed; the scale is lowered
     return row, out.images
@@ -256,6 +266,7 @@ def optimize_latent(
     callback: Optional[Callable[[dict[str, Any], torch.Tensor, torch.Tensor], None]] = None,
     max_seconds: Optional[float] = None,
     compile: bool = False,
+    eval_rewards: Optional[dict[str, Callable]] = None,
 ) -> LatentResult:
     """Optimize latents of ``model`` so that ``reward(decode(sample), labels)`` increases.
 
@@ -279,6 +290,8 @@ def optimize_latent(
         max_seconds: also stop once the iterations have taken this long (a wall-clock budget;
             the callback's time is not counted).
         compile: run the network calls that record no graph through ``torch.compile``.
+        eval_rewards: held-out rewards by name (``eval_reward/<spec>``), scored on the same samples
+            every iteration and at the start and end, never optimized.
     """
     labels, batch = _labels(labels, batch)
     method = get_method(estimator, seed=seed)
@@ -294,7 +307,7 @@ def optimize_latent(
     problem = LatentProblem(model, checked(reward), labels if isinstance(labels, list) else labels.to(model.device),
                             detached(model.conditioning(labels)), scheduler or model.scheduler, steps, warmup, seed,
                             guidance, step_kwargs, precision if isinstance(precision, Precision) else Precision(name, model.device),
-                            compile, method)
+                            compile, method, {name: checked(r) for name, r in (eval_rewards or {}).items()})
     z0 = starting_latent(problem, batch, init)
     start_images = problem.images(z0)
     start_rewards = problem.reward(start_images, problem.labels).detach()
@@ -310,7 +323,8 @@ def optimize_latent(
     if not torch.isfinite(final_rewards).all() and stopped is None:
         stopped = "the final samples have a non-finite reward"
     return LatentResult(latents.cpu(), final_images.cpu(), start_images.cpu(),
-                        final_rewards.cpu(), start_rewards.cpu(), history, stopped, interrupt)
+                        final_rewards.cpu(), start_rewards.cpu(), history, stopped, interrupt,
+                        problem.held_out(start_images), problem.held_out(final_images))
 
 
 def _final_samples(problem: LatentProblem, last_good: torch.Tensor, current: Optional[torch.Tensor],

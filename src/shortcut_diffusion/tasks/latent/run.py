@@ -28,6 +28,7 @@ from shortcut_diffusion.tasks.memory import check_batch_fits
 from shortcut_diffusion.gradients import get_method
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.tasks.latent.optimize import LatentResult, optimize_latent
+from shortcut_diffusion.rewards.held_out import describe_lines, eval_rewards, start_final
 from shortcut_diffusion.io.tracking import Tracker
 
 
@@ -72,6 +73,7 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
 def _run_latent(config: LatentConfig, estimator: Any, context: RunContext, out: Path,
                 tracker: Tracker) -> tuple[LatentResult, Path]:
     model, labels, scheduler = context.model, context.labels, context.scheduler
+    held_out = eval_rewards(config.eval_reward, model, allow_code=config.allow_code)
     context.apply_memory_options(config)
     model.prepare(labels)
     estimator.check(scheduler, config.steps, start=config.warmup, step_kwargs=config.step_kwargs)
@@ -90,6 +92,7 @@ def _run_latent(config: LatentConfig, estimator: Any, context: RunContext, out: 
         proximity_weight=config.proximity_weight, init=init, batch=config.batch_size, seed=config.seed,
         step_kwargs=config.step_kwargs, guidance=config.guidance, precision=context.precision,
         progress=config.progress, callback=_recorder(config, out, tracker), compile=config.compile,
+        eval_rewards=held_out,
     )
     _write_results(config, model, labels, result, estimator.spec, out)
     return result, out
@@ -126,6 +129,7 @@ def _write_results(config: LatentConfig, model: DiffusionModel, labels: list, re
     summary = {
         "start_reward": float(result.start_rewards.mean()),
         "final_reward": float(result.rewards.mean()),
+        **start_final(result.start_eval_rewards, result.eval_rewards),
         "stopped": result.stopped,
         **interrupted_fields(result.interrupt),
         "seconds_per_iter": (sum(r["seconds"] for r in result.history) / len(result.history)) if result.history else None,
@@ -147,6 +151,7 @@ def describe(result: LatentResult, out: Path) -> str:
     summary = json.loads((out / "summary.json").read_text())
     lines = [f"reward {_number(summary['start_reward'])} -> {_number(summary['final_reward'])} "
              "(mean per sample; metrics.jsonl's loss is Adam's objective: -reward summed over the batch + regularizers)"]
+    lines += describe_lines(summary)
     if "final_predicted" in summary:
         lines.append(f"classifier: before {summary['start_predicted']} after {summary['final_predicted']}")
     if "judge_final_predicted" in summary:
