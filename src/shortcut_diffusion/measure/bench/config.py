@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.options.groups import (ConditionOptions, ModelOptions, RewardOptions, RunOptions,
                                                SamplingOptions, check_seed, redefault)
 
@@ -35,3 +36,6 @@ class BenchConfig(RewardOptions, ConditionOptions, ModelOptions):
 
     def _check(self) -> None:
         check_seed("--seed", self.seed)
+        if self.eval_reward:
+            raise UsageError("sdo bench takes no --eval-reward (it measures the cost of one reward's gradient); "
+                             "held-out rewards are for sdo latent, guide and finetune")
