@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from decimal import ROUND_HALF_UP, Decimal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -73,8 +74,8 @@ def same_number(doc: str, source: str) -> bool:
     if d.group(2).strip() != s.group(2).strip():
         return False
     decimals = len(d.group(1).partition(".")[2])
-    value = float(s.group(1).replace(",", ""))
-    return f"{value:.{decimals}f}" == d.group(1).replace(",", "")
+    value = Decimal(s.group(1).replace(",", ""))  # the printed decimal, rounded half up as by hand
+    return str(value.quantize(Decimal(1).scaleb(-decimals), ROUND_HALF_UP)) == d.group(1).replace(",", "")
 
 
 def json_at(*keys) -> Callable[[Path], object]:
@@ -165,8 +166,10 @@ class Table:
         doc = markdown_table(read_text(self.doc), self.after, self.doc)
         source = self.source_table()
         out = []
-        for doc_row, source_row in self.rows.items():
-            for doc_col, source_col in self.columns.items():
+        rows = self.rows or {row: row for row in doc}
+        columns = self.columns or {col: col for col in next(iter(doc.values()))}
+        for doc_row, source_row in rows.items():
+            for doc_col, source_col in columns.items():
                 have, want = doc[doc_row][doc_col], source[source_row][source_col]
                 if not same_number(have, want):
                     out.append(f"{self.doc} [{doc_row}][{doc_col}] = {have!r}, {self.source} has {want!r}")
