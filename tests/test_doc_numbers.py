@@ -149,3 +149,12 @@ def test_documented_number_matches_its_results_file(claim):
 def test_documented_table_matches_its_results_file(table):
     problems = table.problems()
     assert not problems, "\n".join(problems)
+
+
+def test_the_checker_catches_a_drifted_number():
+    from doc_numbers import same_number
+
+    assert same_number("260.2", "260.15") and same_number("16.6 s", "16.60 s") and same_number("1,982", "1982.4")
+    assert not same_number("0.08", "0.09") and not same_number("16.6 s", "16.6 MiB") and not same_number("-", "0.1")
+    moved = Claim("README.md", "in {}x full's time", TTR, lambda path: 0.09, "{:.2f}")
+    assert "should say \"in 0.09x full's time\"" in moved.problem()
