@@ -1,0 +1,160 @@
+"""Every number the docs take from a results file agrees with that file (docs/testing.md).
+
+A results file rewritten by a rerun, or a doc edited by hand, fails here until both say the
+same. Add a row when a doc quotes a new number from docs/results/.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from doc_numbers import Claim, Lines, Table, csv_cell, json_at, md_cell, ratio, where
+
+R = "docs/results/"
+N50 = R + "bench_n50_cpu.md"
+TTR = R + "latent_time_to_reward_cpu.md"
+EQUAL = "Equal reward"
+GUIDED = R + "bench_sd15_guided_cpu.csv"
+TESTBED = "src/shortcut_diffusion/models/testbed/weights/testbed.json"
+DIGIT = "digit-class 1->7"
+
+
+def latent(estimator, key, task=DIGIT):
+    return json_at(where(task=task, estimator=estimator), key)
+
+
+def sd15(estimator, column):
+    return csv_cell("estimator", estimator, column)
+
+
+def mib(reader):
+    return lambda path: float(reader(path)) / 2**20
+
+
+CLAIMS = [
+    # README.md, headline numbers
+    Claim("README.md", "SDO saves one network graph whatever the number of steps: {} of full", N50,
+          md_cell("## N = 50", "sdo", "x full saved"), "{:.1%}"),
+    Claim("README.md", "guided at 7.5 as SD is run) {} MiB", GUIDED, mib(sd15("sdo", "saved_bytes")), "{:.0f}"),
+    Claim("README.md", "against full's {} MiB", GUIDED, mib(sd15("full", "saved_bytes")), "{:,.0f}"),
+    Claim("README.md", "at {}x plain sampling's time", GUIDED,
+          ratio(sd15("sdo", "seconds_per_iter"), sd15("sampling", "seconds_per_iter")), "{:.2f}"),
+    Claim("README.md", "against full's {}x. ([bench]", GUIDED,
+          ratio(sd15("full", "seconds_per_iter"), sd15("sampling", "seconds_per_iter")), "{:.2f}"),
+    Claim("README.md", "full backpropagation ends at in {}x full's time", TTR, md_cell(EQUAL, "sdo", "x full"), "{:.2f}"),
+    Claim("README.md", "and ends at {} against full's", TTR, md_cell("### latent", "sdo", "final reward"), "{:.3f}"),
+    Claim("README.md", "against full's {}. ([bench]", TTR, md_cell("### latent", "full", "final reward"), "{:.2f}"),
+    Claim("README.md", "SDO costs {}x plain sampling", N50, md_cell("## N = 50", "sdo", "raw x sampling"), "{:.2f}"),
+    Claim("README.md", "plain sampling and {}x full backpropagation", N50, md_cell("## N = 50", "sdo", "raw x full"), "{:.2f}"),
+    Claim("README.md", "plain sampling alone is {}x full there", N50,
+          md_cell("## N = 50", "sampling", "raw x full"), "{:.2f}"),
+    Claim("README.md", "confirms in one {} s pass", R + "guide_vs_sdo_cpu.json",
+          json_at("freedom", where(method="freedom scale=0.5"), "seconds"), "{:.1f}"),
+    Claim("README.md", "but cost {}x and", R + "latent_table.json",
+          ratio(latent("adjoint", "seconds_per_iter"), latent("full", "seconds_per_iter")), "{:.1f}"),
+    Claim("README.md", "and {}x full backpropagation's time per iteration", R + "latent_table.json",
+          ratio(latent("doodl", "seconds_per_iter"), latent("full", "seconds_per_iter")), "{:.1f}"),
+    Claim("README.md", "identity >= 95%) in {} of training, with ReFL", R + "finetune_bold_cpu.md",
+          md_cell("At the end of the budget", "sdo:keep=random", "time to target"), "{:.0f} s"),
+    Claim("README.md", "DRaFT-1 in {}, AlignProp", R + "finetune_bold_cpu.md",
+          md_cell("At the end of the budget", "truncated:k=1", "time to target"), "{:.0f} s"),
+    Claim("README.md", "AlignProp (as published) in {},", R + "finetune_bold_cpu.md",
+          md_cell("At the end of the budget", "alignprop", "time to target"), "{:.0f} s"),
+    Claim("README.md", "checkpointed full backpropagation in {}.", R + "finetune_bold_cpu.md",
+          md_cell("At the end of the budget", "checkpointed", "time to target"), "{:.0f} s"),
+    # docs/sampling.md, the gradcheck prose around the table
+    Claim("docs/sampling.md", "SDO saves {} of full backpropagation's bytes at 50 steps", R + "gradcheck_methods_cpu.md",
+          lambda p: _gradcheck(p, "sdo", 5) / _gradcheck(p, "full", 5), "{:.1%}"),
+    Claim("docs/sampling.md", "initial noise (cosine {})", R + "gradcheck_methods_cpu.md",
+          lambda p: _gradcheck(p, "sdo", 1), "{:.2f}"),
+    Claim("docs/sampling.md", "and about {} times larger", R + "gradcheck_methods_cpu.md",
+          lambda p: _gradcheck(p, "sdo", 2), "{:.0f}"),
+    Claim("docs/sampling.md", "{} bytes at N = 10", R + "gradcheck_saved_bytes_cpu.json",
+          json_at("runs", 0, "results", where(estimator="sdo"), "saved_bytes"), "{:,}"),
+    Claim("docs/sampling.md", "{} at N = 100", R + "gradcheck_saved_bytes_cpu.json",
+          json_at("runs", 1, "results", where(estimator="sdo"), "saved_bytes"), "{:,}"),
+    Claim("docs/sampling.md", "full: {} MB", R + "gradcheck_saved_bytes_cpu.json",
+          lambda p: json_at("runs", 0, "results", where(estimator="full"), "saved_bytes")(p) / 1e6, "{:.1f}"),
+    Claim("docs/sampling.md", "and {} MB;", R + "gradcheck_saved_bytes_cpu.json",
+          lambda p: json_at("runs", 1, "results", where(estimator="full"), "saved_bytes")(p) / 1e6, "{:.1f}"),
+    # docs/latent.md
+    Claim("docs/latent.md", "0.74 s per iteration against {} s for `full`", R + "latent_table.json",
+          latent("full", "seconds_per_iter"), "{:.1f}"),
+    Claim("docs/latent.md", "(adjoint cosine {} to full", R + "gradcheck_methods_cpu.md",
+          lambda p: _gradcheck(p, "adjoint", 1), "{:.3f}"),
+    Claim("docs/latent.md", "scale 0.5 turns all eight into 7s that the held-out judge also reads as 7s in {} s",
+          R + "guide_vs_sdo_cpu.json", json_at("freedom", where(method="freedom scale=0.5"), "seconds"), "{:.1f}"),
+    # docs/testbed.md and docs/testing.md: the bundled model's own record
+    Claim("docs/testbed.md", "**{} accuracy on the held-out digits**", TESTBED,
+          json_at("classifier_held_out_accuracy"), "{:.1%}"),
+    Claim("docs/testbed.md", "| bundled model, DDIM 50 | {} |", TESTBED,
+          lambda p: "{:.2f} | {:.1%} | {:.2f}".format(*_metrics(p, "model_ddim50")), "{}"),
+    Claim("docs/testbed.md", "| real training digits (reference) | {} |", TESTBED,
+          lambda p: "{:.2f} | {:.1%} | {:.2f}".format(*_metrics(p, "real_train_digits")), "{}"),
+    Claim("docs/testing.md", "reward's classifier, {} on real held-out digits", TESTBED,
+          json_at("judge_held_out_accuracy"), "{:.0%}"),
+]
+
+
+def _gradcheck(path, estimator: str, column: int) -> float:
+    """One number of a row of `sdo gradcheck`'s printed table."""
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return float(next(row for row in rows if row and row[0] == estimator)[column])
+
+
+def _metrics(path, name: str) -> tuple:
+    m = json_at("metrics", name)(path)
+    return m["digits_fd"], m["accuracy"], m["diversity"]
+
+
+ALIGNPROP_N50 = "alignprop (published: checkpointed, drawn per step)"
+CALL_N50 = "alignprop:draw=call,checkpoint=0 (the earlier default)"
+N50_ROWS = {"sampling": "sampling", "full": "full", ALIGNPROP_N50: "alignprop",
+            CALL_N50: "alignprop:draw=call,checkpoint=0", "drtune": "drtune", "sdo": "sdo"}
+N50_COLS = {"s/iter": "s/iter", "raw x sampling": "raw x sampling", "raw x full": "raw x full",
+            "paired x sampling": "x sampling", "NFE fwd/bwd": "NFE fwd/bwd", "saved MiB": "saved MiB",
+            "peak MB": "peak MB"}
+TTR_COLS = {"final reward": "final reward", "class-FD": "class-FD", "time to 95% (-0.89)": "time to 95%"}
+TTR_EQUAL = {"time to full's final reward (-2.43)": "time to full's final reward", "x full": "x full",
+             "class-FD there": "class-FD there", "digits-FD there": "digits-FD there"}
+ESTIMATORS_TTR = {name: name for name in ("full", "alignprop", "sdo")}
+
+TABLES = [
+    Table("docs/bench.md", "**Rerun at N = 50", N50, "## N = 50", rows=N50_ROWS, columns=N50_COLS),
+    Table("docs/bench.md", "**Rerun at N = 50", N50, "## Gradient fidelity",
+          rows={k: v for k, v in N50_ROWS.items() if k != "sampling"}, columns={"cos": "N = 50"}),
+    Table("docs/bench.md", "seconds per", R + "bench_profile_n50_cpu.md", "## Where the time goes"),
+    Table("docs/bench.md", "`docs/results/latent_time_to_reward_cpu.md`):", TTR, "### latent",
+          rows=ESTIMATORS_TTR, columns=TTR_COLS),
+    Table("docs/bench.md", "`docs/results/latent_time_to_reward_cpu.md`):", TTR, EQUAL,
+          rows=ESTIMATORS_TTR, columns=TTR_EQUAL),
+    Table("docs/latent.md", "on a 2-core AMD EPYC machine, CPU only (`docs/results/guide_vs_sdo_cpu.md`)",
+          R + "guide_vs_sdo_cpu.md", "Command:"),
+    Table("docs/finetune.md", "At the end of the budget", R + "finetune_bold_cpu.md", "At the end of the budget"),
+    Table("docs/finetune.md", "The boldest evaluation", R + "finetune_bold_cpu.md", "The boldest evaluation"),
+    Table("docs/finetune.md", "Time to 95% = to reach reward -0.0003", R + "finetune_table.md", "### digit-match"),
+    Table("docs/finetune.md", "Time to 95% = to reach reward 0.9298", R + "finetune_table.md", "### ink"),
+]
+
+LINES = [Lines("docs/sampling.md", "which this block copies", R + "gradcheck_methods_cpu.md")]
+
+
+@pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: f"{c.doc}:{c.text[:40]}")
+def test_documented_number_matches_its_results_file(claim):
+    problem = claim.problem()
+    assert problem is None, problem
+
+
+@pytest.mark.parametrize("table", TABLES + LINES, ids=lambda t: f"{t.doc}:{t.after[:40]}")
+def test_documented_table_matches_its_results_file(table):
+    problems = table.problems()
+    assert not problems, "\n".join(problems)
+
+
+def test_the_checker_catches_a_drifted_number():
+    from doc_numbers import same_number
+
+    assert same_number("260.2", "260.15") and same_number("16.6 s", "16.60 s") and same_number("1,982", "1982.4")
+    assert not same_number("0.08", "0.09") and not same_number("16.6 s", "16.6 MiB") and not same_number("-", "0.1")
+    moved = Claim("README.md", "in {}x full's time", TTR, lambda path: 0.09, "{:.2f}")
+    assert "should say \"in 0.09x full's time\"" in moved.problem()
