@@ -7,7 +7,9 @@
 
 - :mod:`.plans`: full, checkpointed, truncated (DRaFT-K), alignprop, refl, drtune, sdo;
 - :mod:`.recomputed`: adjoint (AdjointDPM), doodl (DOODL through EDICT);
-- :mod:`.cached`: the cached-rollout form (``sdo:rollout=cached``).
+- :mod:`.cached`: the cached-rollout form (``sdo:rollout=cached``);
+- :mod:`.surrogate`: surrogate trajectories on a cached rollout: leapalign, flowbp-sparse,
+  flowbp-bridge, flowbp-lagrange, draft-lv.
 
 Every per-step plan also takes ``seed=`` (its own random stream) and ``checkpoint=1``
 (checkpoint the steps whose network graph is kept).
@@ -27,9 +29,11 @@ from shortcut_diffusion.gradients.base import FixedPlans, GradientMethod, Sampli
 from shortcut_diffusion.gradients.plans import (AlignProp, Checkpointed, DRTune, Full, GradientEstimator, ReFL, SDO,
                                                 Truncated)
 from shortcut_diffusion.gradients.recomputed import DOODL, Adjoint, RecomputedMethod
+from shortcut_diffusion.gradients.surrogate import Bridge, DRaFTLV, Lagrange, LeapAlign, Sparse, SurrogateMethod
 
 METHODS: dict[str, type[GradientMethod]] = {
-    cls.name: cls for cls in (Full, Checkpointed, Truncated, AlignProp, ReFL, SDO, DRTune, Adjoint, DOODL)
+    cls.name: cls for cls in (Full, Checkpointed, Truncated, AlignProp, ReFL, SDO, DRTune, Adjoint, DOODL, LeapAlign,
+                              Sparse, Bridge, Lagrange, DRaFTLV)
 }
 """Every method by name: the choices of ``--estimator``."""
 
@@ -89,10 +93,18 @@ def unmetered(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Ten
     return call
 
 
+def loss_weighted(rewards: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
+    """Each row's reward times the loss weight its gradient method reported (``info["loss_weight"]``,
+    e.g. LeapAlign's trajectory similarity); unchanged where it reported none."""
+    weight = info.get("loss_weight")
+    return rewards if weight is None else rewards * weight.to(rewards.device, rewards.dtype)
+
+
 get_estimator = get_method
 """The name the library has used for :func:`get_method`."""
 ESTIMATORS = METHODS
 
 __all__ = ["ESTIMATORS", "METHODS", "AlignProp", "Adjoint", "Checkpointed", "DOODL", "DRTune", "FixedPlans", "Full",
            "GradientEstimator", "GradientMethod", "Plan", "ReFL", "RecomputedMethod", "SDO", "Sampling", "Truncated",
+           "LeapAlign", "Sparse", "Bridge", "Lagrange", "DRaFTLV", "SurrogateMethod", "loss_weighted",
            "as_method", "get_estimator", "get_method", "parse_spec", "unmetered"]

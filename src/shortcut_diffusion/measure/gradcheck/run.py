@@ -20,7 +20,7 @@ from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.tasks.generate import detached, generate, reward_labels
 from shortcut_diffusion.measure.gradcheck.anatomy import anatomy, drawn_plan, format_anatomy
 from shortcut_diffusion.measure.gradcheck.config import DEFAULT_ESTIMATORS, GradcheckConfig
-from shortcut_diffusion.gradients import get_method
+from shortcut_diffusion.gradients import get_method, loss_weighted
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.precision import Precision
 from shortcut_diffusion.tasks.context import build_context
@@ -119,7 +119,7 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, l
     sampled, sampling_forward = clock(), counter["d"].forward_seconds
     with precision.autocast() if precision is not None else contextlib.nullcontext():
         images = model.images(out.latents)
-    loss = -reward(images, reward_labels(labels, device)).sum()
+    loss = -loss_weighted(reward(images, reward_labels(labels, device)), out.info).sum()
     scored = clock()
     grads = torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad else [None] * len(params)
     end = clock()

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from shortcut_diffusion.gradients import GradientMethod
+from shortcut_diffusion.gradients import GradientMethod, loss_weighted
 from shortcut_diffusion.tasks.generate import generate, reward_labels
 from shortcut_diffusion.io.interrupts import deferred
 from shortcut_diffusion.models.base import DiffusionModel
@@ -195,7 +195,7 @@ def _micro_step(ft: FineTuning, first: int, totals: torch.Tensor) -> None:
                    scheduler=ft.scheduler, seed=config.seed + first, step_kwargs=config.step_kwargs,
                    precision=ft.precision, callback=keep_state if config.kl_weight else None, compile=config.compile)
     r = ft.reward(out.images, reward_labels(labels, ft.model.device))
-    loss = -r.sum() / ft.global_batch
+    loss = -loss_weighted(r, out.info).sum() / ft.global_batch
     if config.kl_weight:
         kl = kl_penalty(ft, states, labels, first)
         loss = loss + config.kl_weight * kl / (ft.world * config.grad_accum)

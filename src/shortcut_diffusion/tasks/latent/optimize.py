@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from shortcut_diffusion.meters import SavedTensorMeter, model_weights
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.options.groups import check_optimizer
-from shortcut_diffusion.gradients import GradientMethod, get_method
+from shortcut_diffusion.gradients import GradientMethod, get_method, loss_weighted
 from shortcut_diffusion.tasks.generate import detached, generate
 from shortcut_diffusion.io.interrupts import as_interrupted, deferred
 from shortcut_diffusion.models.base import DiffusionModel
@@ -189,7 +189,7 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
     # The reward sees what the user will see: the image clamped to [-1, 1]. (Unclamped pixels
     # beyond the range are an easy reward hack that disappears on display.)
     r = problem.reward(out.images, problem.labels)
-    loss = objective(z, out.images, r, start_images=start_images, prior_weight=prior_weight,
+    loss = objective(z, out.images, loss_weighted(r, out.info), start_images=start_images, prior_weight=prior_weight,
                      proximity_weight=proximity_weight).sum()
     if not torch.isfinite(loss):
         return None, out.images
