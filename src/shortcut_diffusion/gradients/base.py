@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 
 from shortcut_diffusion.errors import UsageError
-from shortcut_diffusion.sampling.loop import PlanSource, SampleOutput, sample
+from shortcut_diffusion.sampling.loop import Plan, PlanSource, SampleOutput, sample
 
 
 @dataclass
@@ -104,6 +104,11 @@ class GradientMethod:
     def held_graphs(self, steps: int) -> int:
         """Network graphs one sample holds for backward at once (the memory check before a run)."""
         return 1
+
+    def next_plan(self, steps: int) -> Optional[Plan]:
+        """The per-step plan the method's next call draws (from a copy: its own draws stay
+        untouched), or None for a method that is not a plan of the scheduler's loop."""
+        return None
 
     def moves_start(self, steps: int) -> bool:
         """Whether the gradient reaches the latent sampling starts from (what latent optimization moves)."""

@@ -50,14 +50,17 @@ class GradientEstimator(GradientMethod):
 
     def check(self, scheduler, steps: int, *, start: int = 0, step_kwargs=None, task: str = "latent") -> None:
         self.check_task(task)
-        copy.deepcopy(self).plan(steps - start)  # range errors (k > steps); a copy: the run's draws stay untouched
+        self.next_plan(steps - start)  # range errors (k > steps), before any work
 
     def held_graphs(self, steps: int) -> int:
-        plan = copy.deepcopy(self).plan(steps)  # a copy: the run's own draws stay untouched
+        plan = self.next_plan(steps)
         return max(plan.count(Mode.GRAD, Mode.INPUT_STOP), 1) + (1 if plan.count(Mode.CHECKPOINT) else 0)
 
+    def next_plan(self, steps: int) -> Plan:
+        return copy.deepcopy(self).plan(steps)  # a copy: the run's own draws stay untouched
+
     def moves_start(self, steps: int) -> bool:
-        return copy.deepcopy(self).plan(steps).reaches_input  # a copy: the run's own draws stay untouched
+        return self.next_plan(steps).reaches_input
 
     def rows(self, seeds: Sequence[int], steps: int) -> "Drawn":
         return Drawn(self, tuple(self.reseed(seed).plan(steps) for seed in seeds))

@@ -19,7 +19,6 @@ The parts are measured, not modelled: every gradient comes from the caller's ``g
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -42,9 +41,7 @@ def one_step_plan(plan: Plan, step: int) -> Plan:
 def drawn_plan(method: Any, steps: int) -> Optional[Plan]:
     """The plan ``method`` draws for its next call (from a copy: its own stream is untouched), or
     None for a method without per-step plans (the adjoint, DOODL differentiate other chains)."""
-    if not callable(getattr(method, "plan", None)):
-        return None
-    return copy.deepcopy(method).plan(steps)
+    return method.next_plan(steps)
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
