@@ -59,7 +59,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _train_testbed(args: argparse.Namespace) -> int:
-    from shortcut_diffusion.models.testbed.train import TrainTestbedConfig, train_testbed
+    from shortcut_diffusion.tasks.testbed import TrainTestbedConfig, train_testbed
 
     train_testbed(from_args(TrainTestbedConfig, args))
     return 0
@@ -67,7 +67,7 @@ def _train_testbed(args: argparse.Namespace) -> int:
 
 def _eval_testbed(args: argparse.Namespace) -> int:
     from shortcut_diffusion.models.loading import load_model
-    from shortcut_diffusion.models.testbed.train import EvalTestbedConfig, evaluate_model
+    from shortcut_diffusion.tasks.testbed import EvalTestbedConfig, evaluate_model
 
     config = from_args(EvalTestbedConfig, args)
     config.check()

@@ -53,14 +53,6 @@ def conditions(config: FinetuneConfig, model: Any) -> list:
     return model.labels_from(items, source)
 
 
-def label_index(labels: list) -> list[int]:
-    """Class indices as they are; prompts as their index in order of first appearance."""
-    if labels and isinstance(labels[0], str):
-        order = list(dict.fromkeys(labels))
-        return [order.index(label) for label in labels]
-    return list(labels)
-
-
 def _digest(tensors: list[torch.Tensor]) -> str:
     h = hashlib.sha256()
     for t in tensors:
