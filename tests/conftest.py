@@ -75,7 +75,7 @@ def class_cond(model, batch: int = 2) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def tiny_testbed_dir(tmp_path_factory):
     """A digits testbed trained for a few steps (the training code path, end to end)."""
-    from shortcut_diffusion.models.testbed.train import TrainTestbedConfig, train_testbed
+    from shortcut_diffusion.tasks.testbed import TrainTestbedConfig, train_testbed
 
     out = tmp_path_factory.mktemp("testbed")
     config = TrainTestbedConfig(out=str(out), steps=15, batch=32, channels=[8, 16], warmup=5,

@@ -289,7 +289,7 @@ def test_every_artefact_follows_the_umask_testbed_and_full_finetune_included(uma
     import stat
 
     from shortcut_diffusion.tasks.finetune import FinetuneConfig, run_finetune
-    from shortcut_diffusion.models.testbed.train import TrainTestbedConfig, train_testbed
+    from shortcut_diffusion.tasks.testbed import TrainTestbedConfig, train_testbed
 
     testbed = tmp_path / "testbed"
     train_testbed(TrainTestbedConfig(out=str(testbed), steps=2, batch=8, channels=[8, 16], warmup=1,

@@ -6,6 +6,7 @@ SDO's one-step shortcut among them) decides what the backward pass through it se
 
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.lazy import exports
+from shortcut_diffusion.version import __version__
 
 # Imported on first use, so that ``import shortcut_diffusion.cli`` (``sdo --help``) needs no torch.
 __getattr__ = exports(__name__, {
@@ -15,8 +16,6 @@ __getattr__ = exports(__name__, {
     "DiffusionModel": ".models.base", "Precision": ".precision", "Mode": ".sampling.loop", "Plan": ".sampling.loop",
     "SampleOutput": ".sampling.loop", "sample": ".sampling.loop", "SCHEDULERS": ".sampling.schedulers", "make_scheduler": ".sampling.schedulers",
 })
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ESTIMATORS",

@@ -32,6 +32,7 @@ from typing import Iterator, Optional
 from shortcut_diffusion.io import runfiles
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.io.runfiles import LOCK, MANIFEST, MARKER
+from shortcut_diffusion.version import __version__
 
 SHOWN = 10  # the kept files --overwrite names, at most
 KINDS = {"latent": "latent-optimization", "finetune": "fine-tuning", "bench": "benchmark",
@@ -39,12 +40,6 @@ KINDS = {"latent": "latent-optimization", "finetune": "fine-tuning", "bench": "b
 _HELD: dict[str, int] = {}  # resolved path -> lock file descriptor, held until the process ends
 _CREATED: dict[str, Optional[list[Path]]] = {}  # resolved path -> the directories open_run_dir created
 # for it, when it found it missing or empty (None: it held a run already)
-
-
-def _version() -> str:
-    from shortcut_diffusion import __version__
-
-    return __version__
 
 
 def _is_ours(path: Path) -> Optional[dict]:
@@ -144,7 +139,7 @@ def open_run_dir(out: str | os.PathLike, command: str, *, overwrite: bool = Fals
         if mark is None or not resume:
             from shortcut_diffusion.io.reporting import write_json
 
-            write_json(path / MARKER, {"command": command, "version": _version(),
+            write_json(path / MARKER, {"command": command, "version": __version__,
                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         runfiles.begin(path, runfiles.load(path) or ())  # a resumed run goes on with its list
     except BaseException:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.io import runfiles
 
 DIRECTORY = "tracking"
 
@@ -67,8 +68,6 @@ class Tracker:
 
     def _list_files(self) -> None:
         """The tracker's files, in the run's manifest (``--overwrite`` removes them like sdo's own)."""
-        from shortcut_diffusion.io import runfiles
-
         directory = self.out / DIRECTORY
         runfiles.record(directory, directory=True)
         for path in directory.rglob("*"):

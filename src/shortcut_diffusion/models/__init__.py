@@ -9,8 +9,8 @@ from shortcut_diffusion.lazy import exports
 # Imported on first use, so that the torch-free configs below (models.testbed.config) stay light.
 __getattr__ = exports(__name__, {
     **dict.fromkeys(["CastDenoiser", "DiffusionModel", "TableConditioned"], ".base"),
-    **dict.fromkeys(["ClassifierFreeGuidance", "UNet2DConditionDenoiser", "UNet2DDenoiser", "rescale_noise_cfg"],
-                    ".denoisers"),
+    **dict.fromkeys(["ClassifierFreeGuidance", "FluxDenoiser", "SD3Denoiser", "UNet2DConditionDenoiser", "UNet2DDenoiser",
+                     "rescale_noise_cfg"], ".denoisers"),
     "ToyModel": ".toy", "toy_model": ".toy",
 })
 
@@ -18,6 +18,8 @@ __all__ = [
     "CastDenoiser",
     "ClassifierFreeGuidance",
     "DiffusionModel",
+    "FluxDenoiser",
+    "SD3Denoiser",
     "TableConditioned",
     "ToyModel",
     "UNet2DConditionDenoiser",

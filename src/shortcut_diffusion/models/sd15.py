@@ -1,4 +1,5 @@
-"""An SD 1.5-shaped model with random weights, for measuring cost at real scale.
+"""Stable Diffusion 1.5's network and scheduler configurations, for an SD 1.5-shaped model with random
+weights that measures cost at real scale.
 
 The UNet is ``UNet2DConditionModel`` with Stable Diffusion 1.5's configuration (860M parameters,
 4-channel latents, 768-dimensional text conditioning of 77 tokens) and its scheduler settings;
@@ -8,7 +9,7 @@ guidance at 7.5 (two network evaluations per step, as Stable Diffusion is run), 
 the identity (rewards see the latents), so the benchmark measures the sampling graph only.
 
 ``load_model("sd15-random:256")`` (the same as ``random:sd15:256``) builds it for 256 x 256 images
-(32 x 32 latents); the default is 512 x 512. The other families: :mod:`.shaped`.
+(32 x 32 latents); the default is 512 x 512. The model and the other families: :mod:`.shaped`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,3 @@ SD15_UNET = dict(
 SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                       clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
-
-def sd15_shaped(resolution: int = 512, seed: int = 0):
-    """The SD 1.5-shaped model for ``resolution`` pixels (see :mod:`.shaped`)."""
-    from shortcut_diffusion.models.shaped import shaped_model
-
-    return shaped_model("sd15", resolution, seed=seed)

@@ -20,7 +20,7 @@ from torch import nn
 
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.models.base import DiffusionModel
-from shortcut_diffusion.models.denoisers import UNet2DConditionDenoiser
+from shortcut_diffusion.models.denoisers import FluxDenoiser, SD3Denoiser, UNet2DConditionDenoiser
 from shortcut_diffusion.models.sd15 import SD15_SCHEDULER, SD15_UNET
 
 SDXL_UNET = dict(
@@ -58,38 +58,19 @@ TINY = {
 }
 
 
-def _conditions(family: str, config: dict) -> dict[str, tuple[int, ...]]:
-    """Per-sample shapes of the conditioning tensors (dotted paths for nested dicts)."""
-    if family == "sd15":
-        return {"encoder_hidden_states": (77, config["cross_attention_dim"])}
-    if family == "sdxl":
-        text = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
-        return {"encoder_hidden_states": (77, config["cross_attention_dim"]), "added_cond_kwargs.text_embeds": (text,)}
-    tokens = 333 if family == "sd3" else 512
-    return {"encoder_hidden_states": (tokens, config["joint_attention_dim"]),
-            "pooled_projections": (config["pooled_projection_dim"],)}
-
-
-def _scheduler(family: str) -> Any:
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
-
-    if family == "sd15":
-        return DDIMScheduler(**SD15_SCHEDULER)
-    if family == "sdxl":
-        return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                      timestep_spacing="leading", steps_offset=1)
-    if family == "sd3":
-        return FlowMatchEulerDiscreteScheduler(shift=3.0)
-    return FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
-                                           max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
-
-
 @dataclass(eq=False)
 class ShapedModel(DiffusionModel):
     """A family's denoising network with random weights (see the module docstring); the family's
-    subclass says how its conditioning and its network are called."""
+    subclass holds its configurations, scheduler and guidance, and says how its conditioning and
+    its network are called."""
 
     condition_kind: ClassVar[str] = "class"
+    architecture: ClassVar[str]  # FAMILY in random:FAMILY
+    network_class: ClassVar[str] = "UNet2DConditionModel"  # diffusers' class of the network
+    network_config: ClassVar[dict]  # the real configuration
+    tiny_config: ClassVar[dict]  # a toy-sized configuration of the same architecture
+    default_guidance: ClassVar[float]
+    default_resolution: ClassVar[int] = 1024
     network_module: nn.Module
     scheduler: Any
     sample_shape: tuple[int, ...]
@@ -97,6 +78,20 @@ class ShapedModel(DiffusionModel):
     """Conditioning path -> ``[classes + 1, *shape]`` (the last row is the unconditional one)."""
     guidance_scale: float
     latent_hw: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def conditions(cls, config: dict) -> dict[str, tuple[int, ...]]:
+        """Per-sample shapes of the conditioning tensors (dotted paths for nested dicts)."""
+        return {"encoder_hidden_states": (77, config["cross_attention_dim"])}
+
+    @classmethod
+    def new_scheduler(cls) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def latent_shape(cls, config: dict, h: int, w: int) -> tuple[int, ...]:
+        """One latent of ``h x w`` latent pixels."""
+        return (config["in_channels"], h, w)
 
     @property
     def num_classes(self) -> int:  # type: ignore[override]
@@ -136,10 +131,37 @@ class ShapedModel(DiffusionModel):
 
 class ShapedSD15(ShapedModel):
     family: ClassVar[str] = "sd15-shaped"
+    architecture: ClassVar[str] = "sd15"
+    network_config: ClassVar[dict] = SD15_UNET
+    tiny_config: ClassVar[dict] = TINY["sd15"]
+    default_guidance: ClassVar[float] = 7.5
+    default_resolution: ClassVar[int] = 512
+
+    @classmethod
+    def new_scheduler(cls) -> Any:
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler(**SD15_SCHEDULER)
 
 
 class ShapedSDXL(ShapedModel):
     family: ClassVar[str] = "sdxl-shaped"
+    architecture: ClassVar[str] = "sdxl"
+    network_config: ClassVar[dict] = SDXL_UNET
+    tiny_config: ClassVar[dict] = TINY["sdxl"]
+    default_guidance: ClassVar[float] = 5.0
+
+    @classmethod
+    def conditions(cls, config: dict) -> dict[str, tuple[int, ...]]:
+        text = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        return {**super().conditions(config), "added_cond_kwargs.text_embeds": (text,)}
+
+    @classmethod
+    def new_scheduler(cls) -> Any:
+        from diffusers import EulerDiscreteScheduler
+
+        return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                      timestep_spacing="leading", steps_offset=1)
 
     def rows(self, index: torch.Tensor) -> dict[str, Any]:
         cond = super().rows(index)
@@ -149,21 +171,58 @@ class ShapedSDXL(ShapedModel):
         return cond
 
 
-class ShapedSD3(ShapedModel):
-    family: ClassVar[str] = "sd3-shaped"
+class ShapedTransformer(ShapedModel):
+    """The MMDiT families: prompt tokens and a pooled projection condition the transformer."""
+
     lora_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    tokens: ClassVar[int]  # prompt tokens of the family's text encoders
+
+    @classmethod
+    def conditions(cls, config: dict) -> dict[str, tuple[int, ...]]:
+        return {"encoder_hidden_states": (cls.tokens, config["joint_attention_dim"]),
+                "pooled_projections": (config["pooled_projection_dim"],)}
+
+
+class ShapedSD3(ShapedTransformer):
+    family: ClassVar[str] = "sd3-shaped"
+    architecture: ClassVar[str] = "sd3"
+    network_class: ClassVar[str] = "SD3Transformer2DModel"
+    network_config: ClassVar[dict] = SD3_TRANSFORMER
+    tiny_config: ClassVar[dict] = TINY["sd3"]
+    default_guidance: ClassVar[float] = 7.0
+    tokens: ClassVar[int] = 333
+
+    @classmethod
+    def new_scheduler(cls) -> Any:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(shift=3.0)
 
     def network_denoiser(self, guidance: float = 1.0) -> nn.Module:
-        from shortcut_diffusion.models.pipelines.denoisers import SD3Denoiser
-
         return SD3Denoiser(self.network_module)
 
 
-class ShapedFlux(ShapedModel):
+class ShapedFlux(ShapedTransformer):
     """Flux-dev: the guidance is an input of the network (no unconditional batch)."""
 
     family: ClassVar[str] = "flux-shaped"
-    lora_modules: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    architecture: ClassVar[str] = "flux"
+    network_class: ClassVar[str] = "FluxTransformer2DModel"
+    network_config: ClassVar[dict] = FLUX_TRANSFORMER
+    tiny_config: ClassVar[dict] = TINY["flux"]
+    default_guidance: ClassVar[float] = 3.5
+    tokens: ClassVar[int] = 512
+
+    @classmethod
+    def new_scheduler(cls) -> Any:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                               max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+
+    @classmethod
+    def latent_shape(cls, config: dict, h: int, w: int) -> tuple[int, ...]:
+        return ((h // 2) * (w // 2), config["in_channels"])  # packed 2x2 patches
 
     def unconditional(self) -> Any:
         return None
@@ -173,8 +232,6 @@ class ShapedFlux(ShapedModel):
 
     def network_denoiser(self, guidance: float = 3.5) -> nn.Module:
         from diffusers import FluxPipeline
-
-        from shortcut_diffusion.models.pipelines.denoisers import FluxDenoiser
 
         h, w = self.latent_hw
         img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, self.device, torch.float32)
@@ -191,13 +248,7 @@ class ShapedFlux(ShapedModel):
         return {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": mu}
 
 
-NETWORKS: dict[str, tuple[type, str, dict]] = {
-    "sd15": (ShapedSD15, "UNet2DConditionModel", SD15_UNET), "sdxl": (ShapedSDXL, "UNet2DConditionModel", SDXL_UNET),
-    "sd3": (ShapedSD3, "SD3Transformer2DModel", SD3_TRANSFORMER),
-    "flux": (ShapedFlux, "FluxTransformer2DModel", FLUX_TRANSFORMER),
-}
-GUIDANCE = {"sd15": 7.5, "sdxl": 5.0, "sd3": 7.0, "flux": 3.5}
-DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024}
+NETWORKS: dict[str, type[ShapedModel]] = {cls.architecture: cls for cls in (ShapedSD15, ShapedSDXL, ShapedSD3, ShapedFlux)}
 
 
 def shaped_model(family: str, resolution: Optional[int] = None, tiny: bool = False, seed: int = 0,
@@ -208,24 +259,21 @@ def shaped_model(family: str, resolution: Optional[int] = None, tiny: bool = Fal
 
     if family not in NETWORKS:
         raise UsageError(f"unknown architecture {family!r}; choose one of {', '.join(NETWORKS)}")
-    resolution = resolution or (64 if tiny else DEFAULT_RESOLUTION[family])
+    model_class = NETWORKS[family]
+    resolution = resolution or (64 if tiny else model_class.default_resolution)
     multiple = 16 if tiny else 64
     if resolution % multiple:
         raise UsageError(f"random:{family}: the resolution must be a multiple of {multiple}, got {resolution}")
-    model_class, class_name, config = NETWORKS[family]
-    config = TINY[family] if tiny else config
+    config = model_class.tiny_config if tiny else model_class.network_config
     torch.manual_seed(seed)
-    network = getattr(diffusers, class_name)(**config).eval().requires_grad_(False)
+    network = getattr(diffusers, model_class.network_class)(**config).eval().requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
     tables = {path: torch.randn(classes + 1, *shape, generator=generator)
-              for path, shape in _conditions(family, config).items()}
+              for path, shape in model_class.conditions(config).items()}
     h = w = resolution // 8
-    if family == "flux":
-        sample_shape: tuple[int, ...] = ((h // 2) * (w // 2), config["in_channels"])
-    else:
-        sample_shape = (config["in_channels"], h, w)
-    return model_class(network_module=network, scheduler=_scheduler(family), sample_shape=sample_shape, tables=tables,
-                       guidance_scale=GUIDANCE[family], latent_hw=(h, w))
+    return model_class(network_module=network, scheduler=model_class.new_scheduler(),
+                       sample_shape=model_class.latent_shape(config, h, w), tables=tables,
+                       guidance_scale=model_class.default_guidance, latent_hw=(h, w))
 
 
 def parse_random(name: str) -> Callable[[], ShapedModel]:

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 
 from shortcut_diffusion.options.choices import DTYPES, SCHEDULERS, TRACKERS
 from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.io.tracking import check_installed
 
 
 def redefault(owner: type, name: str, default: Any, help: Optional[str] = None) -> Any:
@@ -220,6 +221,4 @@ class TrackingOptions(Options):
                                                              "(files in OUT/tracking)", "choices": list(TRACKERS)})
 
     def _check(self) -> None:
-        from shortcut_diffusion.io.tracking import check_installed
-
         check_installed(self.report_to)

@@ -19,6 +19,8 @@ import dataclasses
 import typing
 from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
+from shortcut_diffusion.errors import UsageError
+
 if TYPE_CHECKING:
     import torch
 
@@ -82,8 +84,6 @@ def parse_scalar(text: str) -> Any:
 def resolve_device(name: str) -> "torch.device":
     """A ``--device`` value: ``auto`` is CUDA when available, else the CPU."""
     import torch
-
-    from shortcut_diffusion.errors import UsageError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.io.images import read_image
+from shortcut_diffusion.rewards.openclip import OPENAI_MEAN, OPENAI_STD, is_open_clip, load_open_clip
 from shortcut_diffusion.rewards.spec import check_images, parse_options
 from shortcut_diffusion.rewards.weights import OFFLINE_HINT, hub_offline
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's image statistics, open_clip's default
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PICKSCORE = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
@@ -161,8 +161,6 @@ class _ClipBase:
 class ClipScore(_ClipBase):
     @classmethod
     def from_spec(cls, arg: str = "", **context) -> "ClipScore":
-        from shortcut_diffusion.rewards.openclip import is_open_clip
-
         options = parse_options("clip", arg, ["model", "tokenizer"], positional="model")
         source = options.get("model", DEFAULT_CLIP)
         if not (Path(source).is_dir() and is_open_clip(source)):
@@ -178,8 +176,6 @@ class ClipScore(_ClipBase):
         """An open_clip model (directory or hub repository, see :mod:`.openclip`). Its tokenizer:
         ``tokenizer``, else the one saved with the model, else OpenAI CLIP's (open_clip's ViT models
         share its vocabulary)."""
-        from shortcut_diffusion.rewards.openclip import load_open_clip
-
         model, pre = load_open_clip(source)
         if tokenizer is None:
             has_own = not Path(source).is_dir() or any((Path(source) / f).is_file() for f in ("vocab.json", "tokenizer.json"))
@@ -272,8 +268,6 @@ class ClipStyle(_ClipBase):
 
     @classmethod
     def from_spec(cls, arg: str = "", **context) -> "ClipStyle":
-        from shortcut_diffusion.io.images import read_image
-
         options = parse_options("clip-style", arg, ["ref", "model", "layers"], positional="ref")
         if "ref" not in options:
             raise UsageError("reward clip-style needs a reference image: clip-style:PATH")

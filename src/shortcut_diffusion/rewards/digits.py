@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.io.images import read_image
+from shortcut_diffusion.models.testbed import data
 from shortcut_diffusion.rewards.spec import check_images, parse_options
 
 Labels = Union[torch.Tensor, Sequence[int], None]
@@ -114,8 +116,6 @@ class Adversarial:
     name = "adversarial"
 
     def __init__(self, classifier, k: int, weight: float = 10.0):
-        from shortcut_diffusion.models.testbed import data
-
         self.classifier, self.k, self.weight = classifier, k, float(weight)
         train = data.load("train")
         self.real = [train.images[train.labels == c] for c in range(10)]
@@ -147,12 +147,8 @@ def gram(feature_map: torch.Tensor) -> torch.Tensor:
 
 def load_reference(ref: str) -> torch.Tensor:
     """A 1x1x8x8 reference digit in [-1, 1] from a data-set index or an image file."""
-    from shortcut_diffusion.models.testbed import data
-
     if ref.isdigit():
         return data.digit_image(int(ref))[None]
-    from shortcut_diffusion.io.images import read_image
-
     # Digits are light strokes on a dark background, as in the data set.
     return read_image(ref, channels=1, size=(8, 8), resize=True)[None]
 

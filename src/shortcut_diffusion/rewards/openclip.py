@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from shortcut_diffusion.errors import UsageError
-from shortcut_diffusion.rewards.clip import OPENAI_MEAN, OPENAI_STD
 from shortcut_diffusion.rewards.weights import build_loaded, count_blocks, hub_offline, read_state_dict
 
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's image statistics, open_clip's default
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 CONFIG = "open_clip_config.json"
 WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 IGNORED = ("attn_mask",)  # buffers open_clip saves that transformers rebuilds

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from shortcut_diffusion.models.pipelines.base import PipelineModel
-from shortcut_diffusion.models.pipelines.denoisers import FluxDenoiser, SD3Denoiser
+from shortcut_diffusion.models.denoisers import FluxDenoiser, SD3Denoiser
 
 
 class SD3Model(PipelineModel):

@@ -15,6 +15,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from shortcut_diffusion.errors import UsageError
+
 SPLIT_SEED = 0
 HELD_OUT_FRACTION = 0.2
 
@@ -66,8 +68,6 @@ def load(split: str = "all") -> Digits:
 
 def digit_image(index: int) -> torch.Tensor:
     """Digit number ``index`` of the whole data set (1 x 8 x 8), with a clear error when out of range."""
-    from shortcut_diffusion.errors import UsageError
-
     images = _all().images
     if not 0 <= index < len(images):
         raise UsageError(f"data-set index {index} is out of range 0..{len(images) - 1}")

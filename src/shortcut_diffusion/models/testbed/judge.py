@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shortcut_diffusion.io.reporting import atomic_write_bytes, save_tensors
 from shortcut_diffusion.models.testbed import data
 from shortcut_diffusion.models.testbed.classifier import augment
 
@@ -67,8 +68,6 @@ def train_judge(seed: int = JUDGE_SEED, epochs: int = 150) -> tuple[DigitJudge, 
 
 
 def save_judge(judge: DigitJudge, accuracy: float, directory: Path) -> None:
-    from shortcut_diffusion.io.reporting import atomic_write_bytes, save_tensors
-
     directory = Path(directory)
     save_tensors(directory / "judge.safetensors", judge.state_dict())
     info_path = directory / "testbed.json"

@@ -25,8 +25,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.io.reporting import atomic_write_bytes, save_tensors
+from shortcut_diffusion.io.runfiles import write_dir
 from shortcut_diffusion.models.base import TableConditioned
+from shortcut_diffusion.models.testbed import metrics
 from shortcut_diffusion.models.testbed.classifier import DigitClassifier
+from shortcut_diffusion.models.testbed.judge import load_judge, save_judge
 
 BUNDLED = Path(__file__).parent / "weights"
 NUM_CLASSES = 10
@@ -69,14 +73,9 @@ class DigitsModel(TableConditioned):
             row["judge_accuracy"] = float((read == labels).float().mean())
         if len(images) < 2:  # a Frechet distance needs two samples
             return row
-        from shortcut_diffusion.models.testbed import metrics
-
         return {**metrics.evaluate(self.classifier, images, labels), **row}
 
     def save(self, directory: Union[str, Path]) -> None:
-        from shortcut_diffusion.io.reporting import atomic_write_bytes, save_tensors
-        from shortcut_diffusion.io.runfiles import write_dir
-
         directory = Path(directory)
         write_dir(directory / "unet", self.unet.save_pretrained)
         write_dir(directory / "scheduler", self.scheduler.save_pretrained)
@@ -85,8 +84,6 @@ class DigitsModel(TableConditioned):
         info = {**self.info, "guidance_scale": self.guidance_scale, "classifier_config": self.classifier.config}
         atomic_write_bytes(directory / "testbed.json", (json.dumps(info, indent=2) + "\n").encode())
         if self.judge is not None:
-            from shortcut_diffusion.models.testbed.judge import save_judge
-
             save_judge(self.judge, float(self.info.get("judge_held_out_accuracy", float("nan"))), directory)
 
 
@@ -109,8 +106,6 @@ def load_digits_model(directory: Union[str, Path, None] = None) -> DigitsModel:
                          "or damaged? train it again with `sdo train-testbed --out DIR`") from None
     embeddings = nn.Embedding.from_pretrained(weight, freeze=True)
     classifier.eval().requires_grad_(False)
-    from shortcut_diffusion.models.testbed.judge import load_judge
-
     judge = load_judge(directory)
     return DigitsModel(unet, embeddings, scheduler, classifier,
                        guidance_scale=float(info["guidance_scale"]), info=info, judge=judge)

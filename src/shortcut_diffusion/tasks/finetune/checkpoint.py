@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 
 from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.io.runfiles import write_dir
 
 PATTERN = re.compile(r"^step-(\d{6,})$")
 FILES = ("trainable.safetensors", "optimizer.pt", "state.json")  # state.json last: it marks a complete one
@@ -69,8 +70,6 @@ def save_checkpoint(out: Path, step: int, tensors: dict[str, torch.Tensor], opti
     import io
 
     from safetensors.torch import save
-
-    from shortcut_diffusion.io.runfiles import write_dir
 
     def fill(directory: Path) -> None:
         _write(directory / FILES[0], save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import torch
 
 from shortcut_diffusion.io import reporting
+from shortcut_diffusion.rewards import get_reward
 from shortcut_diffusion.tasks.generate import reward_labels, sample_images
 from shortcut_diffusion.io.tracking import Tracker
 from shortcut_diffusion.rewards.held_out import eval_rewards, score
@@ -20,6 +21,14 @@ if TYPE_CHECKING:
 def eval_labels(conditions: Sequence[Any], per_class: int) -> list[Any]:
     """Every condition ``per_class`` times, in order (condition-major)."""
     return [c for c in conditions for _ in range(per_class)]
+
+
+def label_index(labels: list) -> list[int]:
+    """Class indices as they are; prompts as their index in order of first appearance."""
+    if labels and isinstance(labels[0], str):
+        order = list(dict.fromkeys(labels))
+        return [order.index(label) for label in labels]
+    return list(labels)
 
 
 def eval_noise(model: Any, count: int, seed: int) -> torch.Tensor:
@@ -60,7 +69,6 @@ class Evaluation:
         self.ft, self.out, self.write = ft, Path(out), write
         self.tracker = tracker if tracker is not None else Tracker("none", out, "finetune", {})
         # The evaluation scores the plain images (training may average the reward over views).
-        from shortcut_diffusion.rewards import get_reward
 
         self.reward = get_reward(config.reward, shape=ft.model.image_shape, model=ft.model,
                                  allow_code=config.allow_code)
@@ -101,8 +109,6 @@ class Evaluation:
         grid = reporting.save_grid(self.out / "eval" / f"grid_step_{state.step:06d}.png", rows)
         self.tracker.image(f"eval/{name or 'grid'}", grid, state.step)
         if name:
-            from shortcut_diffusion.tasks.finetune.run import label_index
-
             reporting.save_tensors(self.out / "eval" / f"{name}.safetensors",
                                    {"images": images, "labels": torch.as_tensor(label_index(self.labels))})
         reporting.append_jsonl(self.out / "eval.jsonl", row)

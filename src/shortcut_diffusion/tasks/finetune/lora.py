@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.io.reporting import atomic_write_bytes
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"
@@ -90,8 +91,6 @@ def lora_state(module: nn.Module) -> dict[str, torch.Tensor]:
 def save_lora(module: nn.Module, directory: Union[str, Path]) -> Path:
     """Write the adapter of ``module`` in the diffusers LoRA layout (atomically)."""
     from safetensors.torch import save
-
-    from shortcut_diffusion.io.reporting import atomic_write_bytes
 
     config = getattr(module, "_sdo_lora_config", None)
     if config is None:

@@ -45,12 +45,6 @@ from shortcut_diffusion.tasks.finetune.targets import make_target
 from shortcut_diffusion.tasks.finetune.train import FineTuning, TrainState, make_state, train_step
 
 
-def label_index(labels: list) -> list[int]:
-    """Class indices as they are; prompts as their index in order of first appearance."""
-    if labels and isinstance(labels[0], str):
-        order = list(dict.fromkeys(labels))
-        return [order.index(label) for label in labels]
-    return list(labels)
 
 
 def _digest(tensors: list[torch.Tensor]) -> str:

@@ -29,8 +29,11 @@ from torch import nn
 
 from shortcut_diffusion.options.choices import FINETUNE_TARGETS
 from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.io.reporting import save_tensors, write_json
+from shortcut_diffusion.io.runfiles import write_dir
 from shortcut_diffusion.precision import master_copies
 from shortcut_diffusion.tasks.finetune import lora
+from shortcut_diffusion.tasks.finetune.sharding import full, unsharded_copy
 
 TARGETS = FINETUNE_TARGETS
 MANIFEST = "finetuned.json"
@@ -50,8 +53,6 @@ class Target:
 
     def state(self) -> dict[str, torch.Tensor]:
         """The trained tensors, whole (a collective when they are sharded: every process calls it)."""
-        from shortcut_diffusion.tasks.finetune.sharding import full
-
         return {k: full(p.detach()).clone() for k, p in self.named_parameters().items()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -88,8 +89,6 @@ class Target:
         raise NotImplementedError
 
     def _manifest(self, directory: Path, **extra) -> None:
-        from shortcut_diffusion.io.reporting import write_json
-
         write_json(directory / MANIFEST, {"target": self.name, **extra})
 
 
@@ -147,9 +146,6 @@ class FullTarget(Target):
 
     def export(self, directory: Union[str, Path], state: Optional[dict[str, torch.Tensor]] = None) -> Path:
         """Save the network; ``state``: its whole state dict, when the network itself is sharded."""
-        from shortcut_diffusion.io.runfiles import write_dir
-        from shortcut_diffusion.tasks.finetune.sharding import unsharded_copy
-
         directory = Path(directory)
         network = self.model.network if state is None else unsharded_copy(self.model.network, state)
         write_dir(directory / "unet", network.save_pretrained)
@@ -176,8 +172,6 @@ class EmbeddingTarget(Target):
         return self.swapped(self._base)
 
     def export(self, directory: Union[str, Path]) -> Path:
-        from shortcut_diffusion.io.reporting import save_tensors
-
         directory = Path(directory)
         save_tensors(directory / "embeddings.safetensors", self._params)
         self._manifest(directory, labels=self.labels)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.gradients import GradientMethod, loss_weighted
 from shortcut_diffusion.tasks.generate import generate, reward_labels
 from shortcut_diffusion.io.interrupts import deferred
@@ -30,6 +31,7 @@ from shortcut_diffusion.precision import Precision
 from shortcut_diffusion.sampling.loop import derived_generator
 from shortcut_diffusion.sampling.schedulers import fresh_scheduler, scale_input
 from shortcut_diffusion.tasks.finetune.config import EARLY_STOP_METRICS, FinetuneConfig
+from shortcut_diffusion.tasks.finetune.sharding import grad_norm
 from shortcut_diffusion.tasks.finetune.targets import Target
 
 # Separate streams derived from the seed: conditions/noise, estimator draws and the KL step.
@@ -80,8 +82,6 @@ class EarlyStop:
 
     def update(self, row: dict[str, Any], step: int) -> bool:
         """Record an evaluation; True when it is the best so far."""
-        from shortcut_diffusion.errors import UsageError
-
         value = row.get(self.metric)
         if value is None:
             raise UsageError(f"--early-stop-metric {self.metric} is not measured on this model")
@@ -213,8 +213,6 @@ def _clip(params: list[torch.nn.Parameter], max_norm: Optional[float], sharded: 
     if not sharded:
         return (torch.nn.utils.clip_grad_norm_(params, max_norm) if max_norm else
                 torch.cat([p.grad.flatten() for p in params]).norm())
-    from shortcut_diffusion.tasks.finetune.sharding import grad_norm
-
     norm = grad_norm(params)
     if max_norm:  # as clip_grad_norm_ does it
         scale = min(1.0, float(max_norm / (norm + 1e-6)))

@@ -1,4 +1,5 @@
-"""``sdo train-testbed``: reproduce the bundled digits model from a seed.
+"""``sdo train-testbed`` and ``sdo eval-testbed``: reproduce the bundled digits model from a seed,
+and measure a testbed's samples.
 
 1. The classifier: trained on the training split with shift augmentation and Gaussian noise of
    random strength (noise-robust, so its gradients are semantic rather than adversarial); its
@@ -32,10 +33,13 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 from tqdm.auto import tqdm
 
+from shortcut_diffusion.io import rundir
 from shortcut_diffusion.models.testbed import data, metrics
 from shortcut_diffusion.models.testbed.classifier import DigitClassifier, augment
 from shortcut_diffusion.models.testbed.config import NORM_GROUPS, EvalTestbedConfig, TrainTestbedConfig  # noqa: F401 (re-exported)
+from shortcut_diffusion.models.testbed.judge import train_judge
 from shortcut_diffusion.models.testbed.model import NULL_CLASS, NUM_CLASSES, DigitsModel
+from shortcut_diffusion.tasks.generate import sample_images
 
 
 def build_unet(config: TrainTestbedConfig) -> UNet2DModel:
@@ -128,8 +132,6 @@ def train_diffusion(config: TrainTestbedConfig, progress: bool = True) -> tuple[
 def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int = 50,
                    guidance: Optional[float] = None) -> dict[str, dict[str, float]]:
     """The README's testbed numbers: samples of every class vs the held-out digits."""
-    from shortcut_diffusion.tasks.generate import sample_images
-
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
     noise = torch.randn((len(labels), *model.sample_shape), generator=torch.Generator().manual_seed(seed))
     images = sample_images(model, noise, labels.tolist(), steps=steps, guidance=guidance, seed=seed + 1, batch=500)
@@ -141,8 +143,6 @@ def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int
 
 
 def train_testbed(config: TrainTestbedConfig, progress: bool = True, log: Optional[Callable[[str], None]] = print) -> DigitsModel:
-    from shortcut_diffusion.io import rundir
-
     config.check()
     with rundir.claimed(config.out, "train-testbed", overwrite=config.overwrite):
         return _train_testbed(config, progress, log)
@@ -164,8 +164,6 @@ def _train_testbed(config: TrainTestbedConfig, progress: bool, log: Optional[Cal
         "train_seconds": None,
         "torch_threads": torch.get_num_threads(),
     }
-    from shortcut_diffusion.models.testbed.judge import train_judge
-
     judge = None
     if config.judge_epochs:
         judge, info["judge_held_out_accuracy"] = train_judge(epochs=config.judge_epochs)
