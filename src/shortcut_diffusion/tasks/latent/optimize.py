@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from shortcut_diffusion.meters import SavedTensorMeter, model_weights
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.gradients import GradientMethod, get_method
+from shortcut_diffusion.gradients.picard import PicardSettings, with_rollout
 from shortcut_diffusion.tasks.generate import detached, generate
 from shortcut_diffusion.io.interrupts import as_interrupted, deferred
 from shortcut_diffusion.models.base import DiffusionModel
@@ -205,23 +206,43 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
         problem.precision.unscale(optimizer)
     if z.grad is not None and clip_grad:
         torch.nn.utils.clip_grad_norm_([z], clip_grad)
+    checked_row = sequential_check(problem, z, out.info, lambda zz, images, rewards: objective(
+        zz, images, rewards, start_images=start_images, prior_weight=prior_weight, proximity_weight=proximity_weight))
     grad_norm = float(z.grad.norm()) if z.grad is not None else 0.0
     with deferred():  # an interrupt never leaves a half-updated latent
         stepped = problem.precision.step(optimizer) if z.grad is not None else False
         if stepped and problem.method is not None:
             with torch.no_grad():
                 z.copy_(problem.method.project(z))
-    row = {"reward": float(r.detach().mean()), "loss": float(loss.detach()), "seconds": time.perf_counter() - began,
+    seconds = time.perf_counter() - began - checked_row.get("check_seconds", 0.0)
+    row = {"reward": float(r.detach().mean()), "loss": float(loss.detach()), "seconds": seconds,
            "saved_bytes": max(meter.bytes, out.info.get("backward_peak_bytes", 0)), "grad_norm": grad_norm,
-           "grad_steps": out.plan.graph_steps, **method_info(out.info)}
+           "grad_steps": out.plan.graph_steps, **method_info(out.info), **checked_row}
     if problem.precision.scaled:
         row["step_skipped"] = not stepped  # fp16: the scaled gradient overflowed; the scale is lowered
     return row, out.images
 
 
+def sequential_check(problem: LatentProblem, z: torch.Tensor, info: dict[str, Any], loss_of: Callable
+                     ) -> dict[str, Any]:
+    """Where a method asks for it (``info["picard_check"]``: a warm-started rollout), the cosine of
+    ``z.grad`` to the sequential method's gradient of the same objective, and the seconds that took
+    (not counted in the iteration's)."""
+    if not info.pop("picard_check", False) or z.grad is None:
+        return {}
+    began = time.perf_counter()
+    leaf = z.detach().clone().requires_grad_(True)
+    out = problem.generate(leaf, problem.method.base)
+    loss = loss_of(leaf, out.images, problem.reward(out.images, problem.labels)).sum()
+    (grad,) = torch.autograd.grad(loss, leaf)
+    cosine = torch.nn.functional.cosine_similarity(grad.flatten(), z.grad.flatten(), dim=0)
+    return {"picard_cosine": float(cosine), "check_seconds": time.perf_counter() - began}
+
+
 def method_info(info: dict[str, Any]) -> dict[str, Any]:
     """What a method reported about one call, as metric columns (network calls, drift)."""
-    names = {"forward": "nfe_forward", "backward": "nfe_backward", "drift": "drift"}
+    names = {"forward": "nfe_forward", "backward": "nfe_backward", "drift": "drift", "rollout": "rollout",
+             "picard_sweeps": "picard_sweeps", "picard_change": "picard_change"}
     return {names[k]: v for k, v in info.items() if k in names}
 
 
@@ -256,6 +277,8 @@ def optimize_latent(
     callback: Optional[Callable[[dict[str, Any], torch.Tensor, torch.Tensor], None]] = None,
     max_seconds: Optional[float] = None,
     compile: bool = False,
+    rollout: str = "sequential",
+    picard: Optional[PicardSettings] = None,
 ) -> LatentResult:
     """Optimize latents of ``model`` so that ``reward(decode(sample), labels)`` increases.
 
@@ -279,9 +302,13 @@ def optimize_latent(
         max_seconds: also stop once the iterations have taken this long (a wall-clock budget;
             the callback's time is not counted).
         compile: run the network calls that record no graph through ``torch.compile``.
+        rollout: ``sequential`` (the sampler's loop) or ``picard``: SDO's rollout found by
+            warm-started parallel sweeps (:mod:`shortcut_diffusion.gradients.picard`), with
+            ``picard`` its settings (sweeps, tolerance, the interval of full sequential passes, the
+            cosine check).
     """
     labels, batch = _labels(labels, batch)
-    method = get_method(estimator, seed=seed)
+    method = with_rollout(get_method(estimator, seed=seed), rollout, picard)
     optimizes_noise = warmup == 0 and init is None
     prior_weight = default_prior_weight(prior_weight, optimizes_noise and method.noise_prior)
     name = {v: k for k, v in DTYPES.items()}[model.dtype] if precision is None else \

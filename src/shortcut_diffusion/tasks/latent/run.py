@@ -26,6 +26,7 @@ from shortcut_diffusion.tasks.latent.config import PRESETS, DemoConfig, LatentCo
 from shortcut_diffusion.models.loading import apply_thread_policy, load_model
 from shortcut_diffusion.tasks.memory import check_batch_fits
 from shortcut_diffusion.gradients import get_method
+from shortcut_diffusion.gradients.picard import with_rollout
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.tasks.latent.optimize import LatentResult, optimize_latent
 from shortcut_diffusion.precision import Precision
@@ -67,7 +68,7 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
     """Run ``config`` into its run directory; returns the result and the directory."""
     config = config.resolved()
     config.check()  # everything that can be checked before loading or sampling anything
-    estimator = get_method(config.estimator, seed=config.seed)
+    estimator = with_rollout(get_method(config.estimator, seed=config.seed), config.rollout, config.picard_settings())
     device = resolve_device(config.device)
     with rundir.claimed(config.out, "latent", overwrite=config.overwrite) as out:
         model = load_model(config.model, device=device, progress=config.progress, **config.load_options())
@@ -105,6 +106,7 @@ def _run_latent(config: LatentConfig, estimator: Any, model: DiffusionModel, out
         proximity_weight=config.proximity_weight, init=init, batch=config.batch_size, seed=config.seed,
         step_kwargs=config.step_kwargs, guidance=config.guidance, precision=config.dtype,
         progress=config.progress, callback=_recorder(config, out, tracker), compile=config.compile,
+        rollout=config.rollout, picard=config.picard_settings(),
     )
     _write_results(config, model, labels, result, estimator.spec, out)
     return result, out
