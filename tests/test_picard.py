@@ -147,3 +147,30 @@ def test_cli_refuses_picard_on_a_nonlinear_scheduler(tmp_path, capsys):
                  "--rollout", "picard", "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("sdo: error: ") and "linear" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("family, scheduler", [("sd", "ddim"), ("sd3", "flow-euler")])
+def test_rollout_picard_on_a_saved_pipeline(pipeline_dirs, family, scheduler, tmp_path):
+    # guided (CFG doubles the batch: one timestep per row goes with it) and prompt-conditioned
+    from shortcut_diffusion.cli import main
+
+    out = tmp_path / "run"
+    assert main(["latent", "--model", str(pipeline_dirs[family]), "--reward", "ink", "--steps", "3", "--iters", "3",
+                 "--batch", "2", "--prompt", "a red cube", "--height", "16", "--width", "16", "--scheduler", scheduler,
+                 "--rollout", "picard", "--picard-every", "0", "--picard-check", "1", "--picard-chunk", "2",
+                 "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["rollout"] for row in rows] == ["sequential", "picard", "picard"]
+    assert all(row["picard_cosine"] > 0.5 for row in rows)
+
+
+def test_rollout_picard_on_random_sd15():
+    # the SD 1.5 network with random weights, class-conditioned through per-row tables, guided
+    from shortcut_diffusion.models.loading import load_model
+
+    model = load_model("random:sd15:32:tiny")
+    result = optimize_latent(model, lambda images, labels: images.mean((1, 2, 3)), [1, 2], steps=2, iters=2,
+                             lr=0.05, seed=0, progress=False, scheduler="ddim", rollout="picard",
+                             picard=PicardSettings(check=1))
+    assert [row["rollout"] for row in result.history] == ["sequential", "picard"]
+    assert result.history[1]["picard_sweeps"] >= 1 and result.history[1]["picard_cosine"] > 0.5
