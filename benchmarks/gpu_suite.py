@@ -54,6 +54,9 @@ def stages(args: argparse.Namespace, work: Path) -> list[tuple[str, list[str], i
     for dtype in ("fp16", "bf16"):
         out.append((f"latent-{dtype}", [*sdo, "latent", "--model", pipe, "--dtype", dtype, "--reward", "ink", "--iters", "3",
                                         *common, "--out", str(work / f"latent-{dtype}")], 180))
+    out.append(("latent-picard", [*sdo, "latent", "--model", pipe, "--dtype", "fp16", "--reward", "ink", "--iters", "4",
+                                  "--scheduler", "ddim", "--rollout", "picard", "--picard-every", "0", "--picard-check",
+                                  "1", *common, "--out", str(work / "latent-picard")], 240))
     for dtype in ("fp16", "bf16"):
         out.append((f"finetune-{dtype}", [*sdo, "finetune", "--model", pipe, "--dtype", dtype, "--target", "lora",
                                           "--reward", "ink", "--max-steps", "3", "--eval-every", "0",

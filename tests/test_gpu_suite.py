@@ -19,7 +19,7 @@ def test_every_stage_runs_at_toy_sizes(tmp_path):
     suite = json.loads((out / "suite.json").read_text())
     failed = {r["stage"]: r["tail"][-1500:] for r in suite["stages"] if r["rc"] != 0}
     assert done.returncode == 0 and not failed, failed or done.stderr[-2000:]
-    assert [r["stage"] for r in suite["stages"]] == ["pipeline", "latent-fp16", "latent-bf16", "finetune-fp16",
+    assert [r["stage"] for r in suite["stages"]] == ["pipeline", "latent-fp16", "latent-bf16", "latent-picard", "finetune-fp16",
                                                        "finetune-bf16", "bench", "bench-compile", "scale"]
     text = (out / "suite.md").read_text()
     assert "| sdo |" in (out / "bench_report.md").read_text() and "raw x sampling" in text

@@ -89,6 +89,8 @@ class ClassifierFreeGuidance(nn.Module):
         if self.scale == 1.0:
             return self.denoiser(x, t, cond)
         uncond = self._expand(self.uncond, x.shape[0])
+        if t.dim() and t.shape[0] == x.shape[0] > 1:  # one timestep per row (a batched parallel sweep)
+            t = torch.cat([t, t])
         out_uncond, out_cond = self.denoiser(
             torch.cat([x, x]), t, _cat(uncond, cond)
         ).chunk(2)

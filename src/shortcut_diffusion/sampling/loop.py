@@ -196,6 +196,14 @@ class _RowsDenoiser:
             _ROWS.reset(token)
 
 
+def call_on_rows(denoiser: Denoiser, x_in: torch.Tensor, t: torch.Tensor, cond: Any, index: torch.Tensor,
+                 batch: int) -> torch.Tensor:
+    """``denoiser`` on ``x_in``, whose rows are the rows ``index`` of a batch of ``batch`` (rows may
+    repeat: one batched call over several steps of a trajectory); the conditioning is taken by rows
+    and :func:`current_rows` says which while it runs."""
+    return _RowsDenoiser(denoiser, index, batch)(x_in, t, _rows(cond, index, batch))
+
+
 def _call_network_rows(
     denoiser: Denoiser, x_in: torch.Tensor, t: torch.Tensor, cond: Any, modes: list[Mode]
 ) -> torch.Tensor:

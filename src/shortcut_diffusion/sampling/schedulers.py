@@ -302,3 +302,53 @@ def noise_std(abar: float, scaled: bool) -> float:
     """The noise level of a latent at ``abar`` in the sampler's own scale."""
     abar = float(abar)
     return ((1 - abar) / abar) ** 0.5 if scaled else max(1 - abar, 0.0) ** 0.5
+
+
+def check_linear_step(scheduler: SchedulerMixin, step_kwargs: Optional[dict] = None,
+                      what: str = "--rollout picard") -> None:
+    """Refuse a scheduler whose step is not ``x_next = A x + B output`` with ``A, B`` fixed by the
+    schedule: ``what`` runs the recursion itself (DDIM with eta 0, flow-matching Euler)."""
+    kwargs = dict(step_kwargs or {})
+    config = scheduler.config
+    if is_flow_matching(scheduler):
+        if config.get("stochastic_sampling", False) or kwargs.get("per_token_timesteps") is not None:
+            raise UsageError(f"{what} needs the deterministic flow-matching Euler step (no stochastic_sampling, "
+                             "no per-token timesteps)")
+        return
+    if not isinstance(scheduler, DDIMScheduler):
+        raise UsageError(f"{what} needs a scheduler whose step is linear in the latent and the network output: "
+                         f"ddim (eta 0) or flow-euler, not {type(scheduler).__name__}")
+    if float(kwargs.get("eta", 0.0) or 0.0) != 0.0:
+        raise UsageError(f"{what} needs deterministic DDIM (eta 0), got eta={kwargs['eta']}")
+    if config.get("clip_sample", False) or config.get("thresholding", False):
+        raise UsageError(f"{what} needs DDIM without clip_sample or thresholding (they make the step nonlinear)")
+    if config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
+        raise UsageError(f"{what} supports epsilon and v_prediction models, not {config.get('prediction_type')!r}")
+
+
+def linear_step_coefficients(scheduler: SchedulerMixin) -> list[tuple[float, float]]:
+    """``(A_i, B_i)`` of every step of a set scheduler that :func:`check_linear_step` accepts: its
+    own ``step`` gives ``x_{i+1} = A_i x_i + B_i output_i``.
+
+    DDIM (eta 0) goes ``x_next = sqrt(abar') x0 + sqrt(1 - abar') eps``; with epsilon prediction
+    ``A = sqrt(abar' / abar)``, ``B = sqrt(1 - abar') - A sqrt(1 - abar)``, with v-prediction
+    (``x0 = sqrt(abar) x - sqrt(1 - abar) v``, ``eps = sqrt(abar) v + sqrt(1 - abar) x``)
+    ``A = sqrt(abar' abar) + sqrt((1 - abar')(1 - abar))``, ``B = sqrt((1 - abar') abar) - sqrt(abar' (1 - abar))``.
+    Flow-matching Euler goes ``x_next = x + (sigma' - sigma) v``: ``A = 1``, ``B = sigma' - sigma``.
+    The square roots are rounded as diffusers' DDIM rounds them (float32 scalars), so the recursion
+    reproduces the scheduler's own step to float64 rounding."""
+    if is_flow_matching(scheduler):
+        sigmas = scheduler.sigmas.to(torch.float64).cpu().tolist()
+        return [(1.0, sigmas[i + 1] - sigmas[i]) for i in range(len(scheduler.timesteps))]
+    v = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
+    out = []
+    for abar, prev in step_levels(scheduler):
+        sa, sb, sp, sq = (_root32(abar), _root32(1 - torch.tensor(abar, dtype=torch.float32)), _root32(prev),
+                          _root32(1 - torch.tensor(prev, dtype=torch.float32)))
+        out.append((sp * sa + sq * sb, sq * sa - sp * sb) if v else (sp / sa, sq - sp * sb / sa))
+    return out
+
+
+def _root32(value: Any) -> float:
+    """``sqrt(value)`` computed in float32, as the scheduler's float32 noise levels are."""
+    return float(torch.as_tensor(value, dtype=torch.float32).sqrt())

@@ -40,9 +40,11 @@ def run_method(model: Any, reward: Callable, labels: torch.Tensor, spec: str, *,
         return _freedom(model, reward, labels, spec, steps=steps, seed=seed)
     from shortcut_diffusion.tasks.generate import generate
     from shortcut_diffusion.gradients import get_method
+    from shortcut_diffusion.gradients.picard import with_rollout
     from shortcut_diffusion.tasks.latent.optimize import optimize_latent
 
-    method = get_method(spec, seed=seed)
+    base, _, rollout = spec.partition("+")  # sdo+picard: SDO with warm-started Picard rollouts
+    method = with_rollout(get_method(base, seed=seed), rollout or "sequential")
     zs: list[tuple[float, torch.Tensor]] = []
     result = optimize_latent(model, reward, labels, estimator=method, steps=steps, iters=10**6, lr=lr, seed=seed,
                              progress=False, max_seconds=seconds,

@@ -35,6 +35,20 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
     prior_weight: Optional[float] = field(default=None, metadata={"help": "weight of the Gaussian (chi) prior on the initial noise (default: 100 when the initial noise is optimized, else 0)"})
     proximity_weight: float = field(default=0.0, metadata={"help": "weight of the pixel distance to the starting samples"})
     grid_every: int = field(default=10, metadata={"help": "write a start-vs-current grid every k iterations (0: never)"})
+    rollout: str = field(default="sequential", metadata={"help": "how SDO's rollout is found: sequential (the sampler's "
+                                                               "loop) or picard (warm-started parallel sweeps; ddim "
+                                                               "eta 0 or flow-euler; see docs/latent.md)",
+                                                       "choices": ["sequential", "picard"]})
+    picard_sweeps: int = field(default=2, metadata={"help": "--rollout picard: parallel sweeps at most per iteration"})
+    picard_tol: float = field(default=1e-3, metadata={"help": "--rollout picard: stop sweeping once no step's latent "
+                                                              "moves by more than this RMS"})
+    picard_every: int = field(default=10, metadata={"help": "--rollout picard: a full sequential pass every k "
+                                                            "iterations (0: only the first; the final samples always)"})
+    picard_check: int = field(default=0, metadata={"help": "--rollout picard: every k iterations also compute the "
+                                                           "sequential SDO gradient and write its cosine to "
+                                                           "metrics.jsonl (costs a pass and a backward more; 0: never)"})
+    picard_chunk: int = field(default=0, metadata={"help": "--rollout picard: steps per batched network call of a "
+                                                           "sweep (0: the whole trajectory at once)"})
     preset: Optional[str] = field(default=None, metadata={"help": "named settings: paper (the SDO authors' scripts: DDIM, "
                                                                   "--steps 50 --warmup 45 --lr 0.01 --betas 0.9 0.9, no "
                                                                   "prior); options you set to other values win",
@@ -54,8 +68,16 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
             return self.batch
         return INVERT_BATCH if self.init.startswith("invert:") else NOISE_BATCH
 
+    def picard_settings(self) -> Any:
+        """The ``--picard-*`` options as :class:`~shortcut_diffusion.gradients.picard.PicardSettings`."""
+        from shortcut_diffusion.gradients.picard import PicardSettings
+
+        return PicardSettings(sweeps=self.picard_sweeps, tol=self.picard_tol, every=self.picard_every,
+                              check=self.picard_check, chunk=self.picard_chunk)
+
     def _check(self) -> None:
         from shortcut_diffusion.gradients import get_method
+        from shortcut_diffusion.gradients.picard import with_rollout
         from shortcut_diffusion.tasks.latent.optimize import (check_latent_options, check_moves_latent,
                                                               default_prior_weight)
 
@@ -68,6 +90,7 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
                              optimizes_noise=optimizes_noise, betas=self.betas, clip_grad=self.clip_grad or None)
         method = get_method(self.estimator)  # the spec, before any work (the schedule: once the model is loaded)
         check_moves_latent(method, self.steps - self.warmup)
+        with_rollout(method, self.rollout, self.picard_settings())
         if self.grid_every < 0:
             raise UsageError(f"--grid-every must be >= 0, got {self.grid_every}")
 

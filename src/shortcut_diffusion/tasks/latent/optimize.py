@@ -29,6 +29,7 @@ from shortcut_diffusion.meters import SavedTensorMeter, model_weights
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.options.groups import check_optimizer
 from shortcut_diffusion.gradients import GradientMethod, get_method, loss_weighted
+from shortcut_diffusion.gradients.picard import PicardSettings, with_rollout
 from shortcut_diffusion.tasks.generate import detached, generate
 from shortcut_diffusion.io.interrupts import as_interrupted, deferred
 from shortcut_diffusion.models.base import DiffusionModel
@@ -198,23 +199,43 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
         problem.precision.unscale(optimizer)
     if z.grad is not None and clip_grad:
         torch.nn.utils.clip_grad_norm_([z], clip_grad)
+    checked_row = sequential_check(problem, z, out.info, lambda zz, images, rewards: objective(
+        zz, images, rewards, start_images=start_images, prior_weight=prior_weight, proximity_weight=proximity_weight))
     grad_norm = float(z.grad.norm()) if z.grad is not None else 0.0
     with deferred():  # an interrupt never leaves a half-updated latent
         stepped = problem.precision.step(optimizer) if z.grad is not None else False
         if stepped and problem.method is not None:
             with torch.no_grad():
                 z.copy_(problem.method.project(z))
-    row = {"reward": float(r.detach().mean()), "loss": float(loss.detach()), "seconds": time.perf_counter() - began,
+    seconds = time.perf_counter() - began - checked_row.get("check_seconds", 0.0)
+    row = {"reward": float(r.detach().mean()), "loss": float(loss.detach()), "seconds": seconds,
            "saved_bytes": max(meter.bytes, out.info.get("backward_peak_bytes", 0)), "grad_norm": grad_norm,
-           "grad_steps": out.plan.graph_steps, **method_info(out.info), **problem.held_out(out.images)}
+           "grad_steps": out.plan.graph_steps, **method_info(out.info), **problem.held_out(out.images), **checked_row}
     if problem.precision.scaled:
         row["step_skipped"] = not stepped  # fp16: the scaled gradient overflowed; the scale is lowered
     return row, out.images
 
 
+def sequential_check(problem: LatentProblem, z: torch.Tensor, info: dict[str, Any], loss_of: Callable
+                     ) -> dict[str, Any]:
+    """Where a method asks for it (``info["picard_check"]``: a warm-started rollout), the cosine of
+    ``z.grad`` to the sequential method's gradient of the same objective, and the seconds that took
+    (not counted in the iteration's)."""
+    if not info.pop("picard_check", False) or z.grad is None:
+        return {}
+    began = time.perf_counter()
+    leaf = z.detach().clone().requires_grad_(True)
+    out = problem.generate(leaf, problem.method.base)
+    loss = loss_of(leaf, out.images, problem.reward(out.images, problem.labels)).sum()
+    (grad,) = torch.autograd.grad(loss, leaf)
+    cosine = torch.nn.functional.cosine_similarity(grad.flatten(), z.grad.flatten(), dim=0)
+    return {"picard_cosine": float(cosine), "check_seconds": time.perf_counter() - began}
+
+
 def method_info(info: dict[str, Any]) -> dict[str, Any]:
     """What a method reported about one call, as metric columns (network calls, drift)."""
-    names = {"forward": "nfe_forward", "backward": "nfe_backward", "drift": "drift"}
+    names = {"forward": "nfe_forward", "backward": "nfe_backward", "drift": "drift", "rollout": "rollout",
+             "picard_sweeps": "picard_sweeps", "picard_change": "picard_change"}
     return {names[k]: v for k, v in info.items() if k in names}
 
 
@@ -267,6 +288,8 @@ def optimize_latent(
     max_seconds: Optional[float] = None,
     compile: bool = False,
     eval_rewards: Optional[dict[str, Callable]] = None,
+    rollout: str = "sequential",
+    picard: Optional[PicardSettings] = None,
 ) -> LatentResult:
     """Optimize latents of ``model`` so that ``reward(decode(sample), labels)`` increases.
 
@@ -292,9 +315,13 @@ def optimize_latent(
         compile: run the network calls that record no graph through ``torch.compile``.
         eval_rewards: held-out rewards by name (``eval_reward/<spec>``), scored on the same samples
             every iteration and at the start and end, never optimized.
+        rollout: ``sequential`` (the sampler's loop) or ``picard``: SDO's rollout found by
+            warm-started parallel sweeps (:mod:`shortcut_diffusion.gradients.picard`), with
+            ``picard`` its settings (sweeps, tolerance, the interval of full sequential passes, the
+            cosine check).
     """
     labels, batch = _labels(labels, batch)
-    method = get_method(estimator, seed=seed)
+    method = with_rollout(get_method(estimator, seed=seed), rollout, picard)
     optimizes_noise = warmup == 0 and init is None
     prior_weight = default_prior_weight(prior_weight, optimizes_noise and method.noise_prior)
     name = _precision_name(model, precision)
@@ -317,11 +344,19 @@ def optimize_latent(
     history, stopped, last_good, current, interrupt = _iterate(
         problem, z, optimizer, method, iters=iters, max_seconds=max_seconds, progress=progress,
         callback=callback, clip_grad=clip_grad, **regularizers)
+    return _result(problem, regularizers, start_rewards, history, stopped, last_good, current, interrupt)
+
+
+def _result(problem: LatentProblem, regularizers: dict[str, Any], start_rewards: torch.Tensor, history: list,
+            stopped: Optional[str], last_good: torch.Tensor, current: Optional[torch.Tensor],
+            interrupt: Optional[int]) -> LatentResult:
+    """The run's result: the latents kept (see :func:`_final_samples`), their samples and rewards."""
     latents, final_images, final_rewards = _final_samples(problem, last_good, current, regularizers)
     if latents is not current and current is not None and stopped is None:
         stopped = "the last update gave non-finite latents, samples or objective; kept the previous latents"
     if not torch.isfinite(final_rewards).all() and stopped is None:
         stopped = "the final samples have a non-finite reward"
+    start_images = regularizers["start_images"]
     return LatentResult(latents.cpu(), final_images.cpu(), start_images.cpu(),
                         final_rewards.cpu(), start_rewards.cpu(), history, stopped, interrupt,
                         problem.held_out(start_images), problem.held_out(final_images))

@@ -26,6 +26,7 @@ from shortcut_diffusion.tasks.context import RunContext, build_context
 from shortcut_diffusion.tasks.latent.config import PRESETS, DemoConfig, LatentConfig  # noqa: F401 (re-exported)
 from shortcut_diffusion.tasks.memory import check_batch_fits
 from shortcut_diffusion.gradients import get_method
+from shortcut_diffusion.gradients.picard import with_rollout
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.tasks.latent.optimize import LatentResult, optimize_latent
 from shortcut_diffusion.rewards.held_out import describe_lines, eval_rewards, start_final
@@ -59,7 +60,7 @@ def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
     """Run ``config`` into its run directory; returns the result and the directory."""
     config = config.resolved()
     config.check()  # everything that can be checked before loading or sampling anything
-    estimator = get_method(config.estimator, seed=config.seed)
+    estimator = with_rollout(get_method(config.estimator, seed=config.seed), config.rollout, config.picard_settings())
     device = resolve_device(config.device)
     with rundir.claimed(config.out, "latent", overwrite=config.overwrite) as out:
         context = build_context(config, batch=config.batch_size, device=device, progress=config.progress)
@@ -93,6 +94,7 @@ def _run_latent(config: LatentConfig, estimator: Any, context: RunContext, out: 
         step_kwargs=config.step_kwargs, guidance=config.guidance, precision=context.precision,
         progress=config.progress, callback=_recorder(config, out, tracker), compile=config.compile,
         eval_rewards=held_out,
+        rollout=config.rollout, picard=config.picard_settings(),
     )
     _write_results(config, model, labels, result, estimator.spec, out)
     return result, out

@@ -1,0 +1,242 @@
+"""Warm-started parallel (Picard) rollouts: SDO's gradient for latent optimization at less than a
+sequential sampling pass per iteration.
+
+Parallel sampling (ParaDiGMS: Shih, Belkhale, Ermon, Sadigh, Anari, "Parallel Sampling of
+Diffusion Models", NeurIPS 2023) treats the sampler as a fixed point: with a scheduler whose step
+is linear in the latent and the network output given the schedule (DDIM with eta 0, flow-matching
+Euler: :func:`~shortcut_diffusion.sampling.schedulers.linear_step_coefficients`),
+
+    x_{i+1} = A_i x_i + B_i f(x_i, t_i),
+
+the trajectory is a function of the start and every step's output. A *sweep* evaluates the network
+at every step of a guessed trajectory in one batched call (chunked, ``chunk`` steps a call), then
+runs the linear recursion from the start on those outputs (a scan: no network call). Sweeps repeat
+until the trajectory changes by less than ``tol`` (the largest per-step RMS change, in latent
+units) or ``sweeps`` have run. Each sweep makes one more step exact, so ``n`` sweeps of ``n``
+steps are the sequential sampler (``tests/test_picard.py`` checks it in float64).
+
+Warm start. Consecutive iterations of latent optimization differ by one optimizer step ``dz``.
+Holding the outputs fixed, the recursion gives ``x_i(z + dz) = x_i(z) + (prod_{j<i} A_j) dz``:
+the previous trajectory shifted along the linear path (SDO's own shortcut). That shifted guess is
+the scan of the previous iteration's cached outputs from the new latent, which is how it is
+computed.
+
+The gradient then comes from the cache as in ``sdo:rollout=cached`` (:func:`~.cached.replay`):
+the scheduler's updates replayed on the cached outputs, the kept step re-run with its graph. The
+first iteration, every ``every``-th one, and the final samples (plain sampling) are full
+sequential passes, so the result is an exact sample of the final latent.
+
+This pays off only where the previous trajectory is close: latent optimization. In fine-tuning the
+noise is new at every step, so only cold sweeps could help (and only on a GPU, where a batch of
+``n`` costs little more than one call); it is refused there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.gradients.base import GradientMethod, Sampling
+from shortcut_diffusion.gradients.cached import Rollout, replay
+from shortcut_diffusion.sampling.loop import SampleOutput, call_on_rows
+from shortcut_diffusion.sampling.schedulers import (check_linear_step, fresh_scheduler, init_noise_sigma,
+                                                    linear_step_coefficients)
+
+ROLLOUTS = ("sequential", "picard")
+
+
+@dataclass(frozen=True)
+class PicardSettings:
+    """The settings of ``--rollout picard`` (``--picard-*``)."""
+
+    sweeps: int = 2
+    """Parallel sweeps at most per iteration."""
+    tol: float = 1e-3
+    """Stop sweeping once no step's latent moves by more than this RMS (latent units)."""
+    every: int = 10
+    """A full sequential pass every this many iterations (0: only the first)."""
+    check: int = 0
+    """Every this many iterations, also compute the sequential SDO gradient and report the cosine
+    (``picard_cosine``); 0: never. It costs a sequential pass and a backward pass more."""
+    chunk: int = 0
+    """Steps per batched network call of a sweep (0: the whole trajectory in one call)."""
+
+    def __post_init__(self) -> None:
+        for name in ("sweeps", "every", "check", "chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "sweeps" else 0):
+                low = 1 if name == "sweeps" else 0
+                raise UsageError(f"--picard-{name} must be a whole number >= {low}, got {value!r}")
+        if not (math.isfinite(self.tol) and self.tol >= 0):
+            raise UsageError(f"--picard-tol must be >= 0 and finite, got {self.tol}")
+
+
+def scan(z: torch.Tensor, outputs: torch.Tensor, coefficients: list[tuple[float, float]]) -> torch.Tensor:
+    """The trajectory ``[x_0 = z, x_1, ..., x_n]`` of ``x_{i+1} = A_i x_i + B_i outputs[i]``."""
+    states = [z]
+    for (a, b), output in zip(coefficients, outputs):
+        states.append(a * states[-1] + b * output.to(z.dtype))
+    return torch.stack(states)
+
+
+@torch.no_grad()
+def sweep(sampling: Sampling, states: torch.Tensor, timesteps: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    """Every step's network output at the trajectory ``states`` (``[n + 1, batch, ...]``): ``chunk``
+    steps per batched call (0: all ``n`` at once)."""
+    n, batch = len(timesteps), states.shape[1]
+    per_call = chunk or n
+    outputs = []
+    for first in range(0, n, per_call):
+        k = min(per_call, n - first)
+        x_in = states[first:first + k].reshape(k * batch, *states.shape[2:])
+        t = timesteps[first:first + k].to(states.device).repeat_interleave(batch)
+        index = torch.arange(batch, device=states.device).repeat(k)
+        out = call_on_rows(sampling.denoiser, x_in, t, sampling.cond, index, batch)
+        outputs.append(out.reshape(k, batch, *out.shape[1:]))
+    return torch.cat(outputs)
+
+
+def picard_solve(sampling: Sampling, z: torch.Tensor, guess: torch.Tensor, *, sweeps: int, tol: float,
+                 chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Picard sweeps from the trajectory ``guess`` (whose first state is ``z``): ``(outputs, states,
+    info)``, the states being the scan of the outputs from ``z`` (consistent with them exactly)."""
+    sched, coefficients = linear_schedule(sampling, z)
+    timesteps = sched.timesteps[sampling.start:sampling.stop or sampling.steps]
+    states, change, done = guess, float("inf"), 0
+    for done in range(1, sweeps + 1):
+        outputs = sweep(sampling, states, timesteps, chunk)
+        new = scan(z, outputs, coefficients)
+        change = float((new - states).flatten(2).square().mean(2).sqrt().max())
+        states = new
+        if change <= tol:
+            break
+    return outputs, states, {"picard_sweeps": done, "picard_change": change}
+
+
+def linear_schedule(sampling: Sampling, x: torch.Tensor) -> tuple[Any, list[tuple[float, float]]]:
+    """The set scheduler of ``sampling`` and its ``(A_i, B_i)`` over the steps it runs."""
+    sched = fresh_scheduler(sampling.scheduler, sampling.steps, device=x.device,
+                            **(sampling.set_timesteps_kwargs or {}))
+    return sched, linear_step_coefficients(sched)[sampling.start:sampling.stop or sampling.steps]
+
+
+@dataclass
+class _Cache:
+    z: torch.Tensor
+    outputs: torch.Tensor
+
+
+class PicardRollout(GradientMethod):
+    """SDO (``base``) with its rollout found by warm-started Picard sweeps (see the module docstring)."""
+
+    def __init__(self, base: GradientMethod, settings: Optional[PicardSettings] = None):
+        if getattr(base, "name", None) != "sdo" or not hasattr(base, "plan"):
+            raise UsageError(f"--rollout picard computes SDO's gradient from the cached rollout: use --estimator sdo, "
+                             f"not {base.spec}")
+        self.base, self.settings = base, settings or PicardSettings()
+        self.name, self.paper = base.name, base.paper
+        self.noise_prior = base.noise_prior
+        self.calls = 0
+        self._cache: Optional[_Cache] = None
+
+    def params(self) -> dict:
+        return self.base.params()
+
+    def spec_params(self) -> dict:
+        return self.base.spec_params()
+
+    def check_task(self, task: str) -> None:
+        if task != "latent":
+            raise UsageError("--rollout picard is for latent optimization (fine-tuning draws new noise every step, "
+                             "so there is no previous trajectory to start from)")
+
+    def check(self, scheduler: Any, steps: int, *, start: int = 0, step_kwargs: Optional[dict] = None,
+              task: str = "latent") -> None:
+        self.check_task(task)
+        self.base.check(scheduler, steps, start=start, step_kwargs=step_kwargs, task=task)
+        check_linear_step(scheduler, step_kwargs)
+        if init_noise_sigma(scheduler) != 1.0:
+            raise UsageError("--rollout picard needs a scheduler without input scaling (ddim, flow-euler)")
+
+    def held_graphs(self, steps: int) -> int:
+        return self.base.held_graphs(steps)
+
+    def moves_start(self, steps: int) -> bool:
+        return self.base.moves_start(steps)
+
+    def reseed(self, seed: int) -> "PicardRollout":
+        self.base.reseed(seed)
+        return self
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        return self.base.project(z)
+
+    def plain(self, sampling: Sampling, x: torch.Tensor) -> SampleOutput:
+        return self.base.plain(sampling, x)
+
+    def sequential_due(self, x: torch.Tensor) -> bool:
+        """Whether this call is a full sequential pass: the first, every ``every``-th, or one
+        whose latent does not match the cache."""
+        every = self.settings.every
+        cache = self._cache
+        return (cache is None or cache.z.shape != x.shape or self.calls == 0
+                or (every > 0 and self.calls % every == 0))
+
+    def sample(self, sampling: Sampling, x: torch.Tensor, per_sample: bool = False) -> SampleOutput:
+        if not torch.is_grad_enabled():
+            return self.base.sample(sampling, x, per_sample)
+        if self.sequential_due(x):
+            out, outputs, info = self._sequential(sampling, x, per_sample)
+        else:
+            out, outputs, info = self._warm(sampling, x, per_sample)
+        self._cache = _Cache(x.detach().clone(), outputs)
+        check = self.settings.check
+        info["picard_check"] = bool(check) and self.calls % check == 0
+        self.calls += 1
+        out.info.update(info)
+        return out
+
+    def _sequential(self, sampling: Sampling, x: torch.Tensor, per_sample: bool
+                    ) -> tuple[SampleOutput, torch.Tensor, dict[str, Any]]:
+        """The base SDO's own loop, its network outputs recorded for the next warm start."""
+        rollout, callback = Rollout(), sampling.callback
+
+        def record(info: dict[str, Any]) -> None:
+            rollout.record(info)
+            if callback is not None:
+                callback(info)
+
+        out = self.base.sample(dataclasses.replace(sampling, callback=record), x, per_sample)
+        outputs = torch.stack(list(rollout.outputs.values()))
+        return out, outputs, {"rollout": "sequential", "picard_sweeps": 0, "forward": len(outputs)}
+
+    def _warm(self, sampling: Sampling, x: torch.Tensor, per_sample: bool
+              ) -> tuple[SampleOutput, torch.Tensor, dict[str, Any]]:
+        """Sweeps from the previous trajectory shifted to ``x``, then the gradient from the cache."""
+        z = x.detach()
+        sched, coefficients = linear_schedule(sampling, z)
+        guess = scan(z, self._cache.outputs, coefficients)  # x_i + (prod_{j<i} A_j) dz
+        settings = self.settings
+        outputs, states, info = picard_solve(sampling, z, guess, sweeps=settings.sweeps, tol=settings.tol,
+                                             chunk=settings.chunk)
+        rollout = Rollout()
+        timesteps = sched.timesteps[sampling.start:sampling.stop or sampling.steps]
+        rollout.outputs = {float(t): output for t, output in zip(timesteps, outputs)}
+        rollout.final = states[-1]
+        out = replay(sampling, x, rollout, self.base, per_sample)
+        kept = out.plan.graph_steps
+        return out, outputs, {"rollout": "picard", "forward": info["picard_sweeps"] * len(outputs) + kept, **info}
+
+
+def with_rollout(method: GradientMethod, rollout: str, settings: Optional[PicardSettings] = None) -> GradientMethod:
+    """``method`` with the rollout ``rollout`` (``sequential``: as it is; ``picard``: :class:`PicardRollout`)."""
+    if rollout not in ROLLOUTS:
+        raise UsageError(f"--rollout must be sequential or picard, got {rollout!r}")
+    if rollout == "sequential":
+        return method
+    return method if isinstance(method, PicardRollout) else PicardRollout(method, settings)
