@@ -252,6 +252,10 @@ def _precision_name(model: DiffusionModel, precision: Union[str, Precision, None
     return precision.name if isinstance(precision, Precision) else precision
 
 
+def _precision(precision: Union[str, Precision, None], name: str, model: DiffusionModel) -> Precision:
+    return precision if isinstance(precision, Precision) else Precision(name, model.device)
+
+
 def _check_call(model: DiffusionModel, labels: Any, init: Optional[torch.Tensor], **options: Any) -> None:
     """The checks of :func:`optimize_latent`'s arguments, before any work."""
     check_latent_options(**options)
@@ -313,12 +317,9 @@ def optimize_latent(
         max_seconds: also stop once the iterations have taken this long (a wall-clock budget;
             the callback's time is not counted).
         compile: run the network calls that record no graph through ``torch.compile``.
-        eval_rewards: held-out rewards by name (``eval_reward/<spec>``), scored on the same samples
-            every iteration and at the start and end, never optimized.
-        rollout: ``sequential`` (the sampler's loop) or ``picard``: SDO's rollout found by
-            warm-started parallel sweeps (:mod:`shortcut_diffusion.gradients.picard`), with
-            ``picard`` its settings (sweeps, tolerance, the interval of full sequential passes, the
-            cosine check).
+        eval_rewards: held-out rewards by name (``eval_reward/<spec>``), scored, never optimized.
+        rollout, picard: ``sequential`` (the loop) or ``picard``: SDO's rollout by warm-started
+            parallel sweeps with ``picard`` settings (:mod:`shortcut_diffusion.gradients.picard`).
     """
     labels, batch = _labels(labels, batch)
     method = with_rollout(get_method(estimator, seed=seed), rollout, picard)
@@ -328,13 +329,12 @@ def optimize_latent(
     _check_call(model, labels, init, steps=steps, warmup=warmup, iters=iters, lr=lr, batch=batch,
                 prior_weight=prior_weight, proximity_weight=proximity_weight, optimizes_noise=optimizes_noise,
                 precision=name, betas=betas, clip_grad=clip_grad)
-    if isinstance(scheduler, str):
-        scheduler = make_scheduler(scheduler, like=model.scheduler)
+    scheduler = make_scheduler(scheduler, like=model.scheduler) if isinstance(scheduler, str) else scheduler
     method.check(scheduler or model.scheduler, steps, start=warmup, step_kwargs=step_kwargs)
     problem = LatentProblem(model, checked(reward), labels if isinstance(labels, list) else labels.to(model.device),
                             detached(model.conditioning(labels)), scheduler or model.scheduler, steps, warmup, seed,
-                            guidance, step_kwargs, precision if isinstance(precision, Precision) else Precision(name, model.device),
-                            compile, method, {name: checked(r) for name, r in (eval_rewards or {}).items()})
+                            guidance, step_kwargs, _precision(precision, name, model), compile, method,
+                            {key: checked(r) for key, r in (eval_rewards or {}).items()})
     z0 = starting_latent(problem, batch, init)
     start_images = problem.images(z0)
     start_rewards = problem.reward(start_images, problem.labels).detach()
