@@ -11,6 +11,7 @@ import torch
 from shortcut_diffusion.io import reporting
 from shortcut_diffusion.tasks.generate import reward_labels, sample_images
 from shortcut_diffusion.io.tracking import Tracker
+from shortcut_diffusion.tasks.panel import panel_summary
 
 if TYPE_CHECKING:
     from shortcut_diffusion.tasks.finetune.train import FineTuning, TrainState
@@ -26,12 +27,19 @@ def eval_noise(model: Any, count: int, seed: int) -> torch.Tensor:
     return torch.randn((count, *model.sample_shape), generator=gen)
 
 
-def evaluate(model: Any, reward: Callable, images: torch.Tensor, labels: Sequence[Any]) -> dict[str, float]:
+def evaluate(model: Any, reward: Callable, images: torch.Tensor, labels: Sequence[Any],
+             spec: Any = None) -> dict[str, float]:
     """Mean reward, and the model's own metrics (on the digits testbed: digits-FD, conditional
-    accuracy and diversity, from two samples up)."""
+    accuracy and diversity, from two samples up; and the judge panel's readings of the class that
+    the reward ``spec`` asks for, realism and saturation: :func:`~shortcut_diffusion.models.testbed.panel.panel_scalars`)."""
     with torch.no_grad():
         row = {"reward": float(reward(images.to(model.device), reward_labels(labels, model.device)).mean())}
     row.update(model.metrics(images, labels))
+    report = panel_summary(model, spec, labels, images).get("panel")
+    if report is not None:
+        from shortcut_diffusion.models.testbed.panel import panel_scalars
+
+        row.update(panel_scalars(report))
     return row
 
 
@@ -83,10 +91,11 @@ class Evaluation:
         config = self.ft.config
         images = self._samples(state, self.noise, self.labels, config.eval_seed)
         row = {"step": state.step, "wall_clock": state.wall_clock, "samples": state.samples,
-               **evaluate(self.ft.model, self.reward, images, self.labels)}
+               **evaluate(self.ft.model, self.reward, images, self.labels, config.reward)}
         if self.seen_labels is not None:
             seen = self._samples(state, self.seen_noise, self.seen_labels, config.eval_seed + 1)
-            row.update({f"seen_{k}": v for k, v in evaluate(self.ft.model, self.reward, seen, self.seen_labels).items()})
+            row.update({f"seen_{k}": v for k, v in evaluate(self.ft.model, self.reward, seen, self.seen_labels,
+                                                                     config.reward).items()})
         if final:
             row["final"] = True  # the exported weights (EMA or best), after the last step
         if not self.write:  # another process writes the run directory

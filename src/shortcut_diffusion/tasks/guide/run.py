@@ -2,8 +2,8 @@
 
 The run directory holds ``config.json``, ``summary.json`` (the reward of the plain samples of the
 same noise and of the guided ones, seconds, network calls, and on the testbed the classifier's and
-the held-out judge's readings), ``before_after.png`` and ``final.safetensors`` (``images``,
-``start_images``, ``latents``, ``rewards``).
+the held-out judge's readings and the judge panel's reports ``panel`` and ``panel_start``),
+``before_after.png`` and ``final.safetensors`` (``images``, ``start_images``, ``latents``, ``rewards``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from shortcut_diffusion.models.loading import apply_thread_policy, load_model
 from shortcut_diffusion.precision import Precision
 from shortcut_diffusion.rewards import get_reward
 from shortcut_diffusion.sampling.schedulers import scheduler_for
+from shortcut_diffusion.tasks.panel import panel_lines, panel_summary
 
 
 def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
@@ -49,11 +50,12 @@ def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
                                 precision=precision, progress=config.progress)
         with torch.no_grad():
             start_rewards = reward(start.to(device), reward_labels(labels, device)).cpu()
-        _write(out, model, labels, start, start_rewards, result)
+        _write(out, model, labels, start, start_rewards, result, config.reward)
         return result, out
 
 
-def _write(out: Path, model, labels: list, start: torch.Tensor, start_rewards: torch.Tensor, result: GuidedResult) -> None:
+def _write(out: Path, model, labels: list, start: torch.Tensor, start_rewards: torch.Tensor, result: GuidedResult,
+           spec: str) -> None:
     reporting.save_tensors(out / "final.safetensors", {"images": result.images, "start_images": start,
                                                         "latents": result.latents, "rewards": result.rewards})
     reporting.save_grid(out / "before_after.png", [start, result.images])
@@ -65,6 +67,7 @@ def _write(out: Path, model, labels: list, start: torch.Tensor, start_rewards: t
             with torch.no_grad():
                 summary[f"{name}final_predicted"] = network(result.images.to(model.device)).argmax(1).tolist()
                 summary[f"{name}start_predicted"] = network(start.to(model.device)).argmax(1).tolist()
+    summary.update(panel_summary(model, spec, labels, result.images, start))
     reporting.write_json(out / "summary.json", summary)
 
 
@@ -77,6 +80,7 @@ def describe(result: GuidedResult, out: Path) -> str:
     if "judge_final_predicted" in summary:
         lines.append(f"held-out judge (never a reward): before {summary['judge_start_predicted']} after "
                      f"{summary['judge_final_predicted']}")
+    lines += panel_lines(summary)
     lines += [f"run directory: {out}", f"  before/after grid: {out / 'before_after.png'}"]
     return "\n".join(lines)
 
