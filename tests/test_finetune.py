@@ -262,8 +262,13 @@ def test_evaluation_on_held_out_conditions(base_config, capsys):
     assert after["labels"].tolist() == [3, 3, 5, 5]
     rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert all({"reward", "seen_reward", "accuracy", "seen_accuracy"} <= set(r) for r in rows)
+    panel = {"panel_mlp_accuracy", "panel_knn_accuracy", "panel_forest_accuracy", "panel_read_by_all",
+             "panel_agreement", "realism", "saturation"}
+    assert all(panel | {f"seen_{k}" for k in panel} <= set(r) for r in rows)
+    assert all(r["panel_read_by_all"] <= min(r[f"panel_{j}_accuracy"] for j in ("mlp", "knn", "forest")) for r in rows)
     assert summary["after"]["reward"] != summary["after"]["seen_reward"]
     from shortcut_diffusion.tasks.finetune import describe
 
     text = describe(summary, out)
     assert "(held-out conditions)" in text and "(training conditions)" in text
+    assert "panel (3 judges, never rewards) reads the target class by all: " in text

@@ -62,4 +62,6 @@ def test_sdo_guide_writes_its_run_directory(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_reward"] > summary["start_reward"]
     assert len(summary["judge_final_predicted"]) == 2 and (out / "before_after.png").is_file()
-    assert "guided" in capsys.readouterr().out
+    assert summary["panel"]["judges"] == ["mlp", "knn", "forest"] and summary["panel_start"]["count"] == 2
+    printed = capsys.readouterr().out
+    assert "guided" in printed and "panel (3 judges, never rewards): " in printed

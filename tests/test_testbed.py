@@ -90,3 +90,8 @@ def test_the_judge_reports_next_to_the_reward(tiny_testbed_dir, tmp_path):
                                      grid_every=0, out=str(tmp_path / "run")))
     summary = _json.loads((out / "summary.json").read_text())
     assert len(summary["judge_final_predicted"]) == 2 and 0 <= summary["judge_agreement"] <= 1
+    # the judge panel, judged against the conditioned class (the default reward digit-match asks for it)
+    panel = summary["panel"]
+    assert panel["judges"] == ["mlp", "knn", "forest"] and panel["target"] == summary["panel_start"]["target"]
+    assert all(len(p) == 2 for p in panel["predicted"].values()) and len(panel["realism_per_sample"]) == 2
+    assert 0 <= panel["read_by_all"] <= 2 and 0 <= panel["saturation"] <= 1 and panel["realism"] > 0

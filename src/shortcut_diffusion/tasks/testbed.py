@@ -9,7 +9,9 @@ and measure a testbed's samples.
    replaced by the null embedding with probability ``cond_dropout`` so classifier-free guidance
    works as in Stable Diffusion; AdamW, warm-up then cosine learning-rate decay, an EMA of the
    weights is what is saved.
-3. Evaluation: ``eval_per_class`` samples per class with 50 DDIM steps at the saved guidance
+3. The held-out judge and the judge panel (``judge.py``, ``judges.py``): never rewards; the
+   panel's kNN and random-forest judges train in about a second.
+4. Evaluation: ``eval_per_class`` samples per class with 50 DDIM steps at the saved guidance
    scale: digits-FD against the held-out digits, conditional accuracy, diversity; and the same
    metrics for the real training digits as the reference.
 
@@ -169,7 +171,14 @@ def _train_testbed(config: TrainTestbedConfig, progress: bool, log: Optional[Cal
         judge, info["judge_held_out_accuracy"] = train_judge(epochs=config.judge_epochs)
         if log:
             log(f"judge held-out accuracy: {info['judge_held_out_accuracy']:.4f}")
-    model = DigitsModel(unet, embeddings, scheduler, classifier, guidance_scale=config.guidance, info=info, judge=judge)
+    from shortcut_diffusion.models.testbed.judges import train_panel
+
+    panel = train_panel(config.seed, judge)
+    if log:
+        log("judge panel held-out accuracy: " + ", ".join(f"{name} {entry['held_out_accuracy']:.4f}"
+                                                          for name, entry in panel.info.items()))
+    model = DigitsModel(unet, embeddings, scheduler, classifier, guidance_scale=config.guidance, info=info, judge=judge,
+                        panel=panel)
     if config.eval_per_class:
         info["metrics"] = evaluate_model(model, config.eval_per_class, seed=config.seed)
     info["train_seconds"] = round(time.time() - start, 1)

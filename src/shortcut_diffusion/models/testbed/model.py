@@ -9,6 +9,8 @@ the ordinary diffusers layout::
     DIR/scheduler/                  DDIMScheduler.save_pretrained
     DIR/embeddings.safetensors      the class-embedding table ("weight", 11 x D; row 10 = null)
     DIR/classifier.safetensors      the digit classifier used by rewards and metrics
+    DIR/judge.safetensors           the held-out judge (never a reward; see judge.py)
+    DIR/panel.safetensors           the judge panel's random forest (see judges.py)
     DIR/testbed.json                guidance scale, classifier config/accuracy, metrics, training config
 """
 
@@ -31,6 +33,7 @@ from shortcut_diffusion.models.base import TableConditioned
 from shortcut_diffusion.models.testbed import metrics
 from shortcut_diffusion.models.testbed.classifier import DigitClassifier
 from shortcut_diffusion.models.testbed.judge import load_judge, save_judge
+from shortcut_diffusion.models.testbed.judges import load_panel
 
 BUNDLED = Path(__file__).parent / "weights"
 NUM_CLASSES = 10
@@ -52,6 +55,8 @@ class DigitsModel(TableConditioned):
     info: dict[str, Any] = field(default_factory=dict)
     sample_shape: tuple[int, int, int] = (1, 8, 8)
     judge: Optional[nn.Module] = None
+    panel: Optional[Any] = None
+    """The judge panel (:class:`.judges.JudgePanel`), never a reward, or None."""
 
     def to(self, device: Any = None, dtype: Optional[torch.dtype] = None) -> "DigitsModel":
         """Move every network; ``dtype`` casts the frozen diffusion weights (the classifier, a
@@ -85,6 +90,10 @@ class DigitsModel(TableConditioned):
         atomic_write_bytes(directory / "testbed.json", (json.dumps(info, indent=2) + "\n").encode())
         if self.judge is not None:
             save_judge(self.judge, float(self.info.get("judge_held_out_accuracy", float("nan"))), directory)
+        if self.panel is not None:
+            from shortcut_diffusion.models.testbed.judges import save_panel
+
+            save_panel(self.panel, directory)
 
 
 def load_digits_model(directory: Union[str, Path, None] = None) -> DigitsModel:
@@ -107,5 +116,5 @@ def load_digits_model(directory: Union[str, Path, None] = None) -> DigitsModel:
     embeddings = nn.Embedding.from_pretrained(weight, freeze=True)
     classifier.eval().requires_grad_(False)
     judge = load_judge(directory)
-    return DigitsModel(unet, embeddings, scheduler, classifier,
-                       guidance_scale=float(info["guidance_scale"]), info=info, judge=judge)
+    return DigitsModel(unet, embeddings, scheduler, classifier, guidance_scale=float(info["guidance_scale"]),
+                       info=info, judge=judge, panel=load_panel(directory, judge))

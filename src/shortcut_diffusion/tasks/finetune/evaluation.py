@@ -13,6 +13,7 @@ from shortcut_diffusion.rewards import get_reward
 from shortcut_diffusion.tasks.generate import reward_labels, sample_images
 from shortcut_diffusion.io.tracking import Tracker
 from shortcut_diffusion.rewards.held_out import eval_rewards, score
+from shortcut_diffusion.tasks.panel import panel_summary
 
 if TYPE_CHECKING:
     from shortcut_diffusion.tasks.finetune.train import FineTuning, TrainState
@@ -37,13 +38,20 @@ def eval_noise(model: Any, count: int, seed: int) -> torch.Tensor:
 
 
 def evaluate(model: Any, reward: Callable, images: torch.Tensor, labels: Sequence[Any],
-             held_out: Optional[dict[str, Callable]] = None) -> dict[str, float]:
+             held_out: Optional[dict[str, Callable]] = None, spec: Any = None) -> dict[str, float]:
     """Mean reward, the held-out rewards (``eval_reward/<spec>``), and the model's own metrics (on
-    the digits testbed: digits-FD, conditional accuracy and diversity, from two samples up)."""
+    the digits testbed: digits-FD, conditional accuracy and diversity, from two samples up; and the
+    judge panel's readings of the class that the reward ``spec`` asks for, realism and saturation:
+    :func:`~shortcut_diffusion.models.testbed.panel.panel_scalars`)."""
     with torch.no_grad():
         row = {"reward": float(reward(images.to(model.device), reward_labels(labels, model.device)).mean())}
     row.update(score(held_out or {}, images.to(model.device), reward_labels(labels, model.device)))
     row.update(model.metrics(images, labels))
+    report = panel_summary(model, spec, labels, images).get("panel")
+    if report is not None:
+        from shortcut_diffusion.models.testbed.panel import panel_scalars
+
+        row.update(panel_scalars(report))
     return row
 
 
@@ -95,11 +103,11 @@ class Evaluation:
         config = self.ft.config
         images = self._samples(state, self.noise, self.labels, config.eval_seed)
         row = {"step": state.step, "wall_clock": state.wall_clock, "samples": state.samples,
-               **evaluate(self.ft.model, self.reward, images, self.labels, self.held_out)}
+               **evaluate(self.ft.model, self.reward, images, self.labels, self.held_out, config.reward)}
         if self.seen_labels is not None:
             seen = self._samples(state, self.seen_noise, self.seen_labels, config.eval_seed + 1)
             row.update({f"seen_{k}": v for k, v in evaluate(self.ft.model, self.reward, seen, self.seen_labels,
-                                                                      self.held_out).items()})
+                                                                     self.held_out, config.reward).items()})
         if final:
             row["final"] = True  # the exported weights (EMA or best), after the last step
         if not self.write:  # another process writes the run directory

@@ -43,6 +43,7 @@ from shortcut_diffusion.tasks.finetune.evaluation import Evaluation
 from shortcut_diffusion.tasks.finetune.sharding import full_state_dict
 from shortcut_diffusion.tasks.finetune.targets import make_target
 from shortcut_diffusion.tasks.finetune.train import FineTuning, TrainState, make_state, train_step
+from shortcut_diffusion.tasks.panel import panel_change_lines
 
 
 
@@ -311,6 +312,7 @@ def describe(summary: dict[str, Any], out: Path) -> str:
     if "judge_accuracy" in after and "judge_accuracy" in before:
         lines.append(f"held-out judge (never a reward) reads the conditioned class: "
                      f"{before['judge_accuracy']:.3f} -> {after['judge_accuracy']:.3f}")
+    lines += panel_change_lines(before, after)
     lines += [f"run directory: {out}",
               f"  trained {summary['target']}: {out / 'final'} (float32)",
               f"  evaluation samples: {out / 'eval' / 'before.safetensors'}, {out / 'eval' / 'after.safetensors'}",

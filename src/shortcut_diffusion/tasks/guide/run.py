@@ -2,8 +2,8 @@
 
 The run directory holds ``config.json``, ``summary.json`` (the reward of the plain samples of the
 same noise and of the guided ones, seconds, network calls, and on the testbed the classifier's and
-the held-out judge's readings), ``before_after.png`` and ``final.safetensors`` (``images``,
-``start_images``, ``latents``, ``rewards``).
+the held-out judge's readings and the judge panel's reports ``panel`` and ``panel_start``),
+``before_after.png`` and ``final.safetensors`` (``images``, ``start_images``, ``latents``, ``rewards``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from shortcut_diffusion.tasks.guide.config import GuideConfig
 from shortcut_diffusion.io.interrupts import interrupted_fields
 from shortcut_diffusion.tasks.context import build_context
 from shortcut_diffusion.rewards.held_out import describe_lines, eval_rewards, score, start_final
+from shortcut_diffusion.tasks.panel import panel_lines, panel_summary
 
 
 def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
@@ -43,12 +44,12 @@ def run_guide(config: GuideConfig) -> tuple[GuidedResult, Path]:
             start_rewards = reward(start.to(device), reward_labels(labels, device)).cpu()
         scored = start_final(score(held_out, start.to(device), reward_labels(labels, device)),
                              score(held_out, result.images.to(device), reward_labels(labels, device)))
-        _write(out, model, labels, start, start_rewards, result, scored)
+        _write(out, model, labels, start, start_rewards, result, scored, config.reward)
         return result, out
 
 
 def _write(out: Path, model, labels: list, start: torch.Tensor, start_rewards: torch.Tensor, result: GuidedResult,
-           held_out: dict) -> None:
+           held_out: dict, spec: str) -> None:
     reporting.save_tensors(out / "final.safetensors", {"images": result.images, "start_images": start,
                                                         "latents": result.latents, "rewards": result.rewards})
     reporting.save_grid(out / "before_after.png", [start, result.images])
@@ -60,6 +61,7 @@ def _write(out: Path, model, labels: list, start: torch.Tensor, start_rewards: t
             with torch.no_grad():
                 summary[f"{name}final_predicted"] = network(result.images.to(model.device)).argmax(1).tolist()
                 summary[f"{name}start_predicted"] = network(start.to(model.device)).argmax(1).tolist()
+    summary.update(panel_summary(model, spec, labels, result.images, start))
     reporting.write_json(out / "summary.json", summary)
 
 
@@ -73,6 +75,7 @@ def describe(result: GuidedResult, out: Path) -> str:
     if "judge_final_predicted" in summary:
         lines.append(f"held-out judge (never a reward): before {summary['judge_start_predicted']} after "
                      f"{summary['judge_final_predicted']}")
+    lines += panel_lines(summary)
     lines += [f"run directory: {out}", f"  before/after grid: {out / 'before_after.png'}"]
     return "\n".join(lines)
 

@@ -30,6 +30,7 @@ from shortcut_diffusion.gradients.picard import with_rollout
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.tasks.latent.optimize import LatentResult, optimize_latent
 from shortcut_diffusion.rewards.held_out import describe_lines, eval_rewards, start_final
+from shortcut_diffusion.tasks.panel import panel_lines, panel_summary
 from shortcut_diffusion.io.tracking import Tracker
 
 
@@ -146,6 +147,7 @@ def _write_results(config: LatentConfig, model: DiffusionModel, labels: list, re
     if "judge_final_predicted" in summary:
         pairs = list(zip(summary["final_predicted"], summary["judge_final_predicted"]))
         summary["judge_agreement"] = sum(a == b for a, b in pairs) / len(pairs)
+    summary.update(panel_summary(model, config.reward, labels, result.images, result.start_images))
     reporting.write_json(out / "summary.json", summary)
 
 
@@ -160,6 +162,7 @@ def describe(result: LatentResult, out: Path) -> str:
         lines.append(f"held-out judge (never a reward): before {summary['judge_start_predicted']} after "
                      f"{summary['judge_final_predicted']} (agrees with the classifier on "
                      f"{summary['judge_agreement']:.0%})")
+    lines += panel_lines(summary)
     if result.stopped:
         lines.append(f"stopped early: {result.stopped}")
     lines += [f"run directory: {out}",

@@ -1,0 +1,51 @@
+"""The judge panel in run summaries (``sdo latent``/``demo``, ``sdo guide``, fine-tuning evaluations).
+
+Only models with a panel (the digits testbed, :mod:`shortcut_diffusion.models.testbed.panel`) get
+one; for every other model these add nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+
+
+def panel_summary(model: Any, spec: Any, labels: Sequence[Any], images: torch.Tensor,
+                  start_images: Optional[torch.Tensor] = None) -> dict[str, Any]:
+    """``panel`` (the report on ``images``) and ``panel_start`` (on ``start_images``) for a
+    summary, judged against the reward's target class; empty when ``model`` has no panel."""
+    if getattr(model, "panel", None) is None:
+        return {}
+    from shortcut_diffusion.models.testbed.panel import panel_report, reward_target
+
+    target = reward_target(spec, labels)
+    summary = {"panel": panel_report(model, images, target)}
+    if start_images is not None:
+        summary["panel_start"] = panel_report(model, start_images, target)
+    return summary
+
+
+def panel_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary's panel as one printed line (with the start images' numbers), or none."""
+    final, start = summary.get("panel"), summary.get("panel_start")
+    if final is None:
+        return []
+    from shortcut_diffusion.models.testbed.panel import panel_line
+
+    line = panel_line(final)
+    if start is not None:
+        line += (f" (before: {start['read_by_all']}/{start['count']}; realism {start['realism']:.1f}x; "
+                 f"saturation {start['saturation']:.0%})")
+    return [line]
+
+
+def panel_change_lines(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Two evaluation rows' panel numbers (:func:`~shortcut_diffusion.models.testbed.panel.panel_scalars`)
+    as one printed line, or none."""
+    if "panel_read_by_all" not in before or "panel_read_by_all" not in after:
+        return []
+    judges = sum(key.startswith("panel_") and key.endswith("_accuracy") for key in after)
+    return [f"panel ({judges} judges, never rewards) reads the target class by all: {before['panel_read_by_all']:.3f} -> "
+            f"{after['panel_read_by_all']:.3f}; realism {before['realism']:.2f}x -> {after['realism']:.2f}x; "
+            f"saturation {before['saturation']:.0%} -> {after['saturation']:.0%}"]
