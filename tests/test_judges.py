@@ -13,7 +13,8 @@ import torch
 from shortcut_diffusion.models.testbed import data
 from shortcut_diffusion.models.testbed.judges import ForestJudge, KnnJudge, forest_features, held_out_accuracy
 from shortcut_diffusion.models.testbed.model import BUNDLED, load_digits_model
-from shortcut_diffusion.models.testbed.panel import panel_line, panel_report, realism, reward_target, saturation
+from shortcut_diffusion.models.testbed.panel import panel_line, panel_report, realism, saturation
+from shortcut_diffusion.tasks.panel import reward_target
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,9 @@ def test_panel_line_and_a_model_without_a_panel(bundled):
     assert report["target"] == [7] * 8 and report["digits_fd"] is not None
     line = panel_line(report)
     assert line.startswith("panel (3 judges, never rewards): ") and "read as 7 by all; realism" in line
-    assert panel_report(object(), sevens, 7) is None
+    from shortcut_diffusion import load_model
+
+    assert panel_report(load_model("toy"), sevens, 7) is None
 
 
 def test_train_testbed_writes_the_panel(tiny_testbed_dir):

@@ -20,6 +20,7 @@ is optimized, evaluated, checked and benchmarked is one computation.
 ``decode``/``encode``     latents <-> images in [-1, 1] (float32 images)
 ``embedding_parameters``  the conditioning tensors an embedding target trains (fp32 masters)
 ``classifier``, ``judge``  the testbed's digit classifier (rewards) and held-out judge, or None
+``panel``                  the testbed's judge panel (never rewards), or None
 ========================  ==========================================================================
 
 The precision policy (see :mod:`shortcut_diffusion.precision`): frozen weights are in the dtype the
@@ -76,6 +77,8 @@ class DiffusionModel(abc.ABC):
     classifier: Optional[nn.Module] = None
     judge: Optional[nn.Module] = None
     """A second classifier that is never a reward (the testbed's held-out judge), or None."""
+    panel: Optional[Any] = None
+    """Judges of several model families that are never rewards (the testbed's judge panel), or None."""
     cpu_threads: ClassVar[Optional[int]] = None
     """Intra-op threads the model runs best with on a CPU (None: torch's default). Small models
     lose more to thread synchronisation than they gain, most of all on a busy machine."""

@@ -10,14 +10,36 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from shortcut_diffusion.rewards.combine import parse_weighted
+
+TARGET_REWARDS = ("digit-class", "adversarial")
+"""The rewards that name the class a sample should be read as."""
+
+
+def reward_target(spec: Any, labels: Sequence[Any]) -> list[int]:
+    """The class each sample should be read as: K of a ``digit-class:K``/``adversarial:K`` reward
+    (also as the only class-naming term of a weighted sum), else its conditioned class."""
+    specs = [str(spec)]
+    weighted = parse_weighted(str(spec)) if isinstance(spec, str) else None
+    if weighted is not None:
+        specs = [term for term, _ in weighted[0]]
+    classes = set()
+    for term in specs:
+        name, _, arg = term.partition(":")
+        if name in TARGET_REWARDS and arg.split(",")[0].strip().isdigit():
+            classes.add(int(arg.split(",")[0]))
+    if len(classes) == 1:
+        return [classes.pop()] * len(labels)
+    return [int(label) for label in labels]
+
 
 def panel_summary(model: Any, spec: Any, labels: Sequence[Any], images: torch.Tensor,
                   start_images: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """``panel`` (the report on ``images``) and ``panel_start`` (on ``start_images``) for a
     summary, judged against the reward's target class; empty when ``model`` has no panel."""
-    if getattr(model, "panel", None) is None:
+    if model.panel is None:
         return {}
-    from shortcut_diffusion.models.testbed.panel import panel_report, reward_target
+    from shortcut_diffusion.models.testbed.panel import panel_report
 
     target = reward_target(spec, labels)
     summary = {"panel": panel_report(model, images, target)}

@@ -13,7 +13,7 @@
   digits of the target classes, the level to compare with).
 
 The target of a run is the class its reward asks for (``digit-class:K``, ``adversarial:K``),
-else the conditioned class (:func:`reward_target`).
+else the conditioned class (:func:`shortcut_diffusion.tasks.panel.reward_target`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import torch
 from shortcut_diffusion.models.testbed import data
 
 RAIL = 0.95
-TARGET_REWARDS = ("digit-class", "adversarial")
 
 
 def saturation(images: torch.Tensor) -> torch.Tensor:
@@ -56,29 +55,10 @@ def realism(images: torch.Tensor, target: Sequence[int]) -> torch.Tensor:
     return torch.stack([torch.cdist(row[None], real[k]).min() / scales[k] for row, k in zip(flat, target)])
 
 
-def reward_target(spec: Any, labels: Sequence[Any]) -> list[int]:
-    """The class each sample should be read as: K of a ``digit-class:K``/``adversarial:K`` reward
-    (also as the only class-naming term of a weighted sum), else its conditioned class."""
-    from shortcut_diffusion.rewards.combine import parse_weighted
-
-    specs = [str(spec)]
-    weighted = parse_weighted(str(spec)) if isinstance(spec, str) else None
-    if weighted is not None:
-        specs = [term for term, _ in weighted[0]]
-    classes = set()
-    for term in specs:
-        name, _, arg = term.partition(":")
-        if name in TARGET_REWARDS and arg.split(",")[0].strip().isdigit():
-            classes.add(int(arg.split(",")[0]))
-    if len(classes) == 1:
-        return [classes.pop()] * len(labels)
-    return [int(label) for label in labels]
-
-
 def panel_report(model: Any, images: torch.Tensor, target: Union[int, Sequence[int]]) -> Optional[dict[str, Any]]:
     """The panel's readings of ``images`` and their realism and saturation, or None when the model
     has no panel. ``target``: one class for every image, or one per image."""
-    panel = getattr(model, "panel", None)
+    panel = model.panel
     if panel is None or not len(images):
         return None
     target = [int(target)] * len(images) if isinstance(target, int) else [int(k) for k in target]
