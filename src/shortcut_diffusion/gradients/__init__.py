@@ -9,7 +9,7 @@
 - :mod:`.recomputed`: adjoint (AdjointDPM), doodl (DOODL through EDICT);
 - :mod:`.cached`: the cached-rollout form (``sdo:rollout=cached``);
 - :mod:`.surrogate`: surrogate trajectories on a cached rollout: leapalign, flowbp-sparse,
-  flowbp-bridge, flowbp-lagrange, draft-lv;
+  flowbp-bridge, flowbp-lagrange, draft-lv, direct-align;
 - :mod:`.adjoint_matching`: Adjoint Matching, a fine-tuning loss of its own on the memoryless chain
   (:mod:`.memoryless`), returned through :meth:`~.base.GradientMethod.training_loss`.
 
@@ -31,12 +31,13 @@ from shortcut_diffusion.gradients.base import FixedPlans, GradientMethod, Sampli
 from shortcut_diffusion.gradients.plans import (AlignProp, Checkpointed, DRTune, Full, GradientEstimator, ReFL, SDO,
                                                 Truncated)
 from shortcut_diffusion.gradients.recomputed import DOODL, Adjoint, RecomputedMethod
-from shortcut_diffusion.gradients.surrogate import Bridge, DRaFTLV, Lagrange, LeapAlign, Sparse, SurrogateMethod
+from shortcut_diffusion.gradients.surrogate import (Bridge, DirectAlign, DRaFTLV, Lagrange, LeapAlign, Sparse,
+                                                    SurrogateMethod)
 from shortcut_diffusion.gradients.adjoint_matching import AdjointMatching
 
 METHODS: dict[str, type[GradientMethod]] = {
     cls.name: cls for cls in (Full, Checkpointed, Truncated, AlignProp, ReFL, SDO, DRTune, Adjoint, DOODL, LeapAlign,
-                              Sparse, Bridge, Lagrange, DRaFTLV, AdjointMatching)
+                              Sparse, Bridge, Lagrange, DRaFTLV, DirectAlign, AdjointMatching)
 }
 """Every method by name: the choices of ``--estimator``."""
 
@@ -102,5 +103,5 @@ ESTIMATORS = METHODS
 
 __all__ = ["ESTIMATORS", "METHODS", "AlignProp", "Adjoint", "Checkpointed", "DOODL", "DRTune", "FixedPlans", "Full",
            "GradientEstimator", "GradientMethod", "Plan", "ReFL", "RecomputedMethod", "SDO", "Sampling", "Truncated",
-           "LeapAlign", "Sparse", "Bridge", "Lagrange", "DRaFTLV", "SurrogateMethod", "AdjointMatching", "loss_weighted",
+           "LeapAlign", "Sparse", "Bridge", "Lagrange", "DRaFTLV", "SurrogateMethod", "DirectAlign", "AdjointMatching", "loss_weighted",
            "as_method", "get_estimator", "get_method", "parse_spec", "unmetered"]
