@@ -12,11 +12,13 @@ to ``x' = m + std z`` with
 
     m = alpha' x0_hat + sqrt(beta'^2 - std^2) eps_hat,   std^2 = beta'^2 (1 - (alpha beta' / (alpha' beta))^2),
 
-the posterior of the forward process (DDIM with eta 1, i.e. DDPM: the memoryless member of the
-DDIM family). On diffusion models this is the paper's DDPM chain. On flow models it is our
-discretisation of the memoryless flow SDE (``sigma(t)^2 = 2 t / (1 - t)`` in the limit of small
-steps): it keeps the marginals exact at every step and needs no offset at ``t = 1`` (a public
-reproduction offsets ``sigma`` there instead). The last step has ``std = 0`` (it lands on the data).
+the posterior of the forward process given the predicted ``x0`` (DDIM with eta 1, i.e. DDPM: the
+memoryless member of the DDIM family). On diffusion models this is the paper's DDPM chain. On flow
+models it is our discretisation of the memoryless flow SDE (its noise tends to
+``sigma(t)^2 = 2 t / (1 - t)`` as the steps shrink), the same ancestral step on the flow's
+interpolant: it is finite at ``t = 1`` (where it draws fresh noise) and needs no offset there (a
+public reproduction offsets ``sigma`` instead). Like DDPM it is first order: its samples approach
+the model's distribution as the steps shrink. The last step has ``std = 0`` (it lands on the data).
 
 The lean adjoint is the vector-Jacobian product of the base model's step means, backward from
 ``-lambda grad r`` at the final sample: ``a_k = (d m_base(x_k) / d x_k)^T a_{k+1}``, one network
