@@ -34,7 +34,6 @@ from typing import Any, Callable
 
 import torch
 
-from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.gradients.base import Sampling
 from shortcut_diffusion.sampling.schedulers import ddim_steps, eps_from, fresh_scheduler, is_flow_matching, prediction_type
 
@@ -130,6 +129,4 @@ def check_memoryless(name: str, scheduler: Any) -> None:
     """Refuse, in one line, a schedule the memoryless chain cannot be built on."""
     if is_flow_matching(scheduler):
         return
-    if not hasattr(scheduler, "alphas_cumprod"):
-        raise UsageError(f"--estimator {name} needs a flow-matching or a diffusion (DDIM/DDPM) schedule")
     ddim_steps(scheduler, 2, what=f"--estimator {name}")  # epsilon or v prediction, no clipping
