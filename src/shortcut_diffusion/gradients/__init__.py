@@ -103,5 +103,6 @@ ESTIMATORS = METHODS
 
 __all__ = ["ESTIMATORS", "METHODS", "AlignProp", "Adjoint", "Checkpointed", "DOODL", "DRTune", "FixedPlans", "Full",
            "GradientEstimator", "GradientMethod", "Plan", "ReFL", "RecomputedMethod", "SDO", "Sampling", "Truncated",
-           "LeapAlign", "Sparse", "Bridge", "Lagrange", "DRaFTLV", "SurrogateMethod", "DirectAlign", "AdjointMatching", "loss_weighted",
+           "LeapAlign", "Sparse", "Bridge", "Lagrange", "DRaFTLV", "SurrogateMethod", "DirectAlign", "AdjointMatching",
+           "loss_weighted",
            "as_method", "get_estimator", "get_method", "parse_spec", "unmetered"]

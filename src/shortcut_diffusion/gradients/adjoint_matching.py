@@ -80,6 +80,10 @@ class AdjointMatching(GradientMethod):
         self.generator.manual_seed(int(seed))
         return self
 
+    def rows(self, seeds: Sequence[int], steps: int) -> "AdjointMatching":
+        """Fine-tuning: the subset of steps drawn from the micro-batch's first seed (reproducible)."""
+        return self.reseed(seeds[0]) if seeds else self
+
     def check_task(self, task: str) -> None:
         if not task.startswith("finetune"):
             raise UsageError(f"--estimator {self.name} is a fine-tuning loss (a regression of the model's control "

@@ -35,7 +35,8 @@ from typing import Any, Callable
 import torch
 
 from shortcut_diffusion.gradients.base import Sampling
-from shortcut_diffusion.sampling.schedulers import ddim_steps, eps_from, fresh_scheduler, is_flow_matching, prediction_type
+from shortcut_diffusion.sampling.schedulers import (ddim_steps, eps_from, fresh_scheduler, is_flow_matching,
+                                                    prediction_type)
 
 
 @dataclass
@@ -58,7 +59,8 @@ class MemorylessChain:
             sched = fresh_scheduler(sampling.scheduler, sampling.steps, device=device, **kwargs)
             t = [float(v) for v in sched.sigmas]
             return cls("flow", [1 - v for v in t], t, list(sched.timesteps), [a - b for a, b in zip(t, t[1:])])
-        steps = ddim_steps(sampling.scheduler, sampling.steps, device=device, what="--estimator adjoint-matching", **kwargs)
+        steps = ddim_steps(sampling.scheduler, sampling.steps, device=device, what="--estimator adjoint-matching",
+                           **kwargs)
         abar = [s.abar for s in steps] + [steps[-1].abar_prev]
         return cls(prediction_type(sampling.scheduler), [a ** 0.5 for a in abar], [(1 - a) ** 0.5 for a in abar],
                    [s.t for s in steps], [1.0 / len(steps)] * len(steps))

@@ -5,7 +5,8 @@ Shen et al., "Directly Aligning the Full Diffusion Trajectory with Fine-Grained 
 noise ``eps``, the network takes one differentiable step to step ``i + 1``, and the image is
 recovered by interpolation with the same known noise:
 
-    flow:  x_i = (1 - s_i) x0 + s_i eps,  x_{i+1} = x_i + (s_{i+1} - s_i) v,  x0_rec = (x_{i+1} - s_{i+1} eps) / (1 - s_{i+1});
+    flow:  x_i = (1 - s_i) x0 + s_i eps,  x_{i+1} = x_i + (s_{i+1} - s_i) v,
+           x0_rec = (x_{i+1} - s_{i+1} eps) / (1 - s_{i+1});
     DDIM:  the same in ``u = x / sqrt(abar)``: ``u_i = x0 + s_i eps``, ``x0_rec = u_{i+1} - s_{i+1} eps``.
 
 ``x0_rec`` equals ``x0`` exactly when the network predicts the true velocity (noise); the reward's

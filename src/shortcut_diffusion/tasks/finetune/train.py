@@ -5,8 +5,8 @@ Each optimizer step generates ``batch x processes x grad_accum`` samples through
 :func:`shortcut_diffusion.tasks.generate.generate` with the chosen gradient estimator (default: SDO
 with a random kept step per sample), scores the decoded images with the reward and takes an AdamW
 step on ``-mean reward (+ kl_weight * KL penalty)``, or on the loss a gradient method supplies
-instead (Adjoint Matching's regression, :meth:`~shortcut_diffusion.gradients.GradientMethod.training_loss`). Every sample's condition, starting noise and
-estimator draw are functions of ``(seed, global sample index)``, so a run is reproducible, resumes
+instead (Adjoint Matching's regression: ``GradientMethod.training_loss``). Every sample's
+condition, starting noise and estimator draw are functions of ``(seed, global sample index)``, so a run is reproducible, resumes
 exactly from a checkpoint, and gives the same result on one process or several (data parallel:
 the gradients are summed over processes by ``reduce``).
 
