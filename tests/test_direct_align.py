@@ -141,3 +141,16 @@ def test_relative_reward_bad_specs(spec, words):
 def test_bad_options_are_refused(spec, words):
     with pytest.raises(UsageError, match=words):
         get_method(spec)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_fine_tunes_tiny_flow_pipelines(family, pipeline_dirs, tmp_path):
+    from shortcut_diffusion.tasks.finetune import FinetuneConfig, run_finetune
+
+    config = FinetuneConfig(model=str(pipeline_dirs[family]), prompt=["a red cube"], height=16, width=16,
+                            reward="ink", target="lora", estimator="direct-align:first=0,last=1", steps=3,
+                            max_steps=2, batch=2, eval_every=0, eval_per_class=1, checkpoint_every=0, device="cpu",
+                            progress=False, out=str(tmp_path / "ft"))
+    assert run_finetune(config)["stopped"] == "max_steps"
+    rows = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["grad_norm"] > 0 and r["grad_steps"] == 1 for r in rows)
