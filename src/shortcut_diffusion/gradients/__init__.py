@@ -9,7 +9,9 @@
 - :mod:`.recomputed`: adjoint (AdjointDPM), doodl (DOODL through EDICT);
 - :mod:`.cached`: the cached-rollout form (``sdo:rollout=cached``);
 - :mod:`.surrogate`: surrogate trajectories on a cached rollout: leapalign, flowbp-sparse,
-  flowbp-bridge, flowbp-lagrange, draft-lv.
+  flowbp-bridge, flowbp-lagrange, draft-lv, direct-align;
+- :mod:`.adjoint_matching`: Adjoint Matching, a fine-tuning loss of its own on the memoryless chain
+  (:mod:`.memoryless`), returned through :meth:`~.base.GradientMethod.training_loss`.
 
 Every per-step plan also takes ``seed=`` (its own random stream) and ``checkpoint=1``
 (checkpoint the steps whose network graph is kept).
@@ -25,15 +27,17 @@ import torch
 from shortcut_diffusion.options.parsing import parse_scalar
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.sampling.loop import Plan, PlanSource
-from shortcut_diffusion.gradients.base import FixedPlans, GradientMethod, Sampling
+from shortcut_diffusion.gradients.base import FixedPlans, GradientMethod, Sampling, loss_weighted
 from shortcut_diffusion.gradients.plans import (AlignProp, Checkpointed, DRTune, Full, GradientEstimator, ReFL, SDO,
                                                 Truncated)
 from shortcut_diffusion.gradients.recomputed import DOODL, Adjoint, RecomputedMethod
-from shortcut_diffusion.gradients.surrogate import Bridge, DRaFTLV, Lagrange, LeapAlign, Sparse, SurrogateMethod
+from shortcut_diffusion.gradients.surrogate import (Bridge, DirectAlign, DRaFTLV, Lagrange, LeapAlign, Sparse,
+                                                    SurrogateMethod)
+from shortcut_diffusion.gradients.adjoint_matching import AdjointMatching
 
 METHODS: dict[str, type[GradientMethod]] = {
     cls.name: cls for cls in (Full, Checkpointed, Truncated, AlignProp, ReFL, SDO, DRTune, Adjoint, DOODL, LeapAlign,
-                              Sparse, Bridge, Lagrange, DRaFTLV)
+                              Sparse, Bridge, Lagrange, DRaFTLV, DirectAlign, AdjointMatching)
 }
 """Every method by name: the choices of ``--estimator``."""
 
@@ -93,18 +97,12 @@ def unmetered(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Ten
     return call
 
 
-def loss_weighted(rewards: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
-    """Each row's reward times the loss weight its gradient method reported (``info["loss_weight"]``,
-    e.g. LeapAlign's trajectory similarity); unchanged where it reported none."""
-    weight = info.get("loss_weight")
-    return rewards if weight is None else rewards * weight.to(rewards.device, rewards.dtype)
-
-
 get_estimator = get_method
 """The name the library has used for :func:`get_method`."""
 ESTIMATORS = METHODS
 
 __all__ = ["ESTIMATORS", "METHODS", "AlignProp", "Adjoint", "Checkpointed", "DOODL", "DRTune", "FixedPlans", "Full",
            "GradientEstimator", "GradientMethod", "Plan", "ReFL", "RecomputedMethod", "SDO", "Sampling", "Truncated",
-           "LeapAlign", "Sparse", "Bridge", "Lagrange", "DRaFTLV", "SurrogateMethod", "loss_weighted",
+           "LeapAlign", "Sparse", "Bridge", "Lagrange", "DRaFTLV", "SurrogateMethod", "DirectAlign", "AdjointMatching",
+           "loss_weighted",
            "as_method", "get_estimator", "get_method", "parse_spec", "unmetered"]

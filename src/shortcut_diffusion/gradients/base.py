@@ -17,7 +17,10 @@ Three kinds implement it, and nothing outside this package asks which one it is 
 
 Each method also says, before any work, which settings it cannot follow (:meth:`GradientMethod.check`),
 how the plain samples of a latent are drawn with it (:meth:`GradientMethod.plain`: its own chain),
-and what latent optimization does after each update (:meth:`GradientMethod.project`).
+what latent optimization does after each update (:meth:`GradientMethod.project`), and what
+fine-tuning minimises given the rewards of its samples (:meth:`GradientMethod.training_loss`: minus
+the reward by default; a method with a loss of its own, such as Adjoint Matching's regression,
+returns that instead).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class Sampling:
     resident: Optional[Callable[[], Sequence[torch.Tensor]]] = None
     """The model's weights (resident anyway): what a method measuring its own backward pass's
     memory leaves out."""
+    labels: Optional[Sequence[Any]] = None
+    """The samples' conditions (class indices or prompts), where the caller has them: what a
+    method that draws real data of the same class reads."""
 
     def run(self, x: torch.Tensor, estimator: PlanSource = None, per_sample: bool = False, **options: Any
             ) -> SampleOutput:
@@ -92,8 +98,8 @@ class GradientMethod:
         return f"<gradient method {self.spec}>"
 
     def check_task(self, task: str) -> None:
-        """Refuse a task this method does not do (``latent``, ``finetune``, ``gradcheck``, ``bench``),
-        before anything is loaded."""
+        """Refuse a task this method does not do (``latent``, ``finetune`` or ``finetune:TARGET`` such as
+        ``finetune:lora``, ``gradcheck``, ``bench``), before anything is loaded."""
 
     def check(self, scheduler: Any, steps: int, *, start: int = 0, step_kwargs: Optional[dict] = None,
               task: str = "latent") -> None:
@@ -137,6 +143,15 @@ class GradientMethod:
         """Latent optimization: the optimized latent after each update (identity by default)."""
         return z
 
+    def training_loss(self, out: Any, rewards: torch.Tensor, base: Optional[Callable[[], Any]] = None
+                      ) -> torch.Tensor:
+        """Fine-tuning: the loss of each row, given the output of :meth:`sample` (``out.sample``,
+        ``out.info``) and the rewards of its decoded samples; its gradient is what the step follows.
+        ``base()`` is a context manager that gives the denoiser of the network fine-tuning started
+        from (for a method that regresses onto it). By default minus each row's reward, times its
+        loss weight."""
+        return -loss_weighted(rewards, out.info)
+
 
 class FixedPlans(GradientMethod):
     """A :class:`~shortcut_diffusion.sampling.loop.Plan` (or one per row) given directly, or ``None``
@@ -149,6 +164,13 @@ class FixedPlans(GradientMethod):
 
     def sample(self, sampling: Sampling, x: torch.Tensor, per_sample: bool = False) -> SampleOutput:
         return sampling.run(x, self.plans, per_sample)
+
+
+def loss_weighted(rewards: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
+    """Each row's reward times the loss weight its gradient method reported (``info["loss_weight"]``,
+    e.g. LeapAlign's trajectory similarity); unchanged where it reported none."""
+    weight = info.get("loss_weight")
+    return rewards if weight is None else rewards * weight.to(rewards.device, rewards.dtype)
 
 
 def check_no_options(name: str, options: dict) -> None:

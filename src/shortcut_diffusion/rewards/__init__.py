@@ -5,6 +5,7 @@ indices on the testbed, prompt strings on text-to-image models). ``get_reward(sp
 
 - ``name[:arg]``: a reward of :data:`REWARDS`;
 - ``SPEC=W,SPEC=W[,normalize=running]``: a weighted sum (:mod:`.combine`);
+- ``relative:SPEC,negative=...``: SRPO's relative reward, positive minus negative condition (:mod:`.relative`);
 - ``PATH.py:NAME``: a reward from the user's file, which runs that file (:mod:`.user`).
 
 ``augment=[...]`` (with ``views``) averages the reward over random differentiable views.
@@ -80,6 +81,10 @@ def _build(spec: "str | Reward", **context) -> Reward:
     if callable(spec) and not isinstance(spec, str):
         return spec
     spec = str(spec)
+    if spec.startswith("relative:"):
+        from shortcut_diffusion.rewards.relative import Relative
+
+        return Relative.from_spec(spec, lambda inner: _build(inner, **context))
     weighted = parse_weighted(spec)
     if weighted is not None:
         terms, normalize = weighted

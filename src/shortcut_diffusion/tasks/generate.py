@@ -162,7 +162,7 @@ def generate(
                         generator=seed, start=start, stop=stop, step_kwargs=step_kwargs,
                         set_timesteps_kwargs=model.timestep_kwargs(steps), callback=callback, progress=progress,
                         params=trainable(model, cond) if torch.is_grad_enabled() else (),
-                        resident=lambda: model_weights(model))
+                        resident=lambda: model_weights(model), labels=labels)
     with precision.autocast() if precision is not None else contextlib.nullcontext():
         if step_hook is not None:
             out = sampling.run(noise, step_hook=step_hook)

@@ -62,6 +62,10 @@ class SurrogateMethod(GradientMethod):
         """The differentiable output (sampler scale) and the per-row loss weight (or None)."""
         raise NotImplementedError
 
+    def cache(self, sampling: Sampling, x: torch.Tensor) -> Chain:
+        """The cached chain the output is built from: a rollout without a graph by default."""
+        return Chain.roll(sampling, x)
+
     def active(self, drawn: Any) -> Sequence[int]:
         """The steps whose network call keeps its graph under ``drawn``."""
         raise NotImplementedError
@@ -90,7 +94,7 @@ class SurrogateMethod(GradientMethod):
 
     def sample_drawn(self, sampling: Sampling, x: torch.Tensor, draws: list) -> SampleOutput:
         """Sample with one draw for the batch, or one per row."""
-        chain = Chain.roll(sampling, x)
+        chain = self.cache(sampling, x)
         if len(draws) == 1:
             out, weight, calls = *self.build(chain, draws[0]), chain.calls
         else:
@@ -102,7 +106,7 @@ class SurrogateMethod(GradientMethod):
             weight = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
             calls = sum(p[2] for p in parts) / len(parts)
         plans = tuple(self.plan_of(d, chain.n) for d in draws)
-        info: dict[str, Any] = {"forward": chain.n + calls, "backward": calls}
+        info: dict[str, Any] = {"forward": chain.n * chain.rolled + calls, "backward": calls}
         if weight is not None:
             info["loss_weight"] = weight.to(out.dtype)
         return SampleOutput(out, plans[0], plans if len(set(plans)) > 1 else None, info=info)

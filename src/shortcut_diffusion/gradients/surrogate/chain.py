@@ -49,7 +49,8 @@ def rescaled(v: torch.Tensor, gamma: float) -> torch.Tensor:
 def check_chain(name: str, scheduler: Any, steps: int, step_kwargs: Optional[dict] = None) -> None:
     """Refuse, in one line, a chain that is not Euler's method in the coordinates above."""
     _check_kind(name, scheduler, step_kwargs)
-    _coordinates(fresh_scheduler(scheduler, steps), 0, steps)
+    if not is_flow_matching(scheduler):  # flow grids need the model's shift (Flux: mu) and always fit
+        _coordinates(fresh_scheduler(scheduler, steps), 0, steps)
 
 
 def _check_kind(name: str, scheduler: Any, step_kwargs: Optional[dict]) -> None:
@@ -105,6 +106,8 @@ class Chain:
     """The latent sampling started from (it may require grad)."""
     calls: int = 0
     """Network calls with a graph made on this chain."""
+    rolled: bool = True
+    """Whether the states come from a rollout (``n`` network calls) rather than from arithmetic."""
 
     @classmethod
     def roll(cls, sampling: Sampling, x: torch.Tensor) -> "Chain":
@@ -120,10 +123,18 @@ class Chain:
 
         with torch.no_grad():
             sampling.run(x.detach(), callback=record)
+        return cls.on_grid(sampling, x, xs, vs)
+
+    @classmethod
+    def on_grid(cls, sampling: Sampling, x: torch.Tensor, xs: list[torch.Tensor], vs: list[torch.Tensor],
+                rolled: bool = True) -> "Chain":
+        """The chain of the states ``xs`` and outputs ``vs`` on the grid of ``sampling``."""
+        stop = sampling.steps if sampling.stop is None else sampling.stop
         sched = fresh_scheduler(sampling.scheduler, sampling.steps, device=x.device,
                                 **(sampling.set_timesteps_kwargs or {}))
         s, c = _coordinates(sched, sampling.start, stop)
-        return cls(xs, vs, s, c, list(sched.timesteps[sampling.start:stop]), sched, sampling.denoiser, sampling.cond, x)
+        return cls(xs, vs, s, c, list(sched.timesteps[sampling.start:stop]), sched, sampling.denoiser, sampling.cond, x,
+                   rolled=rolled)
 
     @property
     def n(self) -> int:

@@ -68,7 +68,7 @@ def run_finetune(config: FinetuneConfig) -> dict[str, Any]:
     config.check()
     resolve_device(config.device)  # an unknown or unavailable device fails here, before any work
     estimator = get_method(config.estimator, seed=config.seed)
-    estimator.check_task("finetune")
+    estimator.check_task(f"finetune:{config.target}")
     from accelerate import Accelerator
 
     # On a machine without CUDA, cpu=True is what makes Accelerate set up gloo across processes.

@@ -4,8 +4,9 @@ changes, and what a checkpoint holds) and :func:`train_step` (one optimizer step
 Each optimizer step generates ``batch x processes x grad_accum`` samples through
 :func:`shortcut_diffusion.tasks.generate.generate` with the chosen gradient estimator (default: SDO
 with a random kept step per sample), scores the decoded images with the reward and takes an AdamW
-step on ``-mean reward (+ kl_weight * KL penalty)``. Every sample's condition, starting noise and
-estimator draw are functions of ``(seed, global sample index)``, so a run is reproducible, resumes
+step on ``-mean reward (+ kl_weight * KL penalty)``, or on the loss a gradient method supplies
+instead (Adjoint Matching's regression: ``GradientMethod.training_loss``). Every sample's
+condition, starting noise and estimator draw are functions of ``(seed, global sample index)``, so a run is reproducible, resumes
 exactly from a checkpoint, and gives the same result on one process or several (data parallel:
 the gradients are summed over processes by ``reduce``).
 
@@ -15,15 +16,16 @@ The run directory (checkpoints, evaluation schedule, export) is a thin layer abo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
 from shortcut_diffusion.errors import UsageError
-from shortcut_diffusion.gradients import GradientMethod, loss_weighted
+from shortcut_diffusion.gradients import GradientMethod
 from shortcut_diffusion.tasks.generate import generate, reward_labels
 from shortcut_diffusion.io.interrupts import deferred
 from shortcut_diffusion.models.base import DiffusionModel
@@ -166,6 +168,13 @@ def micro_batch(ft: FineTuning, first: int) -> tuple[torch.Tensor, list, Gradien
     return torch.stack(noise).to(ft.model.device), labels, ft.estimator.rows(seeds, steps)
 
 
+@contextlib.contextmanager
+def base_denoiser(ft: FineTuning) -> Iterator[Callable]:
+    """The denoiser of the network as it was before fine-tuning (at the run's guidance)."""
+    with ft.target.base():
+        yield ft.model.denoiser(ft.config.guidance)
+
+
 def kl_penalty(ft: FineTuning, states: list[tuple[int, torch.Tensor]], labels: list, first: int) -> torch.Tensor:
     """Squared difference of the tuned and the base network outputs at one random visited step."""
     config, model = ft.config, ft.model
@@ -195,7 +204,8 @@ def _micro_step(ft: FineTuning, first: int, totals: torch.Tensor) -> None:
                    scheduler=ft.scheduler, seed=config.seed + first, step_kwargs=config.step_kwargs,
                    precision=ft.precision, callback=keep_state if config.kl_weight else None, compile=config.compile)
     r = ft.reward(out.images, reward_labels(labels, ft.model.device))
-    loss = -loss_weighted(r, out.info).sum() / ft.global_batch
+    with ft.precision.autocast():  # minus the reward, or the method's own loss (Adjoint Matching)
+        loss = method.training_loss(out, r, base=lambda: base_denoiser(ft)).sum() / ft.global_batch
     if config.kl_weight:
         kl = kl_penalty(ft, states, labels, first)
         loss = loss + config.kl_weight * kl / (ft.world * config.grad_accum)

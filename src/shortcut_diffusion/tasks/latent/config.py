@@ -89,6 +89,7 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
                              batch=self.batch_size, prior_weight=prior, proximity_weight=self.proximity_weight,
                              optimizes_noise=optimizes_noise, betas=self.betas, clip_grad=self.clip_grad or None)
         method = get_method(self.estimator)  # the spec, before any work (the schedule: once the model is loaded)
+        method.check_task("latent")
         check_moves_latent(method, self.steps - self.warmup)
         with_rollout(method, self.rollout, self.picard_settings())
         if self.grid_every < 0:
