@@ -80,6 +80,7 @@ class ModelOptions(Options):
                                                   "choices": list(DTYPES)})
     height: Optional[int] = field(default=None, metadata={"help": "image height for pipelines (default: the model's)"})
     width: Optional[int] = field(default=None, metadata={"help": "image width for pipelines (default: the model's)"})
+    frames: Optional[int] = field(default=None, metadata={"help": "video pipelines: frames per video (default: the model's)"})
     negative_prompt: Optional[str] = field(default=None, metadata={"help": "negative prompt (the unconditional branch of CFG)"})
     guidance: Optional[float] = field(default=None, metadata={"help": "guidance scale (default: the model's)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
@@ -90,6 +91,8 @@ class ModelOptions(Options):
         check_number("--guidance", self.guidance, low=0, high=MAX_GUIDANCE)
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
+        if self.frames is not None and self.frames < 1:
+            raise UsageError(f"--frames must be >= 1, got {self.frames}")
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None and value < 8:
@@ -98,7 +101,7 @@ class ModelOptions(Options):
     def load_options(self) -> dict[str, Any]:
         """What :func:`shortcut_diffusion.load_model` takes from these options."""
         return {"dtype": self.dtype, "height": self.height, "width": self.width,
-                "guidance_scale": self.guidance, "negative_prompt": self.negative_prompt}
+                "guidance_scale": self.guidance, "negative_prompt": self.negative_prompt, "num_frames": self.frames}
 
 
 @dataclass
