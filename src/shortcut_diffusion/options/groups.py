@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from shortcut_diffusion.options.choices import DTYPES, SCHEDULERS, TRACKERS
+from shortcut_diffusion.options.choices import DTYPES, SCHEDULERS, TRACKERS, check_frames
 from shortcut_diffusion.errors import UsageError
 
 
@@ -163,6 +163,9 @@ class RewardOptions(Options):
                                                                  "(runs that Python file: use only files you trust)"})
     reward_augment: list[str] = field(default_factory=list, metadata={"help": "average the reward over random views: crop, cutout, translation, color"})
     reward_views: int = field(default=4, metadata={"help": "views per image with --reward-augment"})
+    reward_frames: Optional[str] = field(default=None, metadata={"help": "video models: the frames an image reward "
+                                                                         "scores, averaged: all, first, middle, last, "
+                                                                         "random:K or stride:S (default: all)"})
     eval_reward: list[str] = field(default_factory=list, metadata={"help": "a held-out reward (same SPEC forms as --reward), "
                                                                           "scored on the same samples and reported as "
                                                                           "eval_reward/SPEC, never optimized; repeatable",
@@ -174,6 +177,8 @@ class RewardOptions(Options):
         if not 1 <= self.reward_views <= MAX_REWARD_VIEWS:
             raise UsageError(f"--reward-views must be in 1..{MAX_REWARD_VIEWS} (each view sends a copy of every "
                              f"image through the reward), got {self.reward_views}")
+        if self.reward_frames is not None:
+            check_frames(self.reward_frames)
         repeated = sorted({spec for spec in self.eval_reward if self.eval_reward.count(spec) > 1})
         if repeated:
             raise UsageError(f"--eval-reward {repeated[0]} is given more than once")
