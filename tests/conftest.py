@@ -91,3 +91,12 @@ def pipeline_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("pipelines")
     return {family: tiny_pipelines.build(family, root / family) for family in tiny_pipelines.FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def video_pipeline_dirs(tmp_path_factory):
+    """Tiny random text-to-video pipelines of every supported family, saved with save_pretrained."""
+    import tiny_pipelines
+
+    root = tmp_path_factory.mktemp("video-pipelines")
+    return {family: tiny_pipelines.build_video(family, root / family) for family in tiny_pipelines.VIDEO_FAMILIES}

@@ -167,3 +167,78 @@ def build(family: str, directory: Path) -> Path:
         raise ValueError(family)
     pipe.save_pretrained(directory)
     return directory
+
+
+VIDEO_FAMILIES = ("wan", "cogvideox", "ltx", "animatediff")
+"""Tiny text-to-video pipelines (built by :func:`build_video`): 16 x 16 pixels, 9 frames."""
+
+
+def build_video(family: str, directory: Path) -> Path:
+    """Build the tiny video pipeline of ``family`` and save it to ``directory``."""
+    import diffusers
+
+    torch.manual_seed(0)
+    tok_dir = directory.parent / f"{directory.name}-tok"
+    if family == "wan":
+        vae = diffusers.AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                         temperal_downsample=[False, True, True],
+                                         latents_mean=[0.1, -0.2, 0.0, 0.3], latents_std=[1.5, 2.0, 0.8, 1.1])
+        transformer = diffusers.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
+                                                      in_channels=4, out_channels=4, text_dim=32, freq_dim=16, ffn_dim=32,
+                                                      num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                                      rope_max_seq_len=32)
+        pipe = diffusers.WanPipeline(tokenizer=t5_tokenizer(), text_encoder=_umt5_text(), vae=vae,
+                                     transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    elif family == "cogvideox":
+        transformer = diffusers.CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4,
+                                                            out_channels=4, time_embed_dim=2, text_embed_dim=32,
+                                                            num_layers=1, sample_width=2, sample_height=2, sample_frames=5,
+                                                            patch_size=2, temporal_compression_ratio=4,
+                                                            max_text_seq_length=16, use_rotary_positional_embeddings=True)
+        vae = diffusers.AutoencoderKLCogVideoX(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                                               down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                               up_block_types=("CogVideoXUpBlock3D",) * 4,
+                                               block_out_channels=(8, 8, 8, 8), norm_num_groups=2,
+                                               temporal_compression_ratio=4)
+        scheduler = diffusers.CogVideoXDDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                                     timestep_spacing="trailing", clip_sample=False,
+                                                     set_alpha_to_one=True, snr_shift_scale=3.0)
+        pipe = diffusers.CogVideoXPipeline(tokenizer=t5_tokenizer(), text_encoder=t5_text(), vae=vae,
+                                           transformer=transformer, scheduler=scheduler)
+    elif family == "ltx":
+        transformer = diffusers.LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                                           num_attention_heads=2, attention_head_dim=8,
+                                                           cross_attention_dim=16, num_layers=1, caption_channels=32)
+        vae = diffusers.AutoencoderKLLTXVideo(in_channels=3, out_channels=3, latent_channels=8,
+                                              block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                                              layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
+                                              spatio_temporal_scaling=(True, True, False, False),
+                                              decoder_spatio_temporal_scaling=(True, True, False, False),
+                                              decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4,
+                                              upsample_factor=(1,) * 4, timestep_conditioning=False, patch_size=1,
+                                              patch_size_t=1, encoder_causal=True, decoder_causal=False)
+        pipe = diffusers.LTXPipeline(tokenizer=t5_tokenizer(), text_encoder=t5_text(), vae=vae, transformer=transformer,
+                                     scheduler=diffusers.FlowMatchEulerDiscreteScheduler())
+    elif family == "animatediff":
+        unet = diffusers.UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8,
+                                              in_channels=4, out_channels=4, norm_num_groups=4,
+                                              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                              cross_attention_dim=32, attention_head_dim=2)
+        adapter = diffusers.MotionAdapter(block_out_channels=(8, 16), motion_layers_per_block=1,
+                                          motion_norm_num_groups=4, motion_num_attention_heads=2)
+        scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+                                            clip_sample=False, steps_offset=1)
+        pipe = diffusers.AnimateDiffPipeline(unet=unet, motion_adapter=adapter, scheduler=scheduler, vae=tiny_vae(),
+                                             text_encoder=clip_text(), tokenizer=clip_tokenizer(tok_dir))
+    else:
+        raise ValueError(family)
+    pipe.save_pretrained(directory)
+    return directory
+
+
+def _umt5_text():
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))

@@ -47,10 +47,12 @@ def save_tensors(path: PathLike, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def grid_image(rows: Sequence[torch.Tensor], scale: int = 1, pad: int = 1) -> np.ndarray:
-    """Rows of NCHW images in [-1, 1] as one uint8 picture (grey or RGB), padded, upscaled."""
+    """Rows of NCHW images in [-1, 1] as one uint8 picture (grey or RGB), padded, upscaled. A row
+    of videos (N x T x C x H x W) shows each video's frames in turn."""
     tiles = []
     for row in rows:
         row = row.detach().float().cpu().clamp(-1, 1)
+        row = row.flatten(0, 1) if row.dim() == 5 else row
         row = ((row + 1) * 127.5).round().to(torch.uint8)
         if row.shape[1] == 1:
             row = row.expand(-1, 3, -1, -1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from shortcut_diffusion.options.choices import DTYPES, SCHEDULERS, TRACKERS
+from shortcut_diffusion.options.choices import DTYPES, SCHEDULERS, TRACKERS, check_frames
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.io.tracking import check_installed
 
@@ -81,6 +81,7 @@ class ModelOptions(Options):
                                                   "choices": list(DTYPES)})
     height: Optional[int] = field(default=None, metadata={"help": "image height for pipelines (default: the model's)"})
     width: Optional[int] = field(default=None, metadata={"help": "image width for pipelines (default: the model's)"})
+    frames: Optional[int] = field(default=None, metadata={"help": "video pipelines: frames per video (default: the model's)"})
     negative_prompt: Optional[str] = field(default=None, metadata={"help": "negative prompt (the unconditional branch of CFG)"})
     guidance: Optional[float] = field(default=None, metadata={"help": "guidance scale (default: the model's)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
@@ -91,6 +92,8 @@ class ModelOptions(Options):
         check_number("--guidance", self.guidance, low=0, high=MAX_GUIDANCE)
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
+        if self.frames is not None and self.frames < 1:
+            raise UsageError(f"--frames must be >= 1, got {self.frames}")
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None and value < 8:
@@ -99,7 +102,7 @@ class ModelOptions(Options):
     def load_options(self) -> dict[str, Any]:
         """What :func:`shortcut_diffusion.load_model` takes from these options."""
         return {"dtype": self.dtype, "height": self.height, "width": self.width,
-                "guidance_scale": self.guidance, "negative_prompt": self.negative_prompt}
+                "guidance_scale": self.guidance, "negative_prompt": self.negative_prompt, "num_frames": self.frames}
 
 
 @dataclass
@@ -161,6 +164,9 @@ class RewardOptions(Options):
                                                                  "(runs that Python file: use only files you trust)"})
     reward_augment: list[str] = field(default_factory=list, metadata={"help": "average the reward over random views: crop, cutout, translation, color"})
     reward_views: int = field(default=4, metadata={"help": "views per image with --reward-augment"})
+    reward_frames: Optional[str] = field(default=None, metadata={"help": "video models: the frames an image reward "
+                                                                         "scores, averaged: all, first, middle, last, "
+                                                                         "random:K or stride:S (default: all)"})
     eval_reward: list[str] = field(default_factory=list, metadata={"help": "a held-out reward (same SPEC forms as --reward), "
                                                                           "scored on the same samples and reported as "
                                                                           "eval_reward/SPEC, never optimized; repeatable",
@@ -172,6 +178,8 @@ class RewardOptions(Options):
         if not 1 <= self.reward_views <= MAX_REWARD_VIEWS:
             raise UsageError(f"--reward-views must be in 1..{MAX_REWARD_VIEWS} (each view sends a copy of every "
                              f"image through the reward), got {self.reward_views}")
+        if self.reward_frames is not None:
+            check_frames(self.reward_frames)
         repeated = sorted({spec for spec in self.eval_reward if self.eval_reward.count(spec) > 1})
         if repeated:
             raise UsageError(f"--eval-reward {repeated[0]} is given more than once")

@@ -9,6 +9,10 @@ indices on the testbed, prompt strings on text-to-image models). ``get_reward(sp
 - ``PATH.py:NAME``: a reward from the user's file, which runs that file (:mod:`.user`).
 
 ``augment=[...]`` (with ``views``) averages the reward over random differentiable views.
+
+On a video model (``shape`` is ``T x C x H x W``) an image reward scores the frames ``frames``
+chooses (default: all) and a video reward (``video = True``) the whole ``B x T x C x H x W``
+video (:mod:`.video`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from shortcut_diffusion.rewards.digits import Adversarial, DigitClass, DigitMatc
 from shortcut_diffusion.rewards.hps import HPSv2
 from shortcut_diffusion.rewards.imagereward import ImageReward
 from shortcut_diffusion.rewards.user import load_user_reward
+from shortcut_diffusion.rewards.video import FrameReward, Temporal, is_video_reward
 
 Reward = Callable[[torch.Tensor, Optional[list]], torch.Tensor]
 
@@ -47,11 +52,12 @@ REWARDS: dict[str, Callable[..., Reward]] = {
     "clip-style": ClipStyle,
     "compressibility": Compressibility,
     "classifier": ClassifierReward,
+    "temporal": Temporal,
 }
 
 __all__ = ["AUGMENTATIONS", "REWARDS", "Adversarial", "Aesthetic", "Augmented", "ClassifierReward", "ClipScore",
            "ClipStyle", "Compressibility", "DigitClass", "DigitMatch", "HPSv2", "ImageReward", "Ink", "NegMSE",
-           "PickScore", "Reward", "Style", "WeightedSum", "checked", "get_reward", "resolve_reward_spec"]
+           "PickScore", "Reward", "Style", "Temporal", "WeightedSum", "checked", "get_reward", "resolve_reward_spec"]
 
 
 def resolve_reward_spec(spec: str, model: object) -> str:
@@ -61,14 +67,21 @@ def resolve_reward_spec(spec: str, model: object) -> str:
     return "digit-match" if model.classifier is not None else "neg-mse"
 
 
-def get_reward(spec: "str | Reward", augment: Optional[list] = None, views: int = 4, seed: int = 0, **context) -> Reward:
+def get_reward(spec: "str | Reward", augment: Optional[list] = None, views: int = 4, seed: int = 0,
+               frames: Optional[str] = None, **context) -> Reward:
     """A reward from a spec (see the module docstring).
 
     ``context`` goes to the builders that use it: ``shape`` (the image shape), ``model`` (the
     loaded model; the testbed rewards take its classifier). ``augment`` (names from
-    :data:`AUGMENTATIONS`) wraps the result in :class:`Augmented` with ``views`` views.
+    :data:`AUGMENTATIONS`) wraps the result in :class:`Augmented` with ``views`` views. ``frames``
+    (``--reward-frames``) chooses the frames image rewards score on a video model.
     """
-    reward = _build(spec, **context)
+    video = _is_video(context.get("shape"))
+    if frames is not None and not video:
+        raise UsageError(f"--reward-frames {frames} applies to video models; this model makes images")
+    if augment and video:
+        raise UsageError("--reward-augment takes images; on a video model use --reward-frames instead")
+    reward = _build(spec, frames=frames or "all", frame_seed=seed, **context)
     if augment:
         reward = Augmented(reward, augment, views=views, seed=seed)
     if isinstance(spec, str):
@@ -77,9 +90,21 @@ def get_reward(spec: "str | Reward", augment: Optional[list] = None, views: int 
     return reward
 
 
+def _is_video(shape: Optional[tuple]) -> bool:
+    return shape is not None and len(shape) == 4
+
+
+def _for_video(reward: Reward, shape: Optional[tuple] = None, frames: str = "all", frame_seed: int = 0,
+               **context) -> Reward:
+    """On a video model, an image reward scores the chosen frames; a video reward is as it is."""
+    if not _is_video(shape) or is_video_reward(reward):
+        return reward
+    return FrameReward(reward, frames, seed=frame_seed)
+
+
 def _build(spec: "str | Reward", **context) -> Reward:
     if callable(spec) and not isinstance(spec, str):
-        return spec
+        return _for_video(spec, **context)
     spec = str(spec)
     if spec.startswith("relative:"):
         from shortcut_diffusion.rewards.relative import Relative
@@ -90,11 +115,15 @@ def _build(spec: "str | Reward", **context) -> Reward:
         terms, normalize = weighted
         return WeightedSum([(w, _build(s, **context)) for s, w in terms], normalize=normalize)
     if ".py:" in spec:
-        return _place(load_user_reward(spec), context.get("model"))
+        return _for_video(_place(load_user_reward(spec), context.get("model")), **context)
     name, _, arg = spec.partition(":")
     if name not in REWARDS:
         raise UsageError(_unknown(spec, name))
-    return _place(REWARDS[name].from_spec(arg, **context), context.get("model"))
+    builder, shape = REWARDS[name], context.get("shape")
+    if _is_video(shape) and not is_video_reward(builder):  # an image reward is built for one frame
+        return _for_video(_place(builder.from_spec(arg, **{**context, "shape": shape[1:]}), context.get("model")),
+                          **context)
+    return _place(builder.from_spec(arg, **context), context.get("model"))
 
 
 def _unknown(spec: str, name: str) -> str:

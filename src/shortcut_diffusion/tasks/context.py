@@ -73,7 +73,8 @@ def build_reward(options: RewardOptions, model: DiffusionModel, seed: int) -> tu
     """The reward of ``options`` for ``model`` (``auto`` resolved), with its views drawn from ``seed``."""
     spec = resolve_reward_spec(options.reward, model)
     return spec, get_reward(spec, shape=model.image_shape, model=model, augment=options.reward_augment,
-                            views=options.reward_views, seed=seed, allow_code=options.allow_code)
+                            views=options.reward_views, seed=seed, allow_code=options.allow_code,
+                            frames=options.reward_frames)
 
 
 def build_context(options: Any, *, batch: Optional[int], device: Optional[torch.device] = None,

@@ -1,5 +1,5 @@
-"""Diffusers pipelines (SD 1.x/2.x, SDXL, SD3, Flux, pixel-space DDPM) as models: one small class
-per family, chosen by the pipeline's class."""
+"""Diffusers pipelines (SD 1.x/2.x, SDXL, SD3, Flux, pixel-space DDPM; Wan, CogVideoX, LTX-Video,
+AnimateDiff video) as models: one small class per family, chosen by the pipeline's class."""
 
 from typing import Any
 
@@ -9,6 +9,7 @@ from shortcut_diffusion.models.pipelines.loading import load_pipeline, looks_lik
 from shortcut_diffusion.models.pipelines.mmdit import FluxModel, SD3Model
 from shortcut_diffusion.models.pipelines.pixel import PixelModel
 from shortcut_diffusion.models.pipelines.unet import SDModel, SDXLModel
+from shortcut_diffusion.models.pipelines.video import AnimateDiffModel, CogVideoXModel, LTXModel, VideoModel, WanModel
 
 FAMILIES = {
     "StableDiffusionPipeline": SDModel,
@@ -17,6 +18,10 @@ FAMILIES = {
     "FluxPipeline": FluxModel,
     "DDPMPipeline": PixelModel,
     "DDIMPipeline": PixelModel,
+    "WanPipeline": WanModel,
+    "CogVideoXPipeline": CogVideoXModel,
+    "LTXPipeline": LTXModel,
+    "AnimateDiffPipeline": AnimateDiffModel,
 }
 """Pipeline class name -> the model class that adapts it (subclasses of a pipeline match too)."""
 
@@ -31,9 +36,14 @@ def family_of(pipe: Any) -> type:
 
 def from_pipeline(pipe: Any, **options: Any):
     """A loaded pipeline as its family's model; ``options`` (height, width, guidance_scale,
-    guidance_rescale, negative_prompt, max_sequence_length) go to the model class."""
-    return family_of(pipe)(pipe, **options)
+    guidance_rescale, negative_prompt, max_sequence_length; num_frames for video) go to the model class."""
+    cls = family_of(pipe)
+    if options.get("num_frames") is None:
+        options.pop("num_frames", None)
+    elif not issubclass(cls, VideoModel):
+        raise UsageError(f"--frames applies to video pipelines; {type(pipe).__name__} makes images")
+    return cls(pipe, **options)
 
 
-__all__ = ["FAMILIES", "FluxModel", "PipelineModel", "PixelModel", "SD3Model", "SDModel", "SDXLModel", "family_of",
+__all__ = ["FAMILIES", "AnimateDiffModel", "CogVideoXModel", "LTXModel", "VideoModel", "WanModel", "FluxModel", "PipelineModel", "PixelModel", "SD3Model", "SDModel", "SDXLModel", "family_of",
            "from_pipeline", "load_pipeline", "looks_like_pipeline"]

@@ -62,7 +62,7 @@ class PipelineModel(DiffusionModel):
             module.requires_grad_(False)
         self._prompts: dict[str, dict[str, Any]] = {}
         self._uncond: Optional[dict[str, Any]] = None
-        factor = pipe.vae_scale_factor
+        factor = self.spatial_factor()
         default = self.default_size()
         self.height, self.width = int(height or default), int(width or default)
         multiple = factor * self.size_multiple
@@ -72,6 +72,10 @@ class PipelineModel(DiffusionModel):
         self.sample_shape = self.latent_shape(self.height // factor, self.width // factor)
 
     # -- shapes and networks ----------------------------------------------------------------------
+    def spatial_factor(self) -> int:
+        """Pixels per latent along each side (the VAE's spatial compression)."""
+        return self.pipe.vae_scale_factor
+
     def default_size(self) -> int:
         """The pipeline's default image size in pixels."""
         return self.network.config.sample_size * self.pipe.vae_scale_factor

@@ -79,7 +79,7 @@ class Evaluation:
         # The evaluation scores the plain images (training may average the reward over views).
 
         self.reward = get_reward(config.reward, shape=ft.model.image_shape, model=ft.model,
-                                 allow_code=config.allow_code)
+                                 allow_code=config.allow_code, frames=config.reward_frames)
         self.held_out = eval_rewards(config.eval_reward, ft.model, allow_code=config.allow_code)
         held_out = evaluation_conditions(config, ft.model)
         self.conditions = held_out if held_out is not None else ft.conditions
