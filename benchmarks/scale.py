@@ -34,7 +34,7 @@ def run_config(args: argparse.Namespace, model: str, spec: str, steps: int) -> O
     """One configuration; None when it ran out of memory."""
     options = {"model_name": model, "spec": spec, "steps": steps, "batch": 1, "repeats": args.repeats,
                "reward_spec": "neg-mse", "seed": 0, "device_name": args.device,
-               "model_options": {"dtype": args.dtype}}
+               "options": {"dtype": args.dtype}}
     try:
         return measure(**options) if args.in_process else _run_worker(options)
     except RuntimeError as error:
