@@ -62,7 +62,7 @@ def stages(args: argparse.Namespace, work: Path) -> list[tuple[str, list[str], i
                                           "--reward", "ink", "--max-steps", "3", "--eval-every", "0",
                                           "--eval-per-class", "1", "--checkpoint-every", "0", *common,
                                           "--out", str(work / f"finetune-{dtype}")], 240))
-    bench = [*sdo, "bench", "--model", shaped, "--dtype", "fp16", "--prompt", PROMPT, "--steps", str(steps),
+    bench = [*sdo, "bench", "--model", shaped, "--dtype", "fp16", "--steps", str(steps),
              "--batch", "1", "--repeats", "1" if tiny else "2", "--reward", "neg-mse", "--device", args.device]
     out.append(("bench", [*bench, "--estimators", "sdo", "full", "checkpointed", "alignprop",
                           "--out", str(work / "bench")], 420))
