@@ -127,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
          "cost per optimization iteration vs sampling steps for every estimator and plain sampling "
          "(one process per configuration): results.csv, report.md, cost_vs_steps.png")
     _add(commands, "train-testbed", TrainTestbedConfig, _train_testbed,
-         "train the digits testbed (classifier and diffusion model) from a seed")
+         "train the digits testbed (classifier and diffusion model, or --objective flow) from a seed")
     _add(commands, "eval-testbed", EvalTestbedConfig, _eval_testbed,
-         "digits-FD, conditional accuracy and diversity of a testbed's samples (DDIM)")
+         "digits-FD, conditional accuracy and diversity of a testbed's samples (its own scheduler)")
     return parser
 
 
