@@ -10,8 +10,10 @@ from shortcut_diffusion.models.testbed.config import EvalTestbedConfig, TrainTes
 from shortcut_diffusion.options.parsing import from_args
 
 COMMANDS = [
-    ("train-testbed", TrainTestbedConfig, "train the digits testbed (classifier and diffusion model) from a seed"),
-    ("eval-testbed", EvalTestbedConfig, "digits-FD, conditional accuracy and diversity of a testbed's samples (DDIM)"),
+    ("train-testbed", TrainTestbedConfig, "train the digits testbed (classifier and diffusion model, or --objective flow) "
+                                          "from a seed"),
+    ("eval-testbed", EvalTestbedConfig, "digits-FD, conditional accuracy and diversity of a testbed's samples "
+                                        "(its own scheduler)"),
 ]
 
 

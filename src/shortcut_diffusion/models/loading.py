@@ -3,7 +3,8 @@
 It sits above the model classes (``models``, ``testbed``, ``pipelines``) and applies the
 precision policy's first rule: the model's frozen weights are loaded in, or cast to, ``dtype``.
 
-- ``digits``: the bundled digits testbed; a directory with ``testbed.json``: a saved one;
+- ``digits``: the bundled digits testbed; ``digits-flow``: its rectified-flow twin (flow-matching
+  Euler scheduler); a directory with ``testbed.json``: a saved one;
 - ``toy``: a small random class-conditional UNet built in code;
 - ``random:FAMILY[:RESOLUTION][:tiny]`` (``sd15``, ``sdxl``, ``sd3``, ``flux``; ``sd15-random[:RESOLUTION]``
   is ``random:sd15``): the family's real network with random weights (cost at real scale);
@@ -27,13 +28,19 @@ def _digits() -> DiffusionModel:
     return load_digits_model()
 
 
+def _digits_flow() -> DiffusionModel:
+    from shortcut_diffusion.models.testbed import BUNDLED_FLOW, load_digits_model
+
+    return load_digits_model(BUNDLED_FLOW)
+
+
 def _toy() -> DiffusionModel:
     from shortcut_diffusion.models.toy import toy_model
 
     return toy_model()
 
 
-BUILT_IN: dict[str, Callable[[], DiffusionModel]] = {"digits": _digits, "toy": _toy}
+BUILT_IN: dict[str, Callable[[], DiffusionModel]] = {"digits": _digits, "digits-flow": _digits_flow, "toy": _toy}
 
 
 def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Optional[int] = None,

@@ -74,7 +74,7 @@ class Options:
 
 @dataclass
 class ModelOptions(Options):
-    model: str = field(default="digits", metadata={"help": "built-in model (digits, toy, sd15-random[:RES]), a saved "
+    model: str = field(default="digits", metadata={"help": "built-in model (digits, digits-flow, toy, sd15-random[:RES]), a saved "
                                                            "testbed directory, or a diffusers pipeline (directory or hub id)"})
     dtype: str = field(default="fp32", metadata={"help": "precision: frozen weights in this dtype, the forward under "
                                                           "autocast, optimized tensors kept in fp32; fp16 scales the loss",

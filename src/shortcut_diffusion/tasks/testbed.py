@@ -9,11 +9,16 @@ and measure a testbed's samples.
    replaced by the null embedding with probability ``cond_dropout`` so classifier-free guidance
    works as in Stable Diffusion; AdamW, warm-up then cosine learning-rate decay, an EMA of the
    weights is what is saved.
-3. The held-out judge and the judge panel (``judge.py``, ``judges.py``): never rewards; the
-   panel's kNN and random-forest judges train in about a second.
-4. Evaluation: ``eval_per_class`` samples per class with 50 DDIM steps at the saved guidance
-   scale: digits-FD against the held-out digits, conditional accuracy, diversity; and the same
-   metrics for the real training digits as the reference.
+   With ``objective="flow"`` the same network, conditioning and dropout learn rectified flow
+   instead (as SD3 and Flux): ``x_t = (1 - t) x0 + t eps`` with ``t ~ U(0, 1)``, the network sees
+   the timestep ``1000 t`` (diffusers' FlowMatchEulerDiscreteScheduler convention) and regresses
+   the velocity ``eps - x0``; it is saved with that scheduler (``flow-euler``). The classifier and
+   judge are then the bundled digits testbed's (they judge the same digits), not retrained.
+3. The judge panel (``judges.py``): never rewards; its kNN and random-forest judges train in
+   about a second (beside the held-out MLP judge, the bundled one for ``objective="flow"``).
+4. Evaluation: ``eval_per_class`` samples per class with 50 steps of the model's own scheduler
+   at the saved guidance scale: digits-FD against the held-out digits, conditional accuracy,
+   diversity; and the same metrics for the real training digits as the reference.
 
 Results depend on the seed and, through floating-point summation order, on the machine's thread
 count; with the same seed on the same machine type the run is repeatable.
@@ -27,11 +32,11 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -94,6 +99,25 @@ def train_classifier(config: TrainTestbedConfig, progress: bool = True) -> tuple
     return classifier, metrics.conditional_accuracy(classifier, held.images, held.labels)
 
 
+def _training_pair(objective: str, x0: torch.Tensor, gen: torch.Generator,
+                   noise_schedule: DDPMScheduler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_t, network timestep, regression target)`` for a batch of clean digits ``x0``."""
+    noise = torch.randn(x0.shape, generator=gen)
+    if objective == "flow":  # rectified flow, in FlowMatchEulerDiscreteScheduler's convention
+        t = torch.rand(len(x0), generator=gen)
+        s = t.view(-1, 1, 1, 1)
+        return (1 - s) * x0 + s * noise, t * noise_schedule.config.num_train_timesteps, noise - x0
+    t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(x0),), generator=gen)
+    return noise_schedule.add_noise(x0, noise, t), t, noise
+
+
+def sampling_scheduler(objective: str) -> Union[DDIMScheduler, FlowMatchEulerDiscreteScheduler]:
+    """The scheduler a testbed of ``objective`` is saved with (its ``auto`` sampler)."""
+    if objective == "flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+
+
 def train_diffusion(config: TrainTestbedConfig, progress: bool = True) -> tuple[UNet2DModel, nn.Embedding, list[float]]:
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed + 1)
@@ -107,15 +131,13 @@ def train_diffusion(config: TrainTestbedConfig, progress: bool = True) -> tuple[
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
     ema_unet, ema_emb = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(embeddings).requires_grad_(False)
     losses: list[float] = []
-    bar = tqdm(range(config.steps), desc="diffusion", disable=not progress)
+    bar = tqdm(range(config.steps), desc=config.objective, disable=not progress)
     for step in bar:
         idx = torch.randint(0, len(train.labels), (config.batch,), generator=gen)
         x0, labels = train.images[idx], train.labels[idx].clone()
         labels[torch.rand(config.batch, generator=gen) < config.cond_dropout] = NULL_CLASS
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, 1000, (config.batch,), generator=gen)
-        xt = noise_schedule.add_noise(x0, noise, t)
-        loss = F.mse_loss(unet(xt, t, class_labels=embeddings(labels)).sample, noise)
+        xt, t, target = _training_pair(config.objective, x0, gen, noise_schedule)
+        loss = F.mse_loss(unet(xt, t, class_labels=embeddings(labels)).sample, target)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -134,12 +156,16 @@ def train_diffusion(config: TrainTestbedConfig, progress: bool = True) -> tuple[
 def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int = 50,
                    guidance: Optional[float] = None) -> dict[str, dict[str, float]]:
     """The README's testbed numbers: samples of every class vs the held-out digits."""
+    from shortcut_diffusion.sampling.schedulers import is_flow_matching
+    from shortcut_diffusion.tasks.generate import sample_images
+
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
     noise = torch.randn((len(labels), *model.sample_shape), generator=torch.Generator().manual_seed(seed))
     images = sample_images(model, noise, labels.tolist(), steps=steps, guidance=guidance, seed=seed + 1, batch=500)
     train = data.load("train")
+    sampler = "flow_euler" if is_flow_matching(model.scheduler) else "ddim"
     return {
-        "model_ddim50": metrics.evaluate(model.classifier, images, labels),
+        f"model_{sampler}{steps}": metrics.evaluate(model.classifier, images, labels),
         "real_train_digits": metrics.evaluate(model.classifier, train.images, train.labels),
     }
 
@@ -154,31 +180,26 @@ def _train_testbed(config: TrainTestbedConfig, progress: bool, log: Optional[Cal
     if config.threads:
         torch.set_num_threads(config.threads)
     start = time.time()
-    classifier, accuracy = train_classifier(config, progress)
-    if log:
-        log(f"classifier held-out accuracy: {accuracy:.4f}")
+    if config.objective == "flow":
+        classifier, judge, info = _bundled_judges(log)
+    else:
+        classifier, judge, info = _trained_judges(config, progress, log)
     unet, embeddings, losses = train_diffusion(config, progress)
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
-    info = {
-        "classifier_held_out_accuracy": accuracy,
+    info.update({
+        "objective": config.objective,
         "training": asdict(config),
         "final_loss_mean_last_500": sum(losses[-500:]) / max(1, len(losses[-500:])),
         "train_seconds": None,
         "torch_threads": torch.get_num_threads(),
-    }
-    judge = None
-    if config.judge_epochs:
-        judge, info["judge_held_out_accuracy"] = train_judge(epochs=config.judge_epochs)
-        if log:
-            log(f"judge held-out accuracy: {info['judge_held_out_accuracy']:.4f}")
+    })
     from shortcut_diffusion.models.testbed.judges import train_panel
 
     panel = train_panel(config.seed, judge)
     if log:
         log("judge panel held-out accuracy: " + ", ".join(f"{name} {entry['held_out_accuracy']:.4f}"
                                                           for name, entry in panel.info.items()))
-    model = DigitsModel(unet, embeddings, scheduler, classifier, guidance_scale=config.guidance, info=info, judge=judge,
-                        panel=panel)
+    model = DigitsModel(unet, embeddings, sampling_scheduler(config.objective), classifier,
+                        guidance_scale=config.guidance, info=info, judge=judge, panel=panel)
     if config.eval_per_class:
         info["metrics"] = evaluate_model(model, config.eval_per_class, seed=config.seed)
     info["train_seconds"] = round(time.time() - start, 1)
@@ -187,3 +208,34 @@ def _train_testbed(config: TrainTestbedConfig, progress: bool, log: Optional[Cal
         log(json.dumps({k: info[k] for k in ("classifier_held_out_accuracy", "metrics", "train_seconds") if k in info}, indent=2))
         log(f"saved to {Path(config.out).resolve()}")
     return model
+
+
+def _trained_judges(config: TrainTestbedConfig, progress: bool,
+                    log: Optional[Callable[[str], None]]) -> tuple[DigitClassifier, Optional[nn.Module], dict]:
+    """The classifier and (unless ``judge_epochs`` is 0) the held-out judge, trained from the seed."""
+    from shortcut_diffusion.models.testbed.judge import train_judge
+
+    classifier, accuracy = train_classifier(config, progress)
+    info: dict = {"classifier_held_out_accuracy": accuracy}
+    if log:
+        log(f"classifier held-out accuracy: {accuracy:.4f}")
+    judge = None
+    if config.judge_epochs:
+        judge, info["judge_held_out_accuracy"] = train_judge(epochs=config.judge_epochs)
+        if log:
+            log(f"judge held-out accuracy: {info['judge_held_out_accuracy']:.4f}")
+    return classifier, judge, info
+
+
+def _bundled_judges(log: Optional[Callable[[str], None]]) -> tuple[DigitClassifier, Optional[nn.Module], dict]:
+    """The bundled digits testbed's classifier and judge: a flow model is judged by the same
+    networks as the diffusion model, so that their metrics compare."""
+    from shortcut_diffusion.models.testbed.model import load_digits_model
+
+    bundled = load_digits_model()
+    keep = ("classifier_held_out_accuracy", "judge_held_out_accuracy", "judge_seed")
+    info = {key: bundled.info[key] for key in keep if key in bundled.info}
+    if log:
+        log(f"reusing the bundled digits classifier (held-out accuracy {info['classifier_held_out_accuracy']:.4f}) "
+            "and judge")
+    return bundled.classifier, bundled.judge, info

@@ -2,6 +2,6 @@
 
 from shortcut_diffusion.lazy import exports
 
-__getattr__ = exports(__name__, {"BUNDLED": ".model", "DigitsModel": ".model", "load_digits_model": ".model"})
+__getattr__ = exports(__name__, {"BUNDLED": ".model", "BUNDLED_FLOW": ".model", "DigitsModel": ".model", "load_digits_model": ".model"})
 
-__all__ = ["BUNDLED", "DigitsModel", "load_digits_model"]
+__all__ = ["BUNDLED", "BUNDLED_FLOW", "DigitsModel", "load_digits_model"]

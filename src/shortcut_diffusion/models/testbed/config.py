@@ -13,6 +13,10 @@ from shortcut_diffusion.options.groups import (MAX_GUIDANCE, ModelOptions, Optio
 NORM_GROUPS = 8
 """The UNet's group-norm groups: every block width is a multiple of this."""
 
+OBJECTIVES = ("diffusion", "flow")
+"""``diffusion``: epsilon prediction on DDPM's cosine schedule, sampled with DDIM; ``flow``:
+rectified flow (velocity prediction), sampled with the flow-matching Euler scheduler."""
+
 
 def _at_least(low: int, **values: int) -> None:
     """Each ``--name value`` is an integer >= ``low``."""
@@ -26,6 +30,9 @@ class TrainTestbedConfig(Options):
     out: str = field(default="runs/testbed", metadata={"help": "directory to save the model to"})
     overwrite: bool = field(default=False, metadata={"help": "replace a testbed sdo trained earlier in --out (only the files sdo wrote are removed)"})
     seed: int = field(default=0, metadata={"help": "seed of everything"})
+    objective: str = field(default="diffusion", metadata={
+        "help": "diffusion (epsilon prediction, DDIM) or flow (rectified flow, flow-matching Euler; reuses the "
+                "bundled digits classifier and judge)", "choices": list(OBJECTIVES)})
     steps: int = field(default=12000, metadata={"help": "diffusion training steps"})
     batch: int = field(default=128, metadata={"help": "diffusion training batch size"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate"})
@@ -55,13 +62,16 @@ class TrainTestbedConfig(Options):
         check_number("--guidance", self.guidance, low=0, high=MAX_GUIDANCE)
         check_number("--classifier-noise", self.classifier_noise, low=0)
         check_seed("--seed", self.seed)
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
 
 
 @dataclass
 class EvalTestbedConfig(Options):
-    model: str = redefault(ModelOptions, "model", "digits", help="digits (bundled) or a saved testbed directory")
+    model: str = redefault(ModelOptions, "model", "digits", help="digits, digits-flow (bundled) or a saved testbed directory")
     per_class: int = field(default=100, metadata={"help": "samples per class"})
-    steps: int = redefault(SamplingOptions, "steps", 50, help="DDIM steps")
+    steps: int = redefault(SamplingOptions, "steps", 50,
+                           help="sampling steps (the model's own scheduler: DDIM or flow-matching Euler)")
     guidance: Optional[float] = redefault(ModelOptions, "guidance", None)
     seed: int = redefault(RunOptions, "seed", 0, help="seed of the noise")
 

@@ -6,7 +6,8 @@ embedding table outside the UNet (10 classes plus a null row for classifier-free
 the ordinary diffusers layout::
 
     DIR/unet/                       UNet2DModel.save_pretrained (safetensors)
-    DIR/scheduler/                  DDIMScheduler.save_pretrained
+    DIR/scheduler/                  DDIMScheduler (diffusion) or FlowMatchEulerDiscreteScheduler
+                                    (rectified flow, ``digits-flow``).save_pretrained
     DIR/embeddings.safetensors      the class-embedding table ("weight", 11 x D; row 10 = null)
     DIR/classifier.safetensors      the digit classifier used by rewards and metrics
     DIR/judge.safetensors           the held-out judge (never a reward; see judge.py)
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
-from diffusers import DDIMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from safetensors.torch import load_file
 from torch import nn
 
@@ -36,6 +37,10 @@ from shortcut_diffusion.models.testbed.judge import load_judge, save_judge
 from shortcut_diffusion.models.testbed.judges import load_panel
 
 BUNDLED = Path(__file__).parent / "weights"
+BUNDLED_FLOW = BUNDLED / "flow"
+"""The rectified-flow twin (``digits-flow``): the same network, data and classifier, trained with
+the flow-matching objective and sampled with the flow-matching Euler scheduler."""
+SCHEDULERS = {cls.__name__: cls for cls in (DDIMScheduler, FlowMatchEulerDiscreteScheduler)}
 NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES
 
@@ -49,7 +54,7 @@ class DigitsModel(TableConditioned):
     cpu_threads: ClassVar[Optional[int]] = 1
     unet: UNet2DModel
     embeddings: nn.Embedding
-    scheduler: DDIMScheduler
+    scheduler: Union[DDIMScheduler, FlowMatchEulerDiscreteScheduler]
     classifier: DigitClassifier
     guidance_scale: float = 2.0
     info: dict[str, Any] = field(default_factory=dict)
@@ -105,7 +110,7 @@ def load_digits_model(directory: Union[str, Path, None] = None) -> DigitsModel:
     try:
         info = json.loads((directory / "testbed.json").read_text())
         unet = UNet2DModel.from_pretrained(directory / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
-        scheduler = DDIMScheduler.from_pretrained(directory / "scheduler")
+        scheduler = _load_scheduler(directory / "scheduler")
         weight = load_file(directory / "embeddings.safetensors")["weight"]
         classifier = DigitClassifier(**info["classifier_config"])
         classifier.load_state_dict(load_file(directory / "classifier.safetensors"))
@@ -118,3 +123,11 @@ def load_digits_model(directory: Union[str, Path, None] = None) -> DigitsModel:
     judge = load_judge(directory)
     return DigitsModel(unet, embeddings, scheduler, classifier, guidance_scale=float(info["guidance_scale"]),
                        info=info, judge=judge, panel=load_panel(directory, judge))
+
+
+def _load_scheduler(directory: Path) -> Union[DDIMScheduler, FlowMatchEulerDiscreteScheduler]:
+    """The saved scheduler, of the class its config names (DDIM or flow-matching Euler)."""
+    name = json.loads((directory / "scheduler_config.json").read_text()).get("_class_name")
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler {name!r} is not one of {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[name].from_pretrained(directory)
