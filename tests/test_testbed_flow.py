@@ -13,7 +13,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, DDPMSchedu
 from shortcut_diffusion import UsageError, load_model
 from shortcut_diffusion.cli import main
 from shortcut_diffusion.models.testbed import BUNDLED, data, load_digits_model, metrics
-from shortcut_diffusion.models.testbed.train import TrainTestbedConfig, _training_pair, sampling_scheduler, train_testbed
+from shortcut_diffusion.tasks.testbed import TrainTestbedConfig, _training_pair, sampling_scheduler, train_testbed
 from shortcut_diffusion.sampling.schedulers import fresh_scheduler, predicted_x0
 from shortcut_diffusion.tasks.generate import sample_images
 
