@@ -316,10 +316,12 @@ def check_linear_step(scheduler: SchedulerMixin, step_kwargs: Optional[dict] = N
                              "no per-token timesteps)")
         return
     if not isinstance(scheduler, DDIMScheduler):
-        raise UsageError(f"{what} needs a scheduler whose step is linear in the latent and the network output: "
-                         f"ddim (eta 0) or flow-euler, not {type(scheduler).__name__}")
+        raise UsageError(f"{what} follows a flow-matching Euler or a DDIM (eta 0) chain, whose step is linear in "
+                         f"the latent and the network output, not {type(scheduler).__name__}: sample with "
+                         "--scheduler flow-euler or ddim")
     if float(kwargs.get("eta", 0.0) or 0.0) != 0.0:
-        raise UsageError(f"{what} needs deterministic DDIM (eta 0), got eta={kwargs['eta']}")
+        raise UsageError(f"{what} follows the deterministic DDIM chain (eta 0): use it without --eta "
+                         f"(got eta={kwargs['eta']})")
     if config.get("clip_sample", False) or config.get("thresholding", False):
         raise UsageError(f"{what} needs DDIM without clip_sample or thresholding (they make the step nonlinear)")
     if config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):

@@ -28,12 +28,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 import torch
-from diffusers import DDIMScheduler
 
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.gradients.base import Sampling
 from shortcut_diffusion.sampling.loop import _RowsDenoiser, _rows
-from shortcut_diffusion.sampling.schedulers import (fresh_scheduler, is_flow_matching, scale_input, step_levels)
+from shortcut_diffusion.sampling.schedulers import (check_linear_step, fresh_scheduler, is_flow_matching, scale_input,
+                                                    step_levels)
 
 
 def st(value_of: torch.Tensor, grad_of: torch.Tensor) -> torch.Tensor:
@@ -48,28 +48,9 @@ def rescaled(v: torch.Tensor, gamma: float) -> torch.Tensor:
 
 def check_chain(name: str, scheduler: Any, steps: int, step_kwargs: Optional[dict] = None) -> None:
     """Refuse, in one line, a chain that is not Euler's method in the coordinates above."""
-    _check_kind(name, scheduler, step_kwargs)
+    check_linear_step(scheduler, step_kwargs, what=f"--estimator {name}")
     if not is_flow_matching(scheduler):  # flow grids need the model's shift (Flux: mu) and always fit
         _coordinates(fresh_scheduler(scheduler, steps), 0, steps)
-
-
-def _check_kind(name: str, scheduler: Any, step_kwargs: Optional[dict]) -> None:
-    if is_flow_matching(scheduler):
-        if scheduler.config.get("stochastic_sampling", False):
-            raise UsageError(f"--estimator {name} follows the deterministic flow ODE: use flow-euler without "
-                             "stochastic_sampling")
-        return
-    if not isinstance(scheduler, DDIMScheduler):
-        raise UsageError(f"--estimator {name} follows a flow-matching Euler or a DDIM (eta 0) chain, not "
-                         f"{type(scheduler).__name__}: sample with --scheduler flow-euler or ddim")
-    if any(v for k, v in (step_kwargs or {}).items() if k == "eta"):
-        raise UsageError(f"--estimator {name} follows the deterministic DDIM chain (eta 0): use it without --eta")
-    if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
-        raise UsageError(f"--estimator {name} on DDIM needs an epsilon-prediction model, not "
-                         f"{scheduler.config.get('prediction_type')!r}")
-    if scheduler.config.get("clip_sample", False) or scheduler.config.get("thresholding", False):
-        raise UsageError(f"--estimator {name} follows the DDIM ODE, which has no clipping: use a scheduler with "
-                         "clip_sample=False and thresholding=False")
 
 
 def _coordinates(sched: Any, start: int, stop: int) -> tuple[list[float], list[float]]:
