@@ -49,6 +49,23 @@ def has_rows(path: Path) -> Callable[[], bool]:
 
 # -- the signal machinery --------------------------------------------------------------------------
 
+def test_an_interrupt_a_finalizer_swallowed_is_raised_at_the_next_safe_point():
+    """Python ignores an exception raised inside ``__del__``: a signal whose handler runs there
+    would be lost (a run that ends with rc 0 after SIGTERM); the next deferred block raises it."""
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # the handler runs here, inside the finalizer
+                pass
+
+    with interruptible(), pytest.raises(Interrupted) as caught:
+        Finalized()  # finalized at once: its interrupt is swallowed
+        with deferred():
+            pass
+    assert caught.value.signum == signal.SIGTERM
+
+
 def test_sigterm_becomes_an_interrupt_and_deferred_waits_for_the_block():
     done = []
     with interruptible(), pytest.raises(Interrupted) as caught:

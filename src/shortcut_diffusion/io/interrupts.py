@@ -47,7 +47,10 @@ class Interrupted(KeyboardInterrupt):
 
 
 def as_interrupted(error: KeyboardInterrupt) -> Interrupted:
-    """``error`` as an :class:`Interrupted` (a plain ``KeyboardInterrupt`` is Ctrl-C)."""
+    """``error`` as an :class:`Interrupted` (a plain ``KeyboardInterrupt`` is Ctrl-C); the signal
+    counts as handled from here on."""
+    global _raised
+    _raised = None
     return error if isinstance(error, Interrupted) else Interrupted(signal.SIGINT)
 
 
@@ -58,14 +61,27 @@ def interrupted_fields(signum: Optional[int]) -> dict[str, object]:
 
 _deferring = 0
 _pending: Optional[int] = None
+_raised: Optional[int] = None
+"""A signal raised as :class:`Interrupted` and not handled yet. Python ignores an exception raised
+inside a finalizer (``__del__``), so a handler that happens to run there loses its interrupt;
+:func:`raise_unhandled` raises it again at the next safe point."""
 
 
 def _handler(signum: int, frame) -> None:
-    global _pending
+    global _pending, _raised
     if _deferring:
         _pending = _pending or signum
         return
+    _raised = signum
     raise Interrupted(signum)
+
+
+def raise_unhandled() -> None:
+    """Raise again a signal whose :class:`Interrupted` was swallowed (raised inside a finalizer)."""
+    global _raised
+    if _raised is not None and not _deferring:
+        signum, _raised = _raised, None
+        raise Interrupted(signum)
 
 
 @contextlib.contextmanager
@@ -98,3 +114,4 @@ def deferred() -> Iterator[None]:
                 _pending = None
         if signum is not None:
             raise Interrupted(signum)
+    raise_unhandled()

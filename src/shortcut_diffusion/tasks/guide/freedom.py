@@ -32,7 +32,7 @@ import torch
 
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.tasks.generate import generate, reward_labels
-from shortcut_diffusion.io.interrupts import as_interrupted
+from shortcut_diffusion.io.interrupts import as_interrupted, raise_unhandled
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.precision import Precision
 from shortcut_diffusion.sampling.loop import GuidedStep, derived_generator
@@ -78,6 +78,7 @@ class FreeDoM:
     interrupted pass keeps)."""
 
     def __call__(self, step: GuidedStep) -> torch.Tensor:
+        raise_unhandled()  # a signal whose interrupt a finalizer swallowed ends the pass here
         i, x = step.i, step.x
         repeats = self.travel if self.window[0] <= i < self.window[1] else 1
         abar_t, abar_prev = self.levels[i]
