@@ -95,8 +95,10 @@ def pipeline_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def video_pipeline_dirs(tmp_path_factory):
-    """Tiny random text-to-video pipelines of every supported family, saved with save_pretrained."""
+    """Tiny random text-to-video and image-to-video pipelines of every supported family, saved with
+    save_pretrained."""
     import tiny_pipelines
 
     root = tmp_path_factory.mktemp("video-pipelines")
-    return {family: tiny_pipelines.build_video(family, root / family) for family in tiny_pipelines.VIDEO_FAMILIES}
+    families = tiny_pipelines.VIDEO_FAMILIES + tiny_pipelines.I2V_FAMILIES
+    return {family: tiny_pipelines.build_video(family, root / family) for family in families}

@@ -1,6 +1,7 @@
-"""Video pipelines (Wan, CogVideoX, LTX-Video, AnimateDiff), tiny and random, through the one model
-interface: a no-grad sample equals the pipeline's own ``__call__`` on the same noise, the decode
-is the pipeline's video as ``B x T x C x H x W``, and the commands run on them."""
+"""Video pipelines (Wan, CogVideoX, LTX-Video, AnimateDiff, HunyuanVideo; Wan and CogVideoX
+image-to-video), tiny and random, through the one model interface: a no-grad sample equals the
+pipeline's own ``__call__`` on the same noise, the decode is the pipeline's video as
+``B x T x C x H x W``, and the commands run on them."""
 
 from __future__ import annotations
 
@@ -8,32 +9,60 @@ import pytest
 import torch
 
 from shortcut_diffusion import UsageError, load_model, sample
-from tiny_pipelines import VIDEO_FAMILIES
+from shortcut_diffusion.models.pipelines.image_to_video import IMAGE_SEED
+from tiny_pipelines import I2V_FAMILIES, VIDEO_FAMILIES
 
 STEPS = 2
 PROMPT = "a cat walking"
 FRAMES = 9
 
 
+@pytest.fixture(autouse=True)
+def ftfy_stand_in(monkeypatch):
+    """diffusers' Wan I2V cleans prompts with ``ftfy.fix_text`` (not installed here), which leaves
+    the ASCII prompts of these tests as they are."""
+    import types
+
+    import diffusers.pipelines.wan.pipeline_wan_i2v as module
+
+    monkeypatch.setattr(module, "ftfy", types.SimpleNamespace(fix_text=lambda text: text), raising=False)
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    """A random RGB image of another size than the videos (the pipeline's processor resizes it)."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("image") / "first.png"
+    Image.fromarray((np.random.RandomState(0).rand(20, 24, 3) * 255).astype("uint8")).save(path)
+    return path
+
+
 def size(family):
     return 32 if family == "ltx" else 16  # LTX's pipeline takes multiples of 32
 
 
-def load(dirs, family, **options):
-    return load_model(str(dirs[family]), height=size(family), width=size(family), num_frames=FRAMES, **options)
+def load(dirs, family, image=None, **options):
+    image = {"image": image} if family in I2V_FAMILIES else {}
+    return load_model(str(dirs[family]), height=size(family), width=size(family), num_frames=FRAMES, **image,
+                      **options)
 
 
 def pipeline_call(model, noise, output_type):
     extra = {"max_sequence_length": model.max_sequence_length} if model.family != "animatediff" else {}
+    if hasattr(model, "image"):
+        extra["image"] = model.image
+    # the generator draws CogVideoX I2V's image latents from the VAE posterior, as the model does
     return model.pipe(prompt=PROMPT, num_inference_steps=STEPS, latents=noise.clone(), height=model.height,
-                      width=model.width,
-                      num_frames=FRAMES, output_type=output_type, generator=torch.Generator().manual_seed(1),
-                      guidance_scale=model.guidance_scale, **extra).frames
+                      width=model.width, num_frames=FRAMES, output_type=output_type,
+                      generator=torch.Generator().manual_seed(IMAGE_SEED), guidance_scale=model.guidance_scale,
+                      **extra).frames
 
 
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
-def test_video_model_equals_the_pipeline(video_pipeline_dirs, family):
-    model = load(video_pipeline_dirs, family, guidance_scale=3.0)
+@pytest.mark.parametrize("family", VIDEO_FAMILIES + I2V_FAMILIES)
+def test_video_model_equals_the_pipeline(video_pipeline_dirs, family, image_path):
+    model = load(video_pipeline_dirs, family, image=image_path, guidance_scale=3.0)
     noise = torch.randn((1, *model.sample_shape), generator=torch.Generator().manual_seed(0))
     expected = pipeline_call(model, noise, "latent")
     with torch.no_grad():
@@ -47,14 +76,15 @@ def test_video_model_equals_the_pipeline(video_pipeline_dirs, family):
     torch.testing.assert_close(((decoded + 1) / 2).clamp(0, 1), video, rtol=1e-4, atol=1e-5)
 
 
-def video_args(dirs, family):
+def video_args(dirs, family, image=None):
+    image = ["--image", str(image)] if family in I2V_FAMILIES else []
     return ["--model", str(dirs[family]), "--prompt", "a red cube", "--height", str(size(family)), "--width",
             str(size(family)), "--frames", str(FRAMES), "--steps", "2", "--batch", "2", "--no-progress",
-            "--device", "cpu"]
+            "--device", "cpu", *image]
 
 
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
-def test_sdo_latent_on_a_video_pipeline(video_pipeline_dirs, family, tmp_path):
+@pytest.mark.parametrize("family", VIDEO_FAMILIES + I2V_FAMILIES)
+def test_sdo_latent_on_a_video_pipeline(video_pipeline_dirs, family, tmp_path, image_path):
     import json
 
     from safetensors.torch import load_file
@@ -62,7 +92,7 @@ def test_sdo_latent_on_a_video_pipeline(video_pipeline_dirs, family, tmp_path):
     from shortcut_diffusion.cli import main
 
     out = tmp_path / "run"
-    assert main(["latent", *video_args(video_pipeline_dirs, family), "--reward", "ink=1,temporal=1",
+    assert main(["latent", *video_args(video_pipeline_dirs, family, image_path), "--reward", "ink=1,temporal=1",
                  "--reward-frames", "stride:4", "--iters", "2", "--out", str(out)]) == 0
     final = load_file(out / "final.safetensors")
     assert final["images"].shape == (2, FRAMES, 3, size(family), size(family)) and final["images"].abs().max() <= 1

@@ -169,8 +169,11 @@ def build(family: str, directory: Path) -> Path:
     return directory
 
 
-VIDEO_FAMILIES = ("wan", "cogvideox", "ltx", "animatediff")
+VIDEO_FAMILIES = ("wan", "cogvideox", "ltx", "animatediff", "hunyuanvideo")
 """Tiny text-to-video pipelines (built by :func:`build_video`): 16 x 16 pixels, 9 frames."""
+
+I2V_FAMILIES = ("wan-i2v", "cogvideox-i2v")
+"""Tiny image-to-video pipelines (built by :func:`build_video`)."""
 
 
 def build_video(family: str, directory: Path) -> Path:
@@ -179,19 +182,25 @@ def build_video(family: str, directory: Path) -> Path:
 
     torch.manual_seed(0)
     tok_dir = directory.parent / f"{directory.name}-tok"
-    if family == "wan":
+    if family in ("wan", "wan-i2v"):  # image-to-video: mask (4) and image latents (4) on the channels, CLIP images
+        i2v = family == "wan-i2v"
         vae = diffusers.AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                          temperal_downsample=[False, True, True],
                                          latents_mean=[0.1, -0.2, 0.0, 0.3], latents_std=[1.5, 2.0, 0.8, 1.1])
+        image = {"image_dim": 32, "added_kv_proj_dim": 16} if i2v else {}
         transformer = diffusers.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
-                                                      in_channels=4, out_channels=4, text_dim=32, freq_dim=16, ffn_dim=32,
-                                                      num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                                      rope_max_seq_len=32)
-        pipe = diffusers.WanPipeline(tokenizer=t5_tokenizer(), text_encoder=_umt5_text(), vae=vae,
-                                     transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
-    elif family == "cogvideox":
-        transformer = diffusers.CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4,
-                                                            out_channels=4, time_embed_dim=2, text_embed_dim=32,
+                                                      in_channels=12 if i2v else 4, out_channels=4, text_dim=32,
+                                                      freq_dim=16, ffn_dim=32, num_layers=1, cross_attn_norm=True,
+                                                      qk_norm="rms_norm_across_heads", rope_max_seq_len=32, **image)
+        parts = {"tokenizer": t5_tokenizer(), "text_encoder": _umt5_text(), "vae": vae, "transformer": transformer,
+                 "scheduler": diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)}
+        pipe = (diffusers.WanImageToVideoPipeline(**parts, **_clip_image_encoder()) if i2v
+                else diffusers.WanPipeline(**parts))
+    elif family in ("cogvideox", "cogvideox-i2v"):  # image-to-video: the image latents on the channels
+        i2v = family == "cogvideox-i2v"
+        transformer = diffusers.CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=16,
+                                                            in_channels=8 if i2v else 4, out_channels=4,
+                                                            time_embed_dim=2, text_embed_dim=32,
                                                             num_layers=1, sample_width=2, sample_height=2, sample_frames=5,
                                                             patch_size=2, temporal_compression_ratio=4,
                                                             max_text_seq_length=16, use_rotary_positional_embeddings=True)
@@ -203,8 +212,24 @@ def build_video(family: str, directory: Path) -> Path:
         scheduler = diffusers.CogVideoXDDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,
                                                      timestep_spacing="trailing", clip_sample=False,
                                                      set_alpha_to_one=True, snr_shift_scale=3.0)
-        pipe = diffusers.CogVideoXPipeline(tokenizer=t5_tokenizer(), text_encoder=t5_text(), vae=vae,
-                                           transformer=transformer, scheduler=scheduler)
+        cls = diffusers.CogVideoXImageToVideoPipeline if i2v else diffusers.CogVideoXPipeline
+        pipe = cls(tokenizer=t5_tokenizer(), text_encoder=t5_text(), vae=vae, transformer=transformer, scheduler=scheduler)
+    elif family == "hunyuanvideo":
+        # a Llama prompt encoder and CLIP's pooled embedding. The pipeline crops its prompt template's first 95
+        # tokens; with this character-level tokenizer what remains of max_sequence_length is still template, so
+        # the prompt reaches the network through CLIP (its end-of-text id is the tokenizer's: 514 tokens)
+        transformer = diffusers.HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2,
+                                                               attention_head_dim=8, num_layers=1, num_single_layers=1,
+                                                               num_refiner_layers=1, patch_size=1, patch_size_t=1,
+                                                               text_embed_dim=16, pooled_projection_dim=32,
+                                                               rope_axes_dim=(2, 2, 4))
+        vae = diffusers.AutoencoderKLHunyuanVideo(latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                                  norm_num_groups=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+                                                  up_block_types=("HunyuanVideoUpBlock3D",) * 4)
+        pipe = diffusers.HunyuanVideoPipeline(text_encoder=_llama_text(), tokenizer=t5_tokenizer(), transformer=transformer,
+                                              vae=vae, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0),
+                                              text_encoder_2=clip_text(vocab=514, max_position_embeddings=77),
+                                              tokenizer_2=clip_tokenizer(tok_dir))
     elif family == "ltx":
         transformer = diffusers.LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
                                                            num_attention_heads=2, attention_head_dim=8,
@@ -242,3 +267,20 @@ def _umt5_text():
 
     return UMT5EncoderModel(UMT5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
                                        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+
+
+def _llama_text():
+    from transformers import LlamaConfig, LlamaModel
+
+    return LlamaModel(LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=37, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=1))
+
+
+def _clip_image_encoder() -> dict:
+    """Wan 2.1 I2V's CLIP image encoder and processor, tiny (32 x 32 images, 8 x 8 patches)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, intermediate_size=37, patch_size=8)
+    return {"image_encoder": CLIPVisionModel(config), "image_processor": CLIPImageProcessor(crop_size=32, size=32)}

@@ -46,13 +46,15 @@ BUILT_IN: dict[str, Callable[[], DiffusionModel]] = {"digits": _digits, "digits-
 def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Optional[int] = None,
                width: Optional[int] = None, guidance_scale: Optional[float] = None, guidance_rescale: float = 0.0,
                negative_prompt: Optional[str] = None, variant: Optional[str] = None,
-               progress: bool = True, num_frames: Optional[int] = None) -> DiffusionModel:
+               progress: bool = True, num_frames: Optional[int] = None, image: Any = None) -> DiffusionModel:
     """The model ``name`` (see the module docstring) with its frozen weights in ``dtype``, on
     ``device`` (default: where it was loaded, the CPU). ``height``, ``width``, ``negative_prompt``
     and ``guidance_rescale`` apply to text-to-image pipelines; ``num_frames`` to video pipelines;
+    ``image`` (a path or a PIL image: the fixed conditioning image) to image-to-video pipelines;
     ``guidance_scale`` to every guided model."""
     torch_dtype = dtype_of(dtype)
-    pipeline_only = {"--height": height, "--width": width, "--negative-prompt": negative_prompt, "--frames": num_frames}
+    pipeline_only = {"--height": height, "--width": width, "--negative-prompt": negative_prompt, "--frames": num_frames,
+                     "--image": image}
     if name in BUILT_IN:
         model = BUILT_IN[name]()
     elif name == "sd15-random" or name.startswith(("sd15-random:", "random:")):
@@ -72,7 +74,8 @@ def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Op
         pipe = load_pipeline(name, dtype=dtype, variant=variant, progress=progress)
         pipe.set_progress_bar_config(disable=True)
         options = {"height": height, "width": width, "guidance_scale": guidance_scale,
-                   "guidance_rescale": guidance_rescale, "negative_prompt": negative_prompt, "num_frames": num_frames}
+                   "guidance_rescale": guidance_rescale, "negative_prompt": negative_prompt, "num_frames": num_frames,
+                   "image": image}
         model = from_pipeline(pipe, **options)
         if model.condition_kind != "prompt":
             _refuse_unused(name, model, pipeline_only)

@@ -82,6 +82,8 @@ class ModelOptions(Options):
     height: Optional[int] = field(default=None, metadata={"help": "image height for pipelines (default: the model's)"})
     width: Optional[int] = field(default=None, metadata={"help": "image width for pipelines (default: the model's)"})
     frames: Optional[int] = field(default=None, metadata={"help": "video pipelines: frames per video (default: the model's)"})
+    image: Optional[str] = field(default=None, metadata={"help": "image-to-video pipelines: the conditioning image "
+                                                                 "(encoded once, never optimized)"})
     negative_prompt: Optional[str] = field(default=None, metadata={"help": "negative prompt (the unconditional branch of CFG)"})
     guidance: Optional[float] = field(default=None, metadata={"help": "guidance scale (default: the model's)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
@@ -102,7 +104,8 @@ class ModelOptions(Options):
     def load_options(self) -> dict[str, Any]:
         """What :func:`shortcut_diffusion.load_model` takes from these options."""
         return {"dtype": self.dtype, "height": self.height, "width": self.width,
-                "guidance_scale": self.guidance, "negative_prompt": self.negative_prompt, "num_frames": self.frames}
+                "guidance_scale": self.guidance, "negative_prompt": self.negative_prompt, "num_frames": self.frames,
+                "image": self.image}
 
 
 @dataclass

@@ -16,7 +16,8 @@ The convention, for every family:
 As for images, a no-grad sample equals the pipeline's own ``__call__`` on the same noise
 (``tests/test_video.py``). Not supported, refused on load with the reason: Wan 2.2's two-expert
 pipelines (``transformer_2``), CogVideoX's DPM scheduler (its step takes the previous step's
-prediction), image-to-video pipelines (no conditioning-image path yet).
+prediction). HunyuanVideo is in :mod:`.hunyuan_video`, the image-to-video families (Wan I2V,
+CogVideoX I2V) in :mod:`.image_to_video`.
 """
 
 from __future__ import annotations
@@ -89,21 +90,35 @@ def _channel_stats(values: Any, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(values).view(1, -1, 1, 1, 1).to(like)
 
 
+def _batched(value: Optional[torch.Tensor], batch: int, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """A fixed image conditioning of one sample, expanded to ``batch`` rows in ``like``'s dtype."""
+    return None if value is None else value.expand(batch, *value.shape[1:]).to(like.dtype)
+
+
 class WanDenoiser(nn.Module):
     """``WanTransformer3DModel`` as the pipeline calls it; Wan 2.2 TI2V (``expand_timesteps``)
-    takes one timestep per latent token (all equal in text-to-video)."""
+    takes one timestep per latent token (all equal in text-to-video). Image-to-video: the fixed
+    ``condition`` (mask and image latents) is concatenated to the channels, and ``image_embeds``
+    (the CLIP image encoder's, where the network has an image projection) go in as they are."""
 
-    def __init__(self, transformer: nn.Module, expand: bool):
+    def __init__(self, transformer: nn.Module, expand: bool, condition: Optional[torch.Tensor] = None,
+                 image_embeds: Optional[torch.Tensor] = None):
         super().__init__()
         self.transformer, self.expand = transformer, expand
+        self.condition, self.image_embeds = condition, image_embeds
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
         timestep = t.expand(x.shape[0])
         if self.expand:
             tokens = x.shape[2] * (x.shape[3] // 2) * (x.shape[4] // 2)
             timestep = t.float() * torch.ones(x.shape[0], tokens, device=x.device)
+        image = {}
+        if self.image_embeds is not None:
+            image["encoder_hidden_states_image"] = _batched(self.image_embeds, x.shape[0], x)
+        if self.condition is not None:
+            x = torch.cat([x, _batched(self.condition, x.shape[0], x)], dim=1)
         return self.transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=cond["encoder_hidden_states"],
-                                return_dict=False)[0]
+                                return_dict=False, **image)[0]
 
 
 class WanModel(VideoModel):
@@ -140,15 +155,22 @@ class WanModel(VideoModel):
 
 
 class CogVideoXDenoiser(nn.Module):
-    """``CogVideoXTransformer3DModel`` on ``B x T x C x h x w`` latents with its rotary embeddings."""
+    """``CogVideoXTransformer3DModel`` on ``B x T x C x h x w`` latents with its rotary embeddings;
+    image-to-video: the fixed image latents ``condition`` concatenated to the channels, and the
+    CogVideoX 1.5 ``ofs`` embedding input."""
 
-    def __init__(self, transformer: nn.Module, rotary: Optional[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, transformer: nn.Module, rotary: Optional[tuple[torch.Tensor, torch.Tensor]],
+                 condition: Optional[torch.Tensor] = None, ofs: Optional[torch.Tensor] = None):
         super().__init__()
-        self.transformer, self.rotary = transformer, rotary
+        self.transformer, self.rotary, self.condition, self.ofs = transformer, rotary, condition, ofs
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+        extra = {} if self.ofs is None else {"ofs": self.ofs.to(x.dtype)}
+        if self.condition is not None:
+            x = torch.cat([x, _batched(self.condition, x.shape[0], x)], dim=2)
         return self.transformer(hidden_states=x, encoder_hidden_states=cond["encoder_hidden_states"],
-                                timestep=t.expand(x.shape[0]), image_rotary_emb=self.rotary, return_dict=False)[0]
+                                timestep=t.expand(x.shape[0]), image_rotary_emb=self.rotary, return_dict=False,
+                                **extra)[0]
 
 
 class CogVideoXModel(VideoModel):
@@ -182,11 +204,12 @@ class CogVideoXModel(VideoModel):
         return {"encoder_hidden_states": pe}, {"encoder_hidden_states": npe}
 
     def network_denoiser(self, guidance: float = 1.0) -> nn.Module:
-        rotary = None
-        if self.network.config.use_rotary_positional_embeddings:
-            rotary = self.pipe._prepare_rotary_positional_embeddings(self.height, self.width, self.latent_frames,
-                                                                     self.device)
-        return CogVideoXDenoiser(self.network, rotary)
+        return CogVideoXDenoiser(self.network, self.rotary_embeddings())
+
+    def rotary_embeddings(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        if not self.network.config.use_rotary_positional_embeddings:
+            return None
+        return self.pipe._prepare_rotary_positional_embeddings(self.height, self.width, self.latent_frames, self.device)
 
     def vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.permute(0, 2, 1, 3, 4) / self.pipe.vae.config.scaling_factor
