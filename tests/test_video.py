@@ -208,3 +208,87 @@ def test_frame_counts_the_vae_cannot_make_are_refused(video_pipeline_dirs):
         load_model(str(video_pipeline_dirs["wan"]), height=16, width=16, num_frames=8)
     with pytest.raises(UsageError, match="odd number of latent frames"):
         load_model(str(video_pipeline_dirs["cogvideox"]), height=16, width=16, num_frames=5)
+
+
+def test_image_to_video_takes_its_image_and_only_it(video_pipeline_dirs, image_path, tmp_path):
+    from shortcut_diffusion.cli import main
+
+    i2v, t2v = str(video_pipeline_dirs["cogvideox-i2v"]), str(video_pipeline_dirs["hunyuanvideo"])
+    with pytest.raises(UsageError, match="makes a video from an image: give the conditioning image with --image"):
+        load_model(i2v, height=16, width=16, num_frames=FRAMES)
+    with pytest.raises(UsageError, match="--image applies to image-to-video pipelines"):
+        load_model(t2v, height=16, width=16, num_frames=FRAMES, image=image_path)
+    with pytest.raises(UsageError, match="no such file"):
+        load_model(i2v, height=16, width=16, num_frames=FRAMES, image=tmp_path / "missing.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(UsageError, match="not an image file PIL can read"):
+        load_model(i2v, height=16, width=16, num_frames=FRAMES, image=tmp_path / "notes.txt")
+    with pytest.raises(UsageError, match="--negative-prompt: HunyuanVideo is guidance-distilled"):
+        load_model(t2v, height=16, width=16, num_frames=FRAMES, negative_prompt="blurry")
+    assert main(["latent", "--model", "toy", "--image", str(image_path), "--out", str(tmp_path / "r")]) == 2
+
+
+@pytest.mark.parametrize("family", I2V_FAMILIES)
+def test_the_conditioning_image_is_encoded_once_and_never_trained(video_pipeline_dirs, family, image_path):
+    model = load(video_pipeline_dirs, family, image=image_path)
+    encode, calls = model.pipe.vae.encode, []
+    model.pipe.vae.encode = lambda *args, **kwargs: calls.append(1) or encode(*args, **kwargs)
+    first = model.image_condition()["condition"]
+    model.denoiser(), model.denoiser(guidance=1.0)
+    assert len(calls) == 1 and model.image_condition()["condition"] is first and not first.requires_grad
+    trained = model.embedding_parameters([PROMPT])
+    assert trained and all(p.data_ptr() != first.data_ptr() for p in trained.values())
+    # the first latent frame carries the image: another image, another condition
+    other = load(video_pipeline_dirs, family, image=image_path.parent / "other.png")
+    assert not torch.equal(other.image_condition()["condition"], first)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def other_image(image_path):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (250, 10, 10)).save(image_path.parent / "other.png")
+
+
+@pytest.mark.parametrize("family", ["hunyuanvideo", "cogvideox-i2v"])
+@pytest.mark.parametrize("command", ["gradcheck", "bench", "finetune-full", "finetune-embedding"])
+def test_measurements_and_other_targets_on_a_video_pipeline(video_pipeline_dirs, family, command, image_path,
+                                                            tmp_path, capsys):
+    """gradcheck, bench and the full and embedding targets of finetune, on a text-to-video and an
+    image-to-video pipeline."""
+    import csv
+    import json
+
+    from safetensors.torch import load_file
+
+    from shortcut_diffusion.cli import main
+
+    args = [*video_args(video_pipeline_dirs, family, image_path), "--reward", "ink"]
+    args[args.index("--batch") + 1] = "1"
+    args.remove("--no-progress")  # (finetune's option)
+    out = tmp_path / "out"
+    if command == "gradcheck":
+        args[args.index("--steps") + 1] = "3"
+        assert main(["gradcheck", "--json", *args, "--estimators", "truncated:k=all", "sdo"]) == 0
+        rows = {r["estimator"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+        assert rows["truncated:k=all"]["cosine"] == pytest.approx(1.0, abs=1e-3)
+        assert rows["full"]["nfe_backward"] == 3 and rows["sdo"]["nfe_backward"] == 1
+        assert 0 < rows["sdo"]["saved_bytes"] < rows["full"]["saved_bytes"]
+    elif command == "bench":
+        steps = args.index("--steps")
+        del args[steps:steps + 2]
+        assert main(["bench", *args, "--quick", "--estimators", "sdo", "full", "--out", str(out)]) == 0
+        rows = {(r["estimator"], r["steps"]): r for r in csv.DictReader((out / "results.csv").open())}
+        assert {("sdo", "4"), ("full", "4")} <= set(rows)
+        assert int(rows[("sdo", "4")]["saved_bytes"]) < int(rows[("full", "4")]["saved_bytes"])
+    else:
+        target = command.split("-")[1]
+        assert main(["finetune", *args, "--no-progress", "--target", target, "--max-steps", "2", "--eval-every", "0",
+                     "--eval-per-class", "1", "--checkpoint-every", "0", "--out", str(out)]) == 0
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and all(0 < r["grad_norm"] < float("inf") for r in rows)
+        exported = list((out / "final").rglob("*.safetensors"))
+        tensors = {k: v for path in exported for k, v in load_file(path).items()}
+        assert tensors and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in tensors.values())
+        if target == "embedding":  # the prompt's embeddings, never the image
+            assert all(k.split(".", 1)[1] in ("encoder_hidden_states", "pooled_projections") for k in tensors)

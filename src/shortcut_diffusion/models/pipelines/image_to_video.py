@@ -54,7 +54,8 @@ class ImageConditioned:
     width: int
     device: torch.device
 
-    def set_image(self, image: Any) -> None:
+    def set_image(self, pipe: Any, image: Any) -> None:
+        self.pipe = pipe
         if image is None:
             raise UsageError(f"{type(self.pipe).__name__} makes a video from an image: give the conditioning image "
                              "with --image PATH")
@@ -92,7 +93,7 @@ class WanImageToVideoModel(ImageConditioned, WanModel):
 
         if not hasattr(module, "ftfy"):  # diffusers cleans Wan I2V prompts with it, unguarded
             raise UsageError("WanImageToVideoPipeline needs the ftfy package to encode prompts: pip install ftfy")
-        self.set_image(image)
+        self.set_image(pipe, image)
         super().__init__(pipe, **options)
 
     def latent_shape(self, h: int, w: int) -> tuple[int, ...]:
@@ -123,7 +124,7 @@ class CogVideoXImageToVideoModel(ImageConditioned, CogVideoXModel):
     family: ClassVar[str] = "cogvideox-i2v"
 
     def __init__(self, pipe: Any, *, image: Any = None, **options: Any):
-        self.set_image(image)
+        self.set_image(pipe, image)
         super().__init__(pipe, **options)
 
     def latent_shape(self, h: int, w: int) -> tuple[int, ...]:
