@@ -103,8 +103,8 @@ def test_sdo_latent_on_a_video_pipeline(video_pipeline_dirs, family, tmp_path, i
     assert (out / "before_after.png").is_file()
 
 
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
-def test_sdo_finetune_lora_on_a_video_pipeline(video_pipeline_dirs, family, tmp_path):
+@pytest.mark.parametrize("family", VIDEO_FAMILIES + I2V_FAMILIES)
+def test_sdo_finetune_lora_on_a_video_pipeline(video_pipeline_dirs, family, tmp_path, image_path):
     import json
 
     from safetensors.torch import load_file
@@ -112,7 +112,7 @@ def test_sdo_finetune_lora_on_a_video_pipeline(video_pipeline_dirs, family, tmp_
     from shortcut_diffusion.cli import main
 
     out = tmp_path / "ft"
-    assert main(["finetune", *video_args(video_pipeline_dirs, family), "--target", "lora", "--reward", "ink",
+    assert main(["finetune", *video_args(video_pipeline_dirs, family, image_path), "--target", "lora", "--reward", "ink",
                  "--reward-frames", "last", "--max-steps", "2", "--eval-every", "0", "--eval-per-class", "1",
                  "--checkpoint-every", "0", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
