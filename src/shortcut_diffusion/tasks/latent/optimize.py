@@ -18,14 +18,13 @@ the network runs in the model's dtype under autocast, and fp16 scales the loss
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
 
-from shortcut_diffusion.meters import SavedTensorMeter, model_weights
+from shortcut_diffusion.meters import SavedTensorMeter, budget_clock, model_weights
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.options.groups import check_optimizer
 from shortcut_diffusion.gradients import GradientMethod, get_method, loss_weighted
@@ -183,7 +182,7 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
                 clip_grad: Optional[float] = None) -> tuple[Optional[dict[str, Any]], torch.Tensor]:
     """One optimization step of the latents ``z``; returns ``(row, images)``, or ``(None, images)``
     without a step when the objective is not finite."""
-    began = time.perf_counter()
+    began = budget_clock()
     optimizer.zero_grad(set_to_none=True)
     with SavedTensorMeter(exclude=model_weights(problem.model)) as meter:
         out = problem.generate(z, estimator)
@@ -207,7 +206,7 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
         if stepped and problem.method is not None:
             with torch.no_grad():
                 z.copy_(problem.method.project(z))
-    seconds = time.perf_counter() - began - checked_row.get("check_seconds", 0.0)
+    seconds = budget_clock() - began - checked_row.get("check_seconds", 0.0)
     row = {"reward": float(r.detach().mean()), "loss": float(loss.detach()), "seconds": seconds,
            "saved_bytes": max(meter.bytes, out.info.get("backward_peak_bytes", 0)), "grad_norm": grad_norm,
            "grad_steps": out.plan.graph_steps, **method_info(out.info), **problem.held_out(out.images), **checked_row}
@@ -223,13 +222,13 @@ def sequential_check(problem: LatentProblem, z: torch.Tensor, info: dict[str, An
     (not counted in the iteration's)."""
     if not info.pop("picard_check", False) or z.grad is None:
         return {}
-    began = time.perf_counter()
+    began = budget_clock()
     leaf = z.detach().clone().requires_grad_(True)
     out = problem.generate(leaf, problem.method.base)
     loss = loss_of(leaf, out.images, problem.reward(out.images, problem.labels)).sum()
     (grad,) = torch.autograd.grad(loss, leaf)
     cosine = torch.nn.functional.cosine_similarity(grad.flatten(), z.grad.flatten(), dim=0)
-    return {"picard_cosine": float(cosine), "check_seconds": time.perf_counter() - began}
+    return {"picard_cosine": float(cosine), "check_seconds": budget_clock() - began}
 
 
 def method_info(info: dict[str, Any]) -> dict[str, Any]:
