@@ -5,6 +5,8 @@ Run directory::
     config.json, metrics.jsonl (one row per optimizer step), eval.jsonl (one row per evaluation)
     eval/before.safetensors, eval/after.safetensors   fixed-noise samples: images NCHW in [-1, 1], labels
     eval/grid_step_XXXXXX.png                          evaluation samples, one row per condition
+    eval/videos/{before,after}_XX.gif (.mp4)           video models: each sample (MP4 with PyAV installed)
+    eval/before_after.png                              video models: each sample's frames, before and after
     reward_vs_time.png, summary.json
     checkpoints/step-XXXXXX/                           see :mod:`.checkpoint`
     final/                                             the trained target (see :mod:`.targets`), float32
