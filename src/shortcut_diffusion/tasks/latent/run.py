@@ -27,6 +27,7 @@ from shortcut_diffusion.io.interrupts import deferred, interrupted_fields
 from shortcut_diffusion.sampling.inversion import ddim_invert
 from shortcut_diffusion.tasks.context import RunContext, build_context
 from shortcut_diffusion.tasks.latent.config import PRESETS, DemoConfig, LatentConfig  # noqa: F401 (re-exported)
+from shortcut_diffusion.tasks.generate import frames_to_decode
 from shortcut_diffusion.tasks.memory import check_batch_fits
 from shortcut_diffusion.gradients import get_method
 from shortcut_diffusion.gradients.picard import with_rollout
@@ -82,8 +83,9 @@ def _run_latent(config: LatentConfig, estimator: Any, context: RunContext, out: 
     context.apply_memory_options(config)
     model.prepare(labels)
     estimator.check(scheduler, config.steps, start=config.warmup, step_kwargs=config.step_kwargs)
+    reads = None if held_out or config.proximity_weight else frames_to_decode(model, context.reward, draw=False)
     check_batch_fits(model, estimator, steps=config.steps - config.warmup, batch=config.batch_size, labels=labels,
-                     guidance=config.guidance, precision=context.precision)
+                     guidance=config.guidance, precision=context.precision, frames=reads)
     init = inverted_latent(config, context) if config.init.startswith("invert:") else None
     if config.offload_text_encoders and model.device.type != "cpu":
         model.offload_text_encoders()
