@@ -25,7 +25,7 @@ import torch
 
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.gradients import GradientMethod
-from shortcut_diffusion.tasks.generate import generate, reward_labels
+from shortcut_diffusion.tasks.generate import frames_to_decode, generate, reward_labels
 from shortcut_diffusion.io.interrupts import deferred
 from shortcut_diffusion.meters import budget_clock
 from shortcut_diffusion.models.base import DiffusionModel
@@ -202,7 +202,8 @@ def _micro_step(ft: FineTuning, first: int, totals: torch.Tensor) -> None:
 
     out = generate(ft.model, noise, labels, steps=config.steps, estimator=method, guidance=config.guidance,
                    scheduler=ft.scheduler, seed=config.seed + first, step_kwargs=config.step_kwargs,
-                   precision=ft.precision, callback=keep_state if config.kl_weight else None, compile=config.compile)
+                   precision=ft.precision, callback=keep_state if config.kl_weight else None, compile=config.compile,
+                   frames=frames_to_decode(ft.model, ft.reward))
     r = ft.reward(out.images, reward_labels(labels, ft.model.device))
     with ft.precision.autocast():  # minus the reward, or the method's own loss (Adjoint Matching)
         loss = method.training_loss(out, r, base=lambda: base_denoiser(ft)).sum() / ft.global_batch

@@ -29,7 +29,7 @@ from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.options.groups import check_optimizer
 from shortcut_diffusion.gradients import GradientMethod, get_method, loss_weighted
 from shortcut_diffusion.gradients.picard import PicardSettings, with_rollout
-from shortcut_diffusion.tasks.generate import detached, generate
+from shortcut_diffusion.tasks.generate import detached, frames_to_decode, generate
 from shortcut_diffusion.io.interrupts import as_interrupted, deferred
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.precision import DTYPES, Precision
@@ -136,6 +136,8 @@ class LatentProblem:
     method: Optional[GradientMethod] = None
     eval_rewards: dict[str, Callable] = field(default_factory=dict)
     """Held-out rewards (:mod:`shortcut_diffusion.rewards.held_out`): scored, never optimized."""
+    read_frames: bool = False
+    """Video models: each step decodes only the frames the reward reads (nothing else reads them)."""
 
     def held_out(self, images: torch.Tensor) -> dict[str, float]:
         return score(self.eval_rewards, images, self.labels)
@@ -184,8 +186,9 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
     without a step when the objective is not finite."""
     began = budget_clock()
     optimizer.zero_grad(set_to_none=True)
+    frames = frames_to_decode(problem.model, problem.reward) if problem.read_frames else None
     with SavedTensorMeter(exclude=model_weights(problem.model)) as meter:
-        out = problem.generate(z, estimator)
+        out = problem.generate(z, estimator, frames=frames)
     # The reward sees what the user will see: the image clamped to [-1, 1]. (Unclamped pixels
     # beyond the range are an easy reward hack that disappears on display.)
     r = problem.reward(out.images, problem.labels)
@@ -333,7 +336,8 @@ def optimize_latent(
     problem = LatentProblem(model, checked(reward), labels if isinstance(labels, list) else labels.to(model.device),
                             detached(model.conditioning(labels)), scheduler or model.scheduler, steps, warmup, seed,
                             guidance, step_kwargs, _precision(precision, name, model), compile, method,
-                            {key: checked(r) for key, r in (eval_rewards or {}).items()})
+                            {key: checked(r) for key, r in (eval_rewards or {}).items()},
+                            read_frames=not eval_rewards and not proximity_weight)
     z0 = starting_latent(problem, batch, init)
     start_images = problem.images(z0)
     start_rewards = problem.reward(start_images, problem.labels).detach()
