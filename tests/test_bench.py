@@ -106,7 +106,28 @@ def test_equal_wall_clock_rows_for_every_kind_of_method():
     rows = rw.latent_time_to_reward(load_digits_model(), "adversarial:7", 1, seconds=0.3, steps=3, batch=2,
                                     estimators=["full", "sdo", "adjoint", "doodl", "freedom:scale=1,travel=2"])
     by = {r["estimator"]: r for r in rows}
-    assert all(r["iterations"] >= 1 and r["saved_bytes"] > 0 and "judge_goal" in r for r in rows)
+    assert all(r["iterations"] >= 1 and r["saved_bytes"] > 0 and r["panel"]["count"] == 2 for r in rows)
     assert by["freedom:scale=1,travel=2"]["iterations"] == 1 and by["freedom:scale=1,travel=2"]["network_calls"] == 5
     assert by["doodl"]["saved_bytes"] > by["adjoint"]["saved_bytes"]  # two chains' step against one
-    assert "saved MiB (peak)" in rw.markdown(rows, reference="full")
+    table = rw.markdown(rows, reference="full")
+    assert "saved MiB (peak)" in table and "| all 3 judges read 7 | mlp | knn | forest | realism | saturation |" in table
+
+
+def test_the_budget_clock_is_wall_clock_or_the_processes_cpu_time(monkeypatch):
+    import time
+
+    from shortcut_diffusion import meters
+
+    monkeypatch.setattr(meters, "BUDGET_CLOCKS", {"wall": lambda: 1.0, "cpu": lambda: 2.0})
+    monkeypatch.delenv("SDO_BUDGET_CLOCK", raising=False)
+    assert meters.budget_clock() == 1.0
+    monkeypatch.setenv("SDO_BUDGET_CLOCK", "cpu")
+    assert meters.budget_clock() == 2.0
+    monkeypatch.setenv("SDO_BUDGET_CLOCK", "gpu")
+    with pytest.raises(UsageError, match="SDO_BUDGET_CLOCK"):
+        meters.budget_clock()
+    monkeypatch.undo()
+    monkeypatch.setenv("SDO_BUDGET_CLOCK", "cpu")  # a sleep costs no CPU time
+    began = meters.budget_clock()
+    time.sleep(0.2)
+    assert meters.budget_clock() - began < 0.1

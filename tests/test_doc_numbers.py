@@ -163,6 +163,7 @@ TABLES = [
     Table("docs/finetune.md", "The boldest evaluation", R + "finetune_bold_cpu.md", "The boldest evaluation"),
     Table("docs/finetune.md", "Time to 95% = to reach reward -0.0003", R + "finetune_table.md", "### digit-match"),
     Table("docs/finetune.md", "Time to 95% = to reach reward 0.9298", R + "finetune_table.md", "### ink"),
+    Table("docs/video.md", "benchmarks/video_decode_memory.py --out", R + "video_decode_memory_cpu.md", "## Results"),
 ]
 
 LINES = [Lines("docs/sampling.md", "which this block copies", R + "gradcheck_methods_cpu.md")]

@@ -208,3 +208,15 @@ def test_refusals_are_one_line(tiny, spec, scheduler_name, step_kwargs, steps, w
 def test_bad_options_are_refused(spec, words):
     with pytest.raises(UsageError, match=words):
         get_method(spec)
+
+
+def test_lagrange_weights_integrate_polynomials_and_a_one_step_segment_is_its_interval():
+    from shortcut_diffusion.gradients.surrogate.framework import lagrange
+
+    s = [1.0, 0.8, 0.55, 0.3, 0.1, 0.0]
+    for a, m, order in ((0, 5, 3), (1, 4, 3), (2, 3, 3), (4, 5, 2)):  # segments of 5, 3 and 1 steps
+        weights = lagrange(s, a, m, order)
+        assert sum(w for _, w in weights) == pytest.approx(s[m] - s[a])  # a constant velocity is exact
+        if len(weights) >= 2:  # and a linear one, at the supports' levels
+            assert sum(w * s[i] for i, w in weights) == pytest.approx((s[m] ** 2 - s[a] ** 2) / 2)
+    assert lagrange(s, 2, 3, 3) == ((2, s[3] - s[2]),)

@@ -101,6 +101,7 @@ def test_sdo_latent_on_a_video_pipeline(video_pipeline_dirs, family, tmp_path, i
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_reward"] != summary["start_reward"]
     assert (out / "before_after.png").is_file()
+    assert all((out / "videos" / f"{name}_{i:02d}.gif").is_file() for name in ("before", "after") for i in range(2))
 
 
 @pytest.mark.parametrize("family", VIDEO_FAMILIES + I2V_FAMILIES)
@@ -117,6 +118,7 @@ def test_sdo_finetune_lora_on_a_video_pipeline(video_pipeline_dirs, family, tmp_
                  "--checkpoint-every", "0", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(0 < r["grad_norm"] < float("inf") for r in rows)
+    assert (out / "eval" / "before_after.png").is_file() and (out / "eval" / "videos" / "after_00.gif").is_file()
     weights = load_file(out / "final" / "pytorch_lora_weights.safetensors")
     assert weights and all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
 

@@ -11,15 +11,33 @@
   ``peak_bytes`` the most held at once (a storage is released when the graph saving it is freed).
   They agree for one graph kept until backward; methods that build and free one step's graph at a
   time (the adjoint, DOODL) are measured by the peak.
+- :func:`budget_clock` is the clock that time budgets and per-step seconds read.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Iterable
 
 import torch
 from torch import nn
+
+
+BUDGET_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def budget_clock() -> float:
+    """Seconds on the clock that time budgets (``sdo finetune --minutes``, the benchmarks' equal
+    budgets) and per-step ``seconds`` read: wall-clock, or with ``SDO_BUDGET_CLOCK=cpu`` the
+    process's CPU time. With one thread (``OMP_NUM_THREADS=1``) CPU time equals wall-clock on an
+    idle machine and is barely moved by other processes on a shared one, so benchmarks there use it."""
+    kind = os.environ.get("SDO_BUDGET_CLOCK", "wall")
+    if kind not in BUDGET_CLOCKS:
+        from shortcut_diffusion.errors import UsageError
+
+        raise UsageError(f"SDO_BUDGET_CLOCK must be one of {', '.join(BUDGET_CLOCKS)}, got {kind!r}")
+    return BUDGET_CLOCKS[kind]()
 
 
 class CountingDenoiser(nn.Module):

@@ -219,9 +219,18 @@ class DiffusionModel(abc.ABC):
         return images
 
     # -- options of pipelines (no-ops elsewhere) ----------------------------------------------------
-    def memory_options(self, **options: bool) -> "DiffusionModel":
-        """VAE slicing/tiling/checkpointing and attention slicing, where the model has them."""
+    def memory_options(self, **options: Any) -> "DiffusionModel":
+        """VAE slicing/tiling/checkpointing and attention slicing, where the model has them;
+        ``vae_tiling`` and ``decode_chunk`` are refused on a model without a VAE."""
+        if options.get("vae_tiling") or options.get("decode_chunk"):
+            option = "--vae-tiling" if options.get("vae_tiling") else "--decode-chunk"
+            raise UsageError(f"{option}: {self.family} models decode without a VAE; it applies to latent pipelines")
         return self
+
+    def decode_frames(self, latents: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        """Video models: :meth:`images` with only what ``frames`` needs decoded (where the VAE
+        allows it); the frames not decoded are zeros."""
+        raise UsageError(f"{self.family} models make images, not videos: there are no frames to choose")
 
     def offload_text_encoders(self) -> None:
         """Move text encoders to the CPU once prompts are encoded, where the model has them."""

@@ -113,7 +113,15 @@ class MemoryOptions(Options):
     offload_text_encoders: bool = field(default=True, metadata={"help": "pipelines: move the text encoders to the CPU once the prompts are encoded"})
     vae_slicing: bool = field(default=False, metadata={"help": "pipelines: decode one image at a time"})
     vae_checkpointing: bool = field(default=False, metadata={"help": "pipelines: gradient checkpointing in the VAE decoder"})
+    vae_tiling: bool = field(default=False, metadata={"help": "pipelines: decode in overlapping spatial tiles (the VAE's own "
+                                                              "tiling; refused where the VAE has none)"})
+    decode_chunk: int = field(default=0, metadata={"help": "video pipelines with a per-frame VAE (AnimateDiff): decode this "
+                                                           "many frames at a time, each chunk checkpointed (0: all at once)"})
     attention_slicing: bool = field(default=False, metadata={"help": "pipelines: attention slicing (less memory, slower)"})
+
+    def _check(self) -> None:
+        if self.decode_chunk < 0:
+            raise UsageError(f"--decode-chunk must be >= 0 (0: all frames at once), got {self.decode_chunk}")
 
 
 @dataclass

@@ -71,11 +71,21 @@ class FrameReward:
         check_frames(frames)
         self.reward, self.frames = reward, frames
         self.generator = torch.Generator().manual_seed(seed)
+        self._drawn: Optional[tuple[int, torch.Tensor]] = None
+
+    def draw(self, count: int) -> torch.Tensor:
+        """The frames the next call on ``count``-frame videos scores, drawn now (so that only
+        they need decoding); that call uses them."""
+        self._drawn = (count, frame_index(self.frames, count, self.generator))
+        return self._drawn[1]
 
     def __call__(self, videos: torch.Tensor, prompts: Any = None) -> torch.Tensor:
         if videos.dim() != 5:
             raise UsageError(f"--reward-frames scores videos (B x T x C x H x W), got shape {tuple(videos.shape)}")
-        index = frame_index(self.frames, videos.shape[1], self.generator).to(videos.device)
+        drawn, self._drawn = self._drawn, None
+        index = drawn[1] if drawn is not None and drawn[0] == videos.shape[1] else \
+            frame_index(self.frames, videos.shape[1], self.generator)
+        index = index.to(videos.device)
         chosen = videos.index_select(1, index)
         b, k = chosen.shape[:2]
         values = self.reward(chosen.flatten(0, 1), _repeat_labels(prompts, k))

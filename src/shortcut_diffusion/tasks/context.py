@@ -44,9 +44,11 @@ class RunContext:
     scheduler: Any
 
     def apply_memory_options(self, options: MemoryOptions) -> None:
-        """The pipelines' memory options (VAE slicing and checkpointing, attention slicing)."""
+        """The pipelines' memory options (VAE slicing, tiling and checkpointing, attention slicing,
+        frame-chunked decoding)."""
         self.model.memory_options(vae_slicing=options.vae_slicing, vae_checkpointing=options.vae_checkpointing,
-                                  attention_slicing=options.attention_slicing)
+                                  attention_slicing=options.attention_slicing, vae_tiling=options.vae_tiling,
+                                  decode_chunk=options.decode_chunk)
 
 
 def open_model(options: ModelOptions, device: Optional[torch.device] = None, *, progress: bool = True) -> DiffusionModel:

@@ -26,6 +26,7 @@ import torch
 from shortcut_diffusion.meters import model_weights
 from shortcut_diffusion.gradients import GradientMethod, Sampling, as_method
 from shortcut_diffusion.models.base import DiffusionModel
+from shortcut_diffusion.rewards.reads import frames_read
 from shortcut_diffusion.sampling.loop import Plan, PlanSource, StepHook
 
 
@@ -125,6 +126,7 @@ def generate(
     compile: bool = False,
     plain: bool = False,
     step_hook: Optional[StepHook] = None,
+    frames: Optional[Sequence[int]] = None,
 ) -> Generation:
     """Sample from ``noise`` (the latent at step ``start``) and decode.
 
@@ -151,6 +153,8 @@ def generate(
         compile: run the network calls that record no graph (detached steps, warm-up, plain
             sampling) through ``torch.compile`` (:func:`compiled_denoiser`); the kept steps run
             eagerly with their graph.
+        frames: video models: decode only what these frames need (the frames a reward reads,
+            :func:`shortcut_diffusion.rewards.reads.frames_read`); the others are zeros.
     """
     denoiser = compiled_denoiser(model, guidance) if compile else model.denoiser(guidance)
     if wrap is not None:
@@ -168,8 +172,18 @@ def generate(
             out = sampling.run(noise, step_hook=step_hook)
         else:
             out = method.plain(sampling, noise) if plain else method.sample(sampling, noise, per_sample)
-        images = model.images(out.sample) if decode else None
+        images = None if not decode else model.images(out.sample) if frames is None else \
+            model.decode_frames(out.sample, frames)
     return Generation(out.sample, images, out.plan, out.plans, out.info)
+
+
+def frames_to_decode(model: DiffusionModel, reward: Any, draw: bool = True) -> Optional[list[int]]:
+    """Video models: the frames ``reward`` reads on its next call (a random choice drawn now, or
+    with ``draw=False`` the worst case of one), to pass as :func:`generate`'s ``frames``; None for
+    image models and rewards that read every frame."""
+    if len(model.image_shape) != 4:
+        return None
+    return frames_read(reward, model.image_shape[0], draw)
 
 
 def detached(value: Any) -> Any:

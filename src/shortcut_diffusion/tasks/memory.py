@@ -38,8 +38,10 @@ def available_bytes(device: torch.device) -> Optional[int]:
     return None
 
 
-def sample_graph_bytes(model: Any, label: Any, *, guidance: Optional[float] = None, precision: Any = None) -> tuple[int, int]:
-    """Bytes autograd keeps for one sample: ``(one guided network call, one decode)``."""
+def sample_graph_bytes(model: Any, label: Any, *, guidance: Optional[float] = None, precision: Any = None,
+                       frames: Optional[Sequence[int]] = None) -> tuple[int, int]:
+    """Bytes autograd keeps for one sample: ``(one guided network call, one decode)``; a video
+    model's decode of only ``frames`` when given (what the reward reads)."""
     import contextlib
 
     weights = model_weights(model)
@@ -51,17 +53,19 @@ def sample_graph_bytes(model: Any, label: Any, *, guidance: Optional[float] = No
         with SavedTensorMeter(exclude=weights) as network:
             model.denoiser(guidance)(x, t, cond)
         with SavedTensorMeter(exclude=weights) as decode:
-            model.decode(x)
+            model.decode(x) if frames is None else model.decode_frames(x, frames)
     return network.bytes, decode.bytes
 
 
 def check_batch_fits(model: Any, estimator: Any, *, steps: int, batch: int, labels: Sequence[Any],
-                     guidance: Optional[float] = None, precision: Any = None, option: str = "--batch") -> None:
-    """Refuse (UsageError) a batch whose sampling and decoding graphs would not fit the device."""
+                     guidance: Optional[float] = None, precision: Any = None, option: str = "--batch",
+                     frames: Optional[Sequence[int]] = None) -> None:
+    """Refuse (UsageError) a batch whose sampling and decoding graphs would not fit the device
+    (a video's graphs are measured over all its frames; its decode over ``frames`` when given)."""
     free = available_bytes(model.device)
     if free is None:
         return
-    network, decode = sample_graph_bytes(model, labels[0], guidance=guidance, precision=precision)
+    network, decode = sample_graph_bytes(model, labels[0], guidance=guidance, precision=precision, frames=frames)
     kept = estimator.held_graphs(steps)
     per_sample = network * kept + decode
     need = per_sample * batch

@@ -71,7 +71,7 @@ def lagrange(chain_s: list[float], a: int, m: int, order: int, uniform: bool = F
     ``a .. m - 1`` (the first is ``a``): the integrals of their Lagrange basis polynomials, or the
     interval split evenly between them (``uniform``)."""
     support = sorted({int(round(v)) for v in np.linspace(a, m - 1, order)})
-    if uniform:
+    if uniform or len(support) == 1:  # one support: its constant basis integrates to the interval
         return tuple((i, (chain_s[m] - chain_s[a]) / len(support)) for i in support)
     nodes = np.array([chain_s[i] for i in support], dtype=np.float64)
     terms = []

@@ -74,14 +74,22 @@ def latent_time_to_reward(model: Any, reward_spec: str, cond: int, *, estimators
             row["start_digits_fd"] = metrics.digits_fd(model.classifier, run.start_images)
             if target is not None:
                 row["class_fd"] = metrics.digits_fd(model.classifier, run.images, "all", [target])
-                if model.judge is not None:  # the held-out judge, never a reward, reads the goal class
-                    with torch.no_grad():
-                        read = model.judge(run.images.to(device)).argmax(1)
-                    row["judge_goal"] = float((read == target).float().mean())
+            row.update(_panel(model, run.images, cond if target is None else target))
         rows.append(row)
         iterate_images.append(torch.stack([images.cpu() for _, images in run.iterates]))
     _match_full(rows, iterate_images, model.classifier, target)
     return _finish(rows)
+
+
+def _panel(model: Any, images: torch.Tensor, goal: int) -> dict[str, Any]:
+    """The judge panel's readings (never rewards) of the goal class, realism and saturation."""
+    from shortcut_diffusion.models.testbed.panel import panel_report
+
+    report = panel_report(model, images, goal)
+    if report is None:
+        return {}
+    return {"panel": {key: report[key] for key in ("judges", "read_by_judge", "read_by_all", "count", "realism",
+                                                    "saturation")}, "goal": goal}
 
 
 def _target_class(reward_spec: str) -> Optional[int]:
@@ -164,22 +172,37 @@ def markdown(rows: list[dict[str, Any]], reference: str) -> str:
         lines += [f"### {task}, reward {reward}: {first['budget_seconds']:g} s of optimization per estimator", "",
                   f"Start: reward {first['start_reward']:.4f}" + (f", digits-FD {fd:.2f}" if fd is not None else "")
                   + f". Threshold (95% of the best improvement): {first['threshold']:.4f}.", "",
-                  f"| estimator | final reward | digits-FD | class-FD | judge reads the goal | iterations | s/iter | "
+                  f"| estimator | final reward | digits-FD | class-FD | {_panel_header(first)}iterations | s/iter | "
                   f"saved MiB (peak) | time to 95% | x {reference} |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|" + "---|" * _panel_header(first).count("|") + "---|---|---|---|---|"]
         for r in group:
             t95 = r["seconds_to_95"]
             ratio = (f"{t95 / ref['seconds_to_95']:.2f}" if t95 is not None and ref and ref["seconds_to_95"] else "-")
             fd = f"{r['digits_fd']:.2f}" if r.get("digits_fd") is not None else "-"
             cfd = f"{r['class_fd']:.2f}" if r.get("class_fd") is not None else "-"
-            judge = f"{r['judge_goal']:.0%}" if r.get("judge_goal") is not None else "-"
             saved = f"{r['saved_bytes'] / 2**20:.1f}" if r.get("saved_bytes") is not None else "-"
-            lines.append(f"| {r['estimator']} | {r['final_reward']:.4f} | {fd} | {cfd} | {judge} | {r['iterations']} | "
+            lines.append(f"| {r['estimator']} | {r['final_reward']:.4f} | {fd} | {cfd} | {_panel_cells(r)}{r['iterations']} | "
                          f"{r['seconds_per_iter']:.2f} | {saved} | {'not reached' if t95 is None else f'{t95:.1f} s'} | {ratio} |")
         lines.append("")
         if "full_final_level" in first:
             lines.append(_matched_table(group))
     return "\n".join(lines)
+
+
+def _panel_header(row: dict[str, Any]) -> str:
+    """The panel's columns (none for a model without a panel): each judge, all of them, realism, saturation."""
+    if "panel" not in row:
+        return ""
+    judges = row["panel"]["judges"]
+    return (f"all {len(judges)} judges read {row['goal']} | " + " | ".join(judges) + " | realism | saturation | ")
+
+
+def _panel_cells(row: dict[str, Any]) -> str:
+    if "panel" not in row:
+        return ""
+    p = row["panel"]
+    return (f"{p['read_by_all']}/{p['count']} | " + " | ".join(f"{p['read_by_judge'][j]}/{p['count']}" for j in p["judges"])
+            + f" | {p['realism']:.2f}x | {p['saturation']:.0%} | ")
 
 
 def _matched_table(group: list[dict[str, Any]]) -> str:

@@ -191,12 +191,18 @@ class PipelineModel(DiffusionModel):
         return self.model_latents(vae.encode(images.to(vae.dtype)).latent_dist.mean).float()
 
     def memory_options(self, *, vae_slicing: bool = False, vae_tiling: bool = False, attention_slicing: bool = False,
-                       vae_checkpointing: bool = False) -> "PipelineModel":
+                       vae_checkpointing: bool = False, decode_chunk: Optional[int] = None) -> "PipelineModel":
         """The memory switches users expect (each calls the pipeline's or the VAE's own method)."""
         vae = self.pipe.vae
+        if decode_chunk:
+            raise UsageError("--decode-chunk applies to video pipelines (frames decoded a chunk at a time); "
+                             "this pipeline makes images: use --vae-slicing")
         if vae_slicing:
             vae.enable_slicing()
         if vae_tiling:
+            if not callable(getattr(vae, "enable_tiling", None)):
+                raise UsageError(f"--vae-tiling: this pipeline's VAE ({type(vae).__name__}) has no tiled decoding; "
+                                 "use --vae-slicing or --vae-checkpointing")
             vae.enable_tiling()
         if vae_checkpointing:
             vae.enable_gradient_checkpointing()

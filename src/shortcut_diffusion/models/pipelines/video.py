@@ -22,11 +22,12 @@ CogVideoX I2V) in :mod:`.image_to_video`.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.models.pipelines.base import PipelineModel
@@ -73,16 +74,55 @@ class VideoModel(PipelineModel):
         video = vae.decode(self.vae_latents(latents).to(vae.dtype), return_dict=False)[0]
         return video.float().permute(0, 2, 1, 3, 4)
 
+    frame_decode: ClassVar[str] = "all"
+    """What a decode of some frames needs: ``all`` the latent frames, a ``causal`` prefix (a causal
+    VAE: the first latent frames decode to the first frames exactly) or ``per-frame`` (an image
+    VAE: each frame alone). Latents are ``C x T x h x w`` for the last two."""
+    decode_chunk: int = 0
+    """Frames decoded at a time, each chunk checkpointed (``--decode-chunk``; 0: all at once)."""
+
+    def frames_decoded(self, frames: Sequence[int]) -> list[int]:
+        """The frames a decode that must make ``frames`` makes (see :attr:`frame_decode`)."""
+        frames = sorted({int(f) for f in frames})
+        if not frames or frames[0] < 0 or frames[-1] >= self.num_frames:
+            raise UsageError(f"frames {frames} are not frames of a {self.num_frames}-frame video")
+        if self.frame_decode == "per-frame":
+            return frames
+        if self.frame_decode == "causal":
+            temporal = self.temporal_factor()
+            return list(range(1 + temporal * -(-frames[-1] // temporal)))
+        return list(range(self.num_frames))
+
+    def decode_frames(self, latents: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        """:meth:`images` of the frames ``frames`` (and those the VAE makes with them, see
+        :meth:`frames_decoded`); every other frame is zeros, never decoded."""
+        made = self.frames_decoded(frames)
+        if len(made) == self.num_frames:
+            return self.images(latents)
+        if self.frame_decode == "causal":
+            decoded = self.decode(latents[:, :, : 1 + (made[-1]) // self.temporal_factor()])
+        else:
+            decoded = self.decode(latents.index_select(2, torch.tensor(made, device=latents.device)))
+        decoded = decoded.float().clamp(-1, 1)
+        video = decoded.new_zeros((len(latents), *self.image_shape))
+        return video.index_copy(1, torch.tensor(made, device=video.device), decoded)
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Videos ``B x T x C x H x W`` in [-1, 1] to the latents :meth:`decode` maps back to them."""
         vae = self.pipe.vae
         posterior = vae.encode(images.permute(0, 2, 1, 3, 4).to(vae.dtype)).latent_dist
         return self.model_latents(posterior.mean).float()
 
-    def memory_options(self, *, attention_slicing: bool = False, **options: bool) -> "VideoModel":
+    def memory_options(self, *, attention_slicing: bool = False, decode_chunk: Optional[int] = None,
+                       **options: bool) -> "VideoModel":
         if attention_slicing:
             raise UsageError("--attention-slicing: video pipelines have no attention slicing; use --vae-slicing "
                              "or --vae-checkpointing")
+        if decode_chunk:
+            if self.frame_decode != "per-frame":
+                raise UsageError(f"--decode-chunk: {self.family}'s VAE decodes the frames together (a temporal VAE); "
+                                 "use --vae-checkpointing or --vae-tiling")
+            self.decode_chunk = int(decode_chunk)
         return super().memory_options(**options)
 
 
@@ -123,6 +163,7 @@ class WanDenoiser(nn.Module):
 
 class WanModel(VideoModel):
     family: ClassVar[str] = "wan"
+    frame_decode: ClassVar[str] = "causal"
     default_guidance: ClassVar[float] = 5.0
     default_frames: ClassVar[int] = 81
     size_multiple: ClassVar[int] = 2
@@ -319,6 +360,7 @@ class AnimateDiffModel(VideoModel, SDModel):
     decoded one by one by the image VAE (no temporal compression)."""
 
     family: ClassVar[str] = "animatediff"
+    frame_decode: ClassVar[str] = "per-frame"
     default_guidance: ClassVar[float] = 7.5
     default_frames: ClassVar[int] = 16
     network_name: ClassVar[str] = "unet"
@@ -342,8 +384,17 @@ class AnimateDiffModel(VideoModel, SDModel):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
         b, c, t, h, w = latents.shape
-        frames = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-        images = vae.decode(frames.to(vae.dtype), return_dict=False)[0].float()
+        frames = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w).to(vae.dtype)
+
+        def run(chunk: torch.Tensor) -> torch.Tensor:
+            return vae.decode(chunk, return_dict=False)[0]
+
+        if self.decode_chunk and self.decode_chunk < len(frames):
+            chunked = torch.is_grad_enabled()  # each chunk's graph is recomputed in the backward pass
+            images = torch.cat([checkpoint(run, part, use_reentrant=False) if chunked else run(part)
+                                for part in frames.split(self.decode_chunk)]).float()
+        else:
+            images = run(frames).float()
         return images.reshape(b, t, *images.shape[1:])
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import torch
 
 from shortcut_diffusion.io import reporting
+from shortcut_diffusion.io.video import frame_rows, save_videos
 from shortcut_diffusion.rewards import get_reward
 from shortcut_diffusion.tasks.generate import reward_labels, sample_images
 from shortcut_diffusion.io.tracking import Tracker
@@ -119,9 +120,21 @@ class Evaluation:
         if name:
             reporting.save_tensors(self.out / "eval" / f"{name}.safetensors",
                                    {"images": images, "labels": torch.as_tensor(label_index(self.labels))})
+            if images.dim() == 5:
+                self._videos(name, images)
         reporting.append_jsonl(self.out / "eval.jsonl", row)
         self.tracker.scalars(row, state.step, prefix="eval")
         return row
+
+    def _videos(self, name: str, videos: torch.Tensor) -> None:
+        """A video model's named samples as ``eval/videos/NAME_XX.gif`` (``.mp4``); after training,
+        ``eval/before_after.png``: each sample's frames before and after, on two rows."""
+        save_videos(self.out / "eval" / "videos", videos, prefix=name)
+        before = self.out / "eval" / "before.safetensors"
+        if name == "after" and before.is_file():
+            from safetensors.torch import load_file
+
+            reporting.save_grid(self.out / "eval" / "before_after.png", frame_rows(load_file(before)["images"], videos))
 
     def periodic(self, state: "TrainState") -> None:
         """An evaluation of the schedule; early stopping keeps the best weights."""

@@ -5,6 +5,8 @@ Run directory::
     config.json, metrics.jsonl (one row per optimizer step), eval.jsonl (one row per evaluation)
     eval/before.safetensors, eval/after.safetensors   fixed-noise samples: images NCHW in [-1, 1], labels
     eval/grid_step_XXXXXX.png                          evaluation samples, one row per condition
+    eval/videos/{before,after}_XX.gif (.mp4)           video models: each sample (MP4 with PyAV installed)
+    eval/before_after.png                              video models: each sample's frames, before and after
     reward_vs_time.png, summary.json
     checkpoints/step-XXXXXX/                           see :mod:`.checkpoint`
     final/                                             the trained target (see :mod:`.targets`), float32
@@ -32,6 +34,7 @@ from shortcut_diffusion.options.parsing import resolve_device
 from shortcut_diffusion.gradients import get_method
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.io.interrupts import Interrupted, as_interrupted, deferred
+from shortcut_diffusion.tasks.generate import frames_to_decode
 from shortcut_diffusion.tasks.memory import check_batch_fits
 from shortcut_diffusion.tasks.context import build_context
 from shortcut_diffusion.rewards.held_out import describe_lines
@@ -39,7 +42,7 @@ from shortcut_diffusion.io.tracking import Tracker
 from shortcut_diffusion.tasks.finetune import checkpoint as ckpt
 from shortcut_diffusion.tasks.finetune.card import write_model_card
 from shortcut_diffusion.tasks.finetune.config import RESUME_KEYS, FinetuneConfig
-from shortcut_diffusion.tasks.finetune.evaluation import Evaluation
+from shortcut_diffusion.tasks.finetune.evaluation import Evaluation, evaluation_conditions
 from shortcut_diffusion.tasks.finetune.sharding import full_state_dict
 from shortcut_diffusion.tasks.finetune.targets import make_target
 from shortcut_diffusion.tasks.finetune.train import FineTuning, TrainState, make_state, train_step
@@ -98,7 +101,11 @@ def setup(config: FinetuneConfig, estimator: Any, device: torch.device, accelera
     estimator.check(scheduler, config.steps, step_kwargs=config.step_kwargs,
                     task="finetune")
     check_batch_fits(model, estimator, steps=config.steps, batch=config.batch, labels=labels,
-                     guidance=config.guidance, precision=context.precision)
+                     guidance=config.guidance, precision=context.precision,
+                     frames=frames_to_decode(model, context.reward, draw=False))
+    if config.offload_text_encoders and model.device.type != "cpu":  # every prompt the run samples, encoded first
+        model.prepare([*labels, *(evaluation_conditions(config, model) or [])])
+        model.offload_text_encoders()
     world = accelerator.num_processes if accelerator is not None else 1
     ft = FineTuning(config, model, target, context.reward, scheduler, estimator, labels,
                     context.precision, world=world,

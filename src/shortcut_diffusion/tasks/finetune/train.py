@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
@@ -26,8 +25,9 @@ import torch
 
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.gradients import GradientMethod
-from shortcut_diffusion.tasks.generate import generate, reward_labels
+from shortcut_diffusion.tasks.generate import frames_to_decode, generate, reward_labels
 from shortcut_diffusion.io.interrupts import deferred
+from shortcut_diffusion.meters import budget_clock
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.precision import Precision
 from shortcut_diffusion.sampling.loop import derived_generator
@@ -202,7 +202,8 @@ def _micro_step(ft: FineTuning, first: int, totals: torch.Tensor) -> None:
 
     out = generate(ft.model, noise, labels, steps=config.steps, estimator=method, guidance=config.guidance,
                    scheduler=ft.scheduler, seed=config.seed + first, step_kwargs=config.step_kwargs,
-                   precision=ft.precision, callback=keep_state if config.kl_weight else None, compile=config.compile)
+                   precision=ft.precision, callback=keep_state if config.kl_weight else None, compile=config.compile,
+                   frames=frames_to_decode(ft.model, ft.reward))
     r = ft.reward(out.images, reward_labels(labels, ft.model.device))
     with ft.precision.autocast():  # minus the reward, or the method's own loss (Adjoint Matching)
         loss = method.training_loss(out, r, base=lambda: base_denoiser(ft)).sum() / ft.global_batch
@@ -248,7 +249,7 @@ def train_step(ft: FineTuning, state: TrainState) -> tuple[dict[str, Any], Optio
     """One optimizer step. Returns its metrics row and, when training must stop (a non-finite
     reward, or a non-finite gradient without loss scaling), why; the weights are then left as they were."""
     config = ft.config
-    began = time.perf_counter()
+    began = budget_clock()
     state.optimizer.zero_grad(set_to_none=True)
     totals = torch.zeros(4, device=ft.model.device)  # reward sum, kl sum, samples, graph steps
     for micro in range(config.grad_accum):
@@ -270,7 +271,7 @@ def train_step(ft: FineTuning, state: TrainState) -> tuple[dict[str, Any], Optio
             with torch.no_grad():
                 for k, p in ft.target.named_parameters().items():
                     state.ema[k].mul_(config.ema).add_(p.detach(), alpha=1 - config.ema)
-        seconds = time.perf_counter() - began
+        seconds = budget_clock() - began
         state.step += 1
         state.samples += int(totals[2])
         state.wall_clock += seconds

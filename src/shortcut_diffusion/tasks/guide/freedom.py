@@ -24,7 +24,6 @@ precision are the loop's own; a repeated step restarts from the scheduler as it 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -33,6 +32,7 @@ import torch
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.tasks.generate import generate, reward_labels
 from shortcut_diffusion.io.interrupts import as_interrupted, raise_unhandled
+from shortcut_diffusion.meters import budget_clock
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.precision import Precision
 from shortcut_diffusion.sampling.loop import GuidedStep, derived_generator
@@ -125,7 +125,7 @@ def freedom_sample(model: DiffusionModel, noise: torch.Tensor, labels: Sequence[
     first = fresh_scheduler(template, steps, device=noise.device, **model.timestep_kwargs(steps))
     hook = FreeDoM(model, reward, reward_labels(labels, model.device), scale, travel, tuple(travel_window),
                    step_levels(first), sigma_scaled(first), seed)
-    began, interrupt, stopped = time.perf_counter(), None, None
+    began, interrupt, stopped = budget_clock(), None, None
     try:
         out = generate(model, noise, list(labels), steps=steps, guidance=guidance, scheduler=template, seed=seed,
                        step_kwargs=step_kwargs, precision=precision, compile=compile, progress=progress,
@@ -140,7 +140,7 @@ def freedom_sample(model: DiffusionModel, noise: torch.Tensor, labels: Sequence[
         latents, x0 = hook.last
         with torch.no_grad():
             images = model.images(x0)
-    seconds = time.perf_counter() - began
+    seconds = budget_clock() - began
     with torch.no_grad():
         rewards = reward(images, hook.labels).detach()
     return GuidedResult(images.cpu(), latents.cpu(), rewards.cpu(), seconds, hook.calls, interrupt, stopped)

@@ -3,7 +3,9 @@
 The run directory holds ``config.json``, ``summary.json`` (the reward of the plain samples of the
 same noise and of the guided ones, seconds, network calls, and on the testbed the classifier's and
 the held-out judge's readings and the judge panel's reports ``panel`` and ``panel_start``),
-``before_after.png`` and ``final.safetensors`` (``images``, ``start_images``, ``latents``, ``rewards``).
+``before_after.png`` (video models: a frame grid, with ``videos/before_XX.gif`` and
+``videos/after_XX.gif``, ``.mp4`` too with PyAV) and ``final.safetensors`` (``images``,
+``start_images``, ``latents``, ``rewards``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 
 from shortcut_diffusion.io import reporting, rundir
+from shortcut_diffusion.io.video import save_before_after
 from shortcut_diffusion.options.parsing import resolve_device
 from shortcut_diffusion.tasks.generate import reward_labels, sample_images
 from shortcut_diffusion.tasks.guide.freedom import GuidedResult, freedom_sample
@@ -52,7 +55,7 @@ def _write(out: Path, model, labels: list, start: torch.Tensor, start_rewards: t
            held_out: dict, spec: str) -> None:
     reporting.save_tensors(out / "final.safetensors", {"images": result.images, "start_images": start,
                                                         "latents": result.latents, "rewards": result.rewards})
-    reporting.save_grid(out / "before_after.png", [start, result.images])
+    save_before_after(out, start, result.images)
     summary = {"start_reward": float(start_rewards.mean()), "final_reward": float(result.rewards.mean()), **held_out,
                "seconds": result.seconds, "network_calls": result.network_calls, "stopped": result.stopped,
                **interrupted_fields(result.interrupt)}

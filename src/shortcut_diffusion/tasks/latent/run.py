@@ -3,7 +3,9 @@
 The run directory holds ``config.json`` (everything needed to reproduce, seeds included),
 ``metrics.jsonl`` (one line per iteration: iter, reward, loss, seconds, saved_bytes, ...),
 ``reward_curve.png``, ``grid_XXXX.png`` (start row vs current row every ``grid_every``
-iterations), ``before_after.png`` and ``final.safetensors`` (``latents`` and ``images``, NCHW in
+iterations), ``before_after.png`` (video models: each sample's frames before and after, on
+two rows; with ``videos/before_XX.gif``, ``videos/after_XX.gif`` and, where PyAV is installed,
+``.mp4``) and ``final.safetensors`` (``latents`` and ``images``, NCHW in
 [-1, 1]; also ``start_images``, ``rewards``, ``labels``). ``loss`` is what Adam minimizes: minus
 the reward summed over the batch, plus the regularizers (the Gaussian prior on the noise, the
 proximity to the start), so it is on another scale than the mean ``reward``.
@@ -18,12 +20,14 @@ from typing import Any, Optional
 import torch
 
 from shortcut_diffusion.io import reporting, rundir
+from shortcut_diffusion.io.video import save_before_after
 from shortcut_diffusion.options.parsing import resolve_device
 from shortcut_diffusion.io.images import read_image
 from shortcut_diffusion.io.interrupts import deferred, interrupted_fields
 from shortcut_diffusion.sampling.inversion import ddim_invert
 from shortcut_diffusion.tasks.context import RunContext, build_context
 from shortcut_diffusion.tasks.latent.config import PRESETS, DemoConfig, LatentConfig  # noqa: F401 (re-exported)
+from shortcut_diffusion.tasks.generate import frames_to_decode
 from shortcut_diffusion.tasks.memory import check_batch_fits
 from shortcut_diffusion.gradients import get_method
 from shortcut_diffusion.gradients.picard import with_rollout
@@ -79,8 +83,9 @@ def _run_latent(config: LatentConfig, estimator: Any, context: RunContext, out: 
     context.apply_memory_options(config)
     model.prepare(labels)
     estimator.check(scheduler, config.steps, start=config.warmup, step_kwargs=config.step_kwargs)
+    reads = None if held_out or config.proximity_weight else frames_to_decode(model, context.reward, draw=False)
     check_batch_fits(model, estimator, steps=config.steps - config.warmup, batch=config.batch_size, labels=labels,
-                     guidance=config.guidance, precision=context.precision)
+                     guidance=config.guidance, precision=context.precision, frames=reads)
     init = inverted_latent(config, context) if config.init.startswith("invert:") else None
     if config.offload_text_encoders and model.device.type != "cpu":
         model.offload_text_encoders()
@@ -125,7 +130,7 @@ def _write_results(config: LatentConfig, model: DiffusionModel, labels: list, re
     if model.condition_kind == "class":
         tensors["labels"] = torch.as_tensor(labels)
     reporting.save_tensors(out / "final.safetensors", tensors)
-    reporting.save_grid(out / "before_after.png", [result.start_images, result.images])
+    save_before_after(out, result.start_images, result.images)
     iters = [row["iter"] for row in result.history]
     reporting.plot_curves(out / "reward_curve.png", {spec: (iters, [r["reward"] for r in result.history])},
                           xlabel="iteration", ylabel=f"reward ({config.reward})", title="latent optimization")
