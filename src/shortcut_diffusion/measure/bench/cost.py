@@ -14,6 +14,7 @@ claim and whether they are met, the exact command), ``cost_vs_steps.png``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -22,7 +23,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from shortcut_diffusion.io import reporting, rundir
 from shortcut_diffusion.errors import UsageError
@@ -43,9 +44,13 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeats: int, reward_spec: str,
             seed: int, device_name: str, options: Optional[dict[str, Any]] = None,
-            prompts: Sequence[str] = (), threads: Optional[int] = None, compile: bool = False) -> dict[str, Any]:
+            prompts: Sequence[str] = (), threads: Optional[int] = None, compile: bool = False,
+            lora_rank: int = 0) -> dict[str, Any]:
     """One configuration, in this process: the median over ``repeats`` timed iterations of the
-    guided computation users run (the model's own guidance unless ``options`` sets one).
+    guided computation users run (the model's own guidance unless ``options`` sets one). The
+    gradient is for the initial latent, or with ``lora_rank`` for a LoRA adapter of that rank on
+    the network's attention (an iteration of LoRA fine-tuning: what ``sdo finetune --target lora``
+    differentiates, Adjoint Matching's own loss included).
 
     ``options`` holds the other fields of a :class:`BenchConfig` (dtype, guidance, conditions,
     reward views, ...); the arguments named here win over it."""
@@ -64,10 +69,17 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     model, labels, reward, precision, device = (context.model, context.labels, context.reward, context.precision,
                                                 context.device)
     estimator = None if spec is None else get_method(spec, seed=seed)
+    target, base = "latent", None
+    if lora_rank:
+        from shortcut_diffusion.tasks.finetune.targets import LoraTarget
+
+        adapter = LoraTarget(model, rank=lora_rank)
+        target = "lora"
+        base = lambda: _disabled(adapter, model)  # noqa: E731
 
     def once(est):
-        return estimator_gradient(model, context.scheduler, est, reward, target="latent", steps=steps,
-                                  labels=labels, seed=seed, precision=precision, compile=compile)
+        return estimator_gradient(model, context.scheduler, est, reward, target=target, steps=steps,
+                                  labels=labels, seed=seed, precision=precision, compile=compile, base=base)
 
     runs, floor = [], []
     for i in range(repeats + 1):  # the first round warms up allocators and caches
@@ -87,7 +99,7 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     if estimator is not None:  # gradient fidelity: the last timed gradient against full's, same noise
         cosine = _cosine_to_full(last["gradient"], lambda: once(get_method("full", seed=seed))["gradient"])
     return {
-        "model": model_name, "task": "latent", "estimator": spec or "sampling", "steps": steps, "batch": batch,
+        "model": model_name, "task": f"lora:{lora_rank}" if lora_rank else "latent", "estimator": spec or "sampling", "steps": steps, "batch": batch,
         "seconds_per_iter": statistics.median(r["seconds"] for r in runs),
         "paired_sampling_seconds": statistics.median(floor),
         "nfe_forward": last["nfe_forward"], "nfe_backward": last["nfe_backward"],
@@ -96,6 +108,13 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
         "resolution": "x".join(map(str, model.image_shape[1:])),
         **{f"{phase}_s": statistics.median(r["phases"][phase] for r in runs) for phase in PHASES},
     }
+
+
+@contextlib.contextmanager
+def _disabled(adapter: Any, model: Any) -> Iterator[Any]:
+    """The denoiser of the network without its LoRA adapter (the base fine-tuning starts from)."""
+    with adapter.base():
+        yield model.denoiser()
 
 
 def _cosine_to_full(g: Any, full_gradient: Any) -> Optional[float]:
