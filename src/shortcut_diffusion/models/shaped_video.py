@@ -41,6 +41,7 @@ TINY_WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=
 TINY_WAN_VAE = dict(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
                     latents_mean=[0.1, -0.2, 0.0, 0.3], latents_std=[1.5, 2.0, 0.8, 1.1])
 WAN_TOKENS = 512  # the pipeline's max_sequence_length
+TINY_TOKENS = 8
 SPATIAL, TEMPORAL = 8, 4  # the VAE's compression
 
 
@@ -132,8 +133,8 @@ def shaped_wan(height: Optional[int] = None, width: Optional[int] = None, frames
     vae = diffusers.AutoencoderKLWan(**(TINY_WAN_VAE if tiny else WAN21_VAE)).eval().requires_grad_(False)
     config = TINY_WAN if tiny else WAN21_T2V_1_3B
     generator = torch.Generator().manual_seed(seed)
-    tables = {path: torch.randn(classes + 1, *shape, generator=generator)
-              for path, shape in ShapedWan.conditions(config).items()}
+    tokens = TINY_TOKENS if tiny else WAN_TOKENS
+    tables = {"encoder_hidden_states": torch.randn(classes + 1, tokens, config["text_dim"], generator=generator)}
     h, w = height // SPATIAL, width // SPATIAL
     return ShapedWan(network_module=network, scheduler=ShapedWan.new_scheduler(),
                      sample_shape=(config["in_channels"], (frames - 1) // TEMPORAL + 1, h, w), tables=tables,

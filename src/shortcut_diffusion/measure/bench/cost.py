@@ -14,7 +14,6 @@ claim and whether they are met, the exact command), ``cost_vs_steps.png``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -23,7 +22,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from shortcut_diffusion.io import reporting, rundir
 from shortcut_diffusion.errors import UsageError
@@ -71,11 +70,9 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     estimator = None if spec is None else get_method(spec, seed=seed)
     target, base = "latent", None
     if lora_rank:
-        from shortcut_diffusion.tasks.finetune.targets import LoraTarget
+        from shortcut_diffusion.measure.bench.lora import lora_adapter
 
-        adapter = LoraTarget(model, rank=lora_rank)
-        target = "lora"
-        base = lambda: _disabled(adapter, model)  # noqa: E731
+        target, base = "lora", lora_adapter(model, lora_rank)
 
     def once(est):
         return estimator_gradient(model, context.scheduler, est, reward, target=target, steps=steps,
@@ -108,13 +105,6 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
         "resolution": "x".join(map(str, model.image_shape[1:])),
         **{f"{phase}_s": statistics.median(r["phases"][phase] for r in runs) for phase in PHASES},
     }
-
-
-@contextlib.contextmanager
-def _disabled(adapter: Any, model: Any) -> Iterator[Any]:
-    """The denoiser of the network without its LoRA adapter (the base fine-tuning starts from)."""
-    with adapter.base():
-        yield model.denoiser()
 
 
 def _cosine_to_full(g: Any, full_gradient: Any) -> Optional[float]:
@@ -160,6 +150,11 @@ def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> lis
         raise UsageError(f"--steps needs positive numbers, got {config.steps}")
     if config.batch < 1 or config.repeats < 1:
         raise UsageError("batch and repeats must be positive")
+    if config.frames_grid:
+        from shortcut_diffusion.measure.bench.frames import run_frames_grid
+
+        config.check()
+        return run_frames_grid(config, command, log)
     from shortcut_diffusion.gradients import get_method
     from shortcut_diffusion.models.loading import load_model
     from shortcut_diffusion.sampling.schedulers import scheduler_for
