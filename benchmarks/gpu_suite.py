@@ -80,7 +80,7 @@ def stages(args: argparse.Namespace, work: Path) -> list[tuple[str, list[str], i
            "--device", args.device, "--repeats", "1", "--out", str(work / "scale-wan")]
     wan += (["--toy", "--frame-ladder", "1", "5", "--frames", "5", "--ladder", "1", "2", "--steps", "3",
              "--reward-frames", "stride:2", "--estimators", "sdo", "leapalign", "--in-process"] if tiny else
-            ["--frame-ladder", "81", "--ladder", "10", "20", "30", "40", "--estimators", "sdo"])
+            ["--frame-ladder", "81", "--ladder", "5", "10", "20", "--estimators", "sdo"])
     out.append(("scale-wan", wan, 600))
     return [stage for stage in out if not args.stages or stage[0] in args.stages]
 

@@ -35,7 +35,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from shortcut_diffusion.measure.bench.cost import _run_worker, is_out_of_memory, measure
 
@@ -90,9 +90,10 @@ def measured(args: argparse.Namespace, family: str, model: str, steps: int, fram
     return rows
 
 
-def family_rows(args: argparse.Namespace, family: str) -> dict[str, Any]:
+def family_rows(args: argparse.Namespace, family: str, save: Callable[[dict], Any] = lambda row: None
+                ) -> dict[str, Any]:
     if family in VIDEO:
-        return video_rows(args, family)
+        return video_rows(args, family, save)
     model = f"random:{family}" + (f":{args.resolution}" if args.resolution else "") + (":tiny" if args.tiny else "")
     ceiling, at_ceiling = None, None
     for steps in args.ladder:  # the largest N at which full backpropagation fits
@@ -105,27 +106,31 @@ def family_rows(args: argparse.Namespace, family: str) -> dict[str, Any]:
             "estimators": measured(args, family, model, steps)}
 
 
-def video_rows(args: argparse.Namespace, family: str) -> dict[str, Any]:
-    """The video family: full's ceiling over frames x steps, then every method at ``--frames``."""
+def video_rows(args: argparse.Namespace, family: str, save: Callable[[dict], Any]) -> dict[str, Any]:
+    """The video family: every method at ``--frames`` and ``--steps`` (the headline row, first),
+    then full's ceiling over frames x steps; ``save`` is called with the row as it grows, so a
+    run stopped by a time limit keeps what it measured."""
     model = f"random:{family}" + ("" if args.tiny else f":{args.video_size}") + (":tiny" if args.tiny else "")
     model += ":blocks" if args.block_checkpointing else ""
-    ceilings = []
+    row = {"family": family, "model": model, "video": True, "frames": args.frames, "steps": args.steps,
+           "lora_rank": args.lora_rank, "reward_frames": args.reward_frames, "ceilings": [], "largest_full": None,
+           "estimators": measured(args, family, model, args.steps, args.frames)}
+    save(row)
     for frames in args.frame_ladder:  # per frame count, the largest N at which full fits
         ceiling, at_ceiling = None, None
         for steps in args.ladder:
-            row = run_config(args, model, "full", steps, frames)
-            if row is None:
+            found = run_config(args, model, "full", steps, frames)
+            if found is None:
                 break
-            ceiling, at_ceiling = steps, row
-        ceilings.append({"frames": frames, "full_ceiling": ceiling, "full_at_ceiling": at_ceiling})
+            ceiling, at_ceiling = steps, found
+        row["ceilings"].append({"frames": frames, "full_ceiling": ceiling, "full_at_ceiling": at_ceiling})
+        fits = [c for c in row["ceilings"] if c["full_ceiling"] is not None]
+        largest = max(fits, key=lambda c: c["frames"] * c["full_ceiling"], default=None)
+        row["largest_full"] = None if largest is None else [largest["frames"], largest["full_ceiling"]]
+        save(row)
         if ceiling is None:  # more frames cannot fit either
             break
-    fits = [c for c in ceilings if c["full_ceiling"] is not None]
-    largest = max(fits, key=lambda c: c["frames"] * c["full_ceiling"], default=None)
-    return {"family": family, "model": model, "video": True, "frames": args.frames, "steps": args.steps,
-            "lora_rank": args.lora_rank, "reward_frames": args.reward_frames, "ceilings": ceilings,
-            "largest_full": None if largest is None else [largest["frames"], largest["full_ceiling"]],
-            "estimators": measured(args, family, model, args.steps, args.frames)}
+    return row
 
 
 def cell(row: Optional[dict[str, Any]]) -> str:
@@ -207,13 +212,20 @@ def main(argv=None) -> int:
     if args.tiny:
         args.steps_flux = None
     command = "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    results = [family_rows(args, family) for family in args.family]
+    results: list[dict[str, Any]] = []
+    for family in args.family:
+        results.append(family_rows(args, family, lambda row: write(args, command, [*results, row])))
+    print(write(args, command, results))
+    return 0
+
+
+def write(args: argparse.Namespace, command: str, results: list[dict[str, Any]]) -> str:
+    """``scale.json`` and ``scale.md`` of ``results`` (rewritten as rows are measured)."""
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scale.json").write_text(json.dumps({"command": command, "results": results}, indent=1) + "\n")
     text = markdown(results, command, args)
     (args.out / "scale.md").write_text(text)
-    print(text)
-    return 0
+    return text
 
 
 if __name__ == "__main__":

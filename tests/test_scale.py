@@ -102,3 +102,17 @@ def test_wan_ceiling_stops_at_the_first_frame_count_that_does_not_fit(tmp_path, 
     assert not any(frames == 13 for _, frames, _ in calls) and result["largest_full"] == [5, 1]
     assert result["estimators"]["sdo"] is None
     assert "| sdo | out of memory |" in (tmp_path / "scale.md").read_text()
+
+
+def test_a_stopped_wan_run_keeps_the_methods_row_and_the_ceilings_measured_so_far(tmp_path, monkeypatch):
+    def measure(**options):
+        if options["options"]["frames"] == 9:
+            raise RuntimeError("the time limit of the stage")
+        return {"peak_mem_mb": 1.0, "seconds_per_iter": 1.0, "saved_bytes": 0, "nfe_forward": 1, "nfe_backward": 1}
+
+    monkeypatch.setattr(scale, "measure", measure)
+    with pytest.raises(RuntimeError, match="time limit"):
+        wan_smoke(tmp_path, "--frame-ladder", "1", "9", "--estimators", "sdo")
+    result = json.loads((tmp_path / "scale.json").read_text())["results"][0]
+    assert result["estimators"]["sdo"]["peak_mem_mb"] == 1.0 and result["largest_full"] == [1, 2]
+    assert "| sdo | 1 | 1.00 |" in (tmp_path / "scale.md").read_text()
