@@ -17,12 +17,13 @@ The video family ``wan`` is Wan 2.1 T2V 1.3B's transformer and VAE (``random:wan
 configuration, random weights, 480 x 832 by default, transformer blocks gradient-checkpointed
 unless ``--no-block-checkpointing``) doing what video reward fine-tuning does: one iteration of
 LoRA fine-tuning (rank ``--lora-rank`` on the attention) with a multi-frame reward
-(``--reward-frames``, default every 20th decoded frame). It reports the largest N of ``--ladder``
-at which full backpropagation fits for each frame count of ``--frame-ladder``, and every method's
-peak memory and seconds per iteration at ``--frames`` (81) frames and ``--steps`` (50) steps
-(Adjoint Matching, a fine-tuning loss, applies here).
+(``--reward-frames``, default every 20th decoded frame). It reports every method's peak memory
+and seconds per iteration at ``--frames`` (81) frames and ``--steps`` (50) steps (Adjoint
+Matching, a fine-tuning loss, applies here), then the largest N of ``--ladder`` at which full
+backpropagation fits for each frame count of ``--frame-ladder``.
 
-Writes ``scale.json`` and ``scale.md`` (with the card's name).
+Writes ``scale.json`` and ``scale.md`` (with the card's name), rewritten as the video family's
+rows are measured (a run stopped by a time limit keeps what it measured).
 
     python benchmarks/scale.py --family sd15 sdxl sd3 flux --dtype bf16 --device cuda --out runs/scale
     python benchmarks/scale.py --family wan --dtype bf16 --device cuda --out runs/scale-wan
