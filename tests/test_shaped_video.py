@@ -37,3 +37,23 @@ def test_the_published_configuration_and_the_refusals():
     with pytest.raises(UsageError, match="--frames"):
         load_model("random:sd3:tiny", num_frames=5)
     assert load_model("random:wan:tiny:blocks").network.gradient_checkpointing
+
+
+def test_a_reward_on_some_frames_decodes_the_causal_prefix_only():
+    model = load_model("random:wan:tiny", num_frames=9)
+    z = torch.randn(1, *model.sample_shape)
+    full = model.images(z)
+    first = model.decode_frames(z, [0])
+    torch.testing.assert_close(first[:, 0], full[:, 0], rtol=0, atol=1e-6)
+    assert first[:, 1:].abs().max() == 0  # not decoded
+    torch.testing.assert_close(model.decode_frames(z, [3]), torch.cat([full[:, :5], torch.zeros_like(full[:, 5:])], 1),
+                               rtol=0, atol=1e-6)
+
+
+def test_sdo_latent_runs_on_random_wan_with_a_frame_reward(tmp_path, capsys):
+    from shortcut_diffusion.cli import main
+
+    assert main(["latent", "--model", "random:wan:tiny", "--frames", "5", "--reward", "neg-mse", "--reward-frames",
+                 "first", "--steps", "2", "--iters", "1", "--batch", "1", "--no-progress", "--device", "cpu",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run").is_dir()

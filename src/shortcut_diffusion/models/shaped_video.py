@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from shortcut_diffusion.errors import UsageError
+from shortcut_diffusion.models.pipelines.video import VideoModel, WanDenoiser
 from shortcut_diffusion.models.shaped import ShapedTransformer
 
 WAN21_T2V_1_3B = dict(  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers, transformer/config.json
@@ -102,9 +103,14 @@ class ShapedWan(ShapedTransformer):
         return [self.network, self.vae]
 
     def network_denoiser(self, guidance: float = 1.0) -> nn.Module:
-        from shortcut_diffusion.models.pipelines.video import WanDenoiser
-
         return WanDenoiser(self.network_module, expand=False)
+
+    frame_decode: ClassVar[str] = "causal"  # Wan's VAE: a prefix of latent frames decodes the first frames
+    frames_decoded = VideoModel.frames_decoded
+    decode_frames = VideoModel.decode_frames
+
+    def temporal_factor(self) -> int:
+        return TEMPORAL
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         config = self.vae.config
