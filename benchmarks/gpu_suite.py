@@ -13,6 +13,11 @@ budget (a stage that would start with too little time left is skipped and report
 5. ``bench-compile``: the same for sampling and sdo with ``--compile``.
 6. ``scale``: ``benchmarks/scale.py`` on SDXL, SD3 and Flux in bf16 (the largest N at which full
    backpropagation fits, and SDO, checkpointed and alignprop at N = 50, 28 for Flux).
+7. ``scale-wan``: ``benchmarks/scale.py --family wan``: Wan 2.1 T2V 1.3B at 480 x 832 in bf16, LoRA
+   fine-tuning with a multi-frame reward: the largest N at which full backpropagation fits at 81
+   frames, and SDO's peak memory and s/iter at 81 frames and 50 steps.
+
+``--stages NAME ...`` runs only those stages (``--stages scale-wan``: the Wan run alone).
 
 Writes ``suite.md`` (every stage: command, exit status, seconds, the tail of its output and its
 report) and ``suite.json`` to ``--out``, plus the bench and scale reports; the pipeline and the
@@ -71,7 +76,13 @@ def stages(args: argparse.Namespace, work: Path) -> list[tuple[str, list[str], i
              "--device", args.device, "--out", str(work / "scale")]
     scale += ["--tiny", "--ladder", "1", "2", "--steps", "2", "--repeats", "1", "--in-process"] if tiny else ["--ladder", "1", "5", "10", "20", "50"]
     out.append(("scale", scale, 600))
-    return out
+    wan = [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--family", "wan", "--dtype", "bf16",
+           "--device", args.device, "--repeats", "1", "--out", str(work / "scale-wan")]
+    wan += (["--toy", "--frame-ladder", "1", "5", "--frames", "5", "--ladder", "1", "2", "--steps", "3",
+             "--reward-frames", "stride:2", "--estimators", "sdo", "leapalign", "--in-process"] if tiny else
+            ["--frame-ladder", "81", "--ladder", "5", "10", "20", "--estimators", "sdo"])
+    out.append(("scale-wan", wan, 600))
+    return [stage for stage in out if not args.stages or stage[0] in args.stages]
 
 
 def shown(command: list[str], work: Path) -> str:
@@ -108,6 +119,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=540.0, help="seconds for all stages together")
     parser.add_argument("--work", type=Path, default=None, help="pipeline and run directories (default: a temporary one)")
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a smoke test of every stage on the CPU")
+    parser.add_argument("--stages", nargs="+", default=None, help="run only these stages (default: all)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="sdo-gpu-suite-"))
@@ -141,7 +153,8 @@ def write(args: argparse.Namespace, work: Path, results: list[dict]) -> None:
         lines += [report, ""] if report else ["```", r["tail"][-1500:], "```", ""]
     (args.out / "suite.md").write_text("\n".join(lines))
     (args.out / "suite.json").write_text(json.dumps({"device": device, "stages": results}, indent=1) + "\n")
-    for name, file in (("bench", "report.md"), ("bench-compile", "report.md"), ("scale", "scale.md")):
+    for name, file in (("bench", "report.md"), ("bench-compile", "report.md"), ("scale", "scale.md"),
+                       ("scale-wan", "scale.md")):
         if (work / name / file).is_file():
             shutil.copy(work / name / file, args.out / f"{name}_{file}")
 

@@ -159,6 +159,7 @@ TABLES = [
           "Command:"),
     Table("docs/latent.md", "nothing else running (`docs/results/guide_vs_sdo_cpu.md`)",
           R + "guide_vs_sdo_cpu.md", "Reward: digit-class:7"),
+    Table("docs/video.md", "configuration and run in", R + "video_memory_cpu.md", "KiB saved for backward"),
     Table("docs/finetune.md", "At the end of the budget", R + "finetune_bold_cpu.md", "At the end of the budget"),
     Table("docs/finetune.md", "The boldest evaluation", R + "finetune_bold_cpu.md", "The boldest evaluation"),
     Table("docs/finetune.md", "Time to 95% = to reach reward -0.0003", R + "finetune_table.md", "### digit-match"),

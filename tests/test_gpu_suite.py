@@ -20,9 +20,21 @@ def test_every_stage_runs_at_toy_sizes(tmp_path):
     failed = {r["stage"]: r["tail"][-1500:] for r in suite["stages"] if r["rc"] != 0}
     assert done.returncode == 0 and not failed, failed or done.stderr[-2000:]
     assert [r["stage"] for r in suite["stages"]] == ["pipeline", "latent-fp16", "latent-bf16", "latent-picard", "finetune-fp16",
-                                                       "finetune-bf16", "bench", "bench-compile", "scale"]
+                                                       "finetune-bf16", "bench", "bench-compile", "scale", "scale-wan"]
     text = (out / "suite.md").read_text()
     assert "| sdo |" in (out / "bench_report.md").read_text() and "raw x sampling" in text
     assert "sdxl" in (out / "scale_scale.md").read_text()
-    assert sorted(p.name for p in out.iterdir()) == ["bench-compile_report.md", "bench_report.md", "scale_scale.md",
-                                                     "suite.json", "suite.md"]
+    assert "5 frames x 2 steps" in (out / "scale-wan_scale.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["bench-compile_report.md", "bench_report.md", "scale-wan_scale.md",
+                                                     "scale_scale.md", "suite.json", "suite.md"]
+
+
+def test_stages_runs_only_the_named_stages(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--tiny", "--device", "cpu",
+                           "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--stages", "scale-wan"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    suite = json.loads((tmp_path / "out" / "suite.json").read_text())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["stage"] for r in suite["stages"]] == ["scale-wan"]
+    assert "| sdo |" in (tmp_path / "out" / "scale-wan_scale.md").read_text()

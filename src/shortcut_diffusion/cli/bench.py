@@ -19,5 +19,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = from_args(BenchConfig, args)
     run_bench(config, command="sdo " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "sdo bench")
+    if config.frames_grid:
+        print(f"results: {config.out}/video_memory.json, report: {config.out}/video_memory.md")
+        return 0
     print(f"results: {config.out}/results.csv, report: {config.out}/report.md, plot: {config.out}/cost_vs_steps.png")
     return 0

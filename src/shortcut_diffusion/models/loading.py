@@ -8,6 +8,7 @@ precision policy's first rule: the model's frozen weights are loaded in, or cast
 - ``toy``: a small random class-conditional UNet built in code;
 - ``random:FAMILY[:RESOLUTION][:tiny]`` (``sd15``, ``sdxl``, ``sd3``, ``flux``; ``sd15-random[:RESOLUTION]``
   is ``random:sd15``): the family's real network with random weights (cost at real scale);
+  ``random:wan[:HEIGHTxWIDTH][:tiny][:blocks]`` with ``num_frames``: Wan 2.1 T2V 1.3B's transformer and VAE;
 - a diffusers pipeline: a ``save_pretrained`` directory or a hub id (SD 1.x/2.x, SDXL, SD3, Flux,
   pixel-space DDPM/DDIM).
 """
@@ -57,6 +58,11 @@ def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Op
                      "--image": image}
     if name in BUILT_IN:
         model = BUILT_IN[name]()
+    elif name == "random:wan" or name.startswith("random:wan:"):
+        from shortcut_diffusion.models.shaped_video import parse_wan
+
+        model = parse_wan(name.split(":")[2:], num_frames)
+        pipeline_only.pop("--frames")  # a video family takes --frames
     elif name == "sd15-random" or name.startswith(("sd15-random:", "random:")):
         from shortcut_diffusion.models.shaped import parse_random
 

@@ -31,6 +31,9 @@ class BenchConfig(RewardOptions, ConditionOptions, ModelOptions):
     finetune_minutes: float = field(default=2.0, metadata={"help": "time-to-reward: minutes of LoRA fine-tuning per estimator"})
     compile: bool = redefault(SamplingOptions, "compile", False, help="run the network calls that record no graph through "
                               "torch.compile (compiled in the warm-up round, outside the timed iterations)")
+    frames_grid: list[int] = field(default_factory=list, metadata={
+        "help": "video models: bytes saved for backward at each of these frame counts x each --steps, in this "
+                "process (video_memory.md; default estimators full, checkpointed, truncated:k=2, sdo)"})
     quick: bool = field(default=False, metadata={"help": "tiny run that checks the harness (steps 2 and 4, 1 repeat, batch 2, "
                                                          "in this process: peak memory is not per configuration)"})
 

@@ -43,9 +43,13 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeats: int, reward_spec: str,
             seed: int, device_name: str, options: Optional[dict[str, Any]] = None,
-            prompts: Sequence[str] = (), threads: Optional[int] = None, compile: bool = False) -> dict[str, Any]:
+            prompts: Sequence[str] = (), threads: Optional[int] = None, compile: bool = False,
+            lora_rank: int = 0) -> dict[str, Any]:
     """One configuration, in this process: the median over ``repeats`` timed iterations of the
-    guided computation users run (the model's own guidance unless ``options`` sets one).
+    guided computation users run (the model's own guidance unless ``options`` sets one). The
+    gradient is for the initial latent, or with ``lora_rank`` for a LoRA adapter of that rank on
+    the network's attention (an iteration of LoRA fine-tuning: what ``sdo finetune --target lora``
+    differentiates, Adjoint Matching's own loss included).
 
     ``options`` holds the other fields of a :class:`BenchConfig` (dtype, guidance, conditions,
     reward views, ...); the arguments named here win over it."""
@@ -64,10 +68,15 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     model, labels, reward, precision, device = (context.model, context.labels, context.reward, context.precision,
                                                 context.device)
     estimator = None if spec is None else get_method(spec, seed=seed)
+    target, base = "latent", None
+    if lora_rank:
+        from shortcut_diffusion.measure.bench.lora import lora_adapter
+
+        target, base = "lora", lora_adapter(model, lora_rank)
 
     def once(est):
-        return estimator_gradient(model, context.scheduler, est, reward, target="latent", steps=steps,
-                                  labels=labels, seed=seed, precision=precision, compile=compile)
+        return estimator_gradient(model, context.scheduler, est, reward, target=target, steps=steps,
+                                  labels=labels, seed=seed, precision=precision, compile=compile, base=base)
 
     runs, floor = [], []
     for i in range(repeats + 1):  # the first round warms up allocators and caches
@@ -87,7 +96,7 @@ def measure(model_name: str, spec: Optional[str], steps: int, batch: int, repeat
     if estimator is not None:  # gradient fidelity: the last timed gradient against full's, same noise
         cosine = _cosine_to_full(last["gradient"], lambda: once(get_method("full", seed=seed))["gradient"])
     return {
-        "model": model_name, "task": "latent", "estimator": spec or "sampling", "steps": steps, "batch": batch,
+        "model": model_name, "task": f"lora:{lora_rank}" if lora_rank else "latent", "estimator": spec or "sampling", "steps": steps, "batch": batch,
         "seconds_per_iter": statistics.median(r["seconds"] for r in runs),
         "paired_sampling_seconds": statistics.median(floor),
         "nfe_forward": last["nfe_forward"], "nfe_backward": last["nfe_backward"],
@@ -141,6 +150,11 @@ def run_bench(config: BenchConfig, command: str = "sdo bench", log=print) -> lis
         raise UsageError(f"--steps needs positive numbers, got {config.steps}")
     if config.batch < 1 or config.repeats < 1:
         raise UsageError("batch and repeats must be positive")
+    if config.frames_grid:
+        from shortcut_diffusion.measure.bench.frames import run_frames_grid
+
+        config.check()
+        return run_frames_grid(config, command, log)
     from shortcut_diffusion.gradients import get_method
     from shortcut_diffusion.models.loading import load_model
     from shortcut_diffusion.sampling.schedulers import scheduler_for

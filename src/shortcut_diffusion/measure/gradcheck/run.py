@@ -52,6 +52,11 @@ def _variables(model: DiffusionModel, x: torch.Tensor, cond: Any, target: str) -
     if target == "latent":
         x.requires_grad_(True)
         return cond, [x]
+    if target == "lora":  # the adapter a caller added to the network (``add_lora``), as fine-tuning trains it
+        adapter = [p for name, p in model.network.named_parameters() if "lora_" in name]
+        if not adapter:
+            raise UsageError("target lora needs a LoRA adapter on the network")
+        return cond, [p.requires_grad_(True) for p in adapter]
     if target == "cond":
         cond, leaves = _differentiable_cond(cond)
         if not leaves:
@@ -74,18 +79,21 @@ def estimator_gradient(
     step_kwargs: Optional[dict] = None,
     precision: Optional[Precision] = None,
     compile: bool = False,
+    base: Optional[Any] = None,
 ) -> dict[str, Any]:
     """One estimator's gradient of ``reward`` w.r.t. ``target`` through :func:`generate` (the
     guided computation users run), with its measured cost.
 
-    ``estimator=None`` measures plain sampling without grad (the floor every estimator pays).
+    ``estimator=None`` measures plain sampling without grad (the floor every estimator pays). The
+    loss is the method's fine-tuning loss (minus the reward, or its own: Adjoint Matching's, which
+    needs ``base``, a context manager giving the denoiser fine-tuning started from).
     Memory is what the sampling graph saves for backward, or the most a method's own backward
     pass holds at once where that is more (the recomputing methods).
     """
     with torch.set_grad_enabled(estimator is not None):
         return _estimator_gradient(model, scheduler, estimator, reward, target=target, steps=steps, labels=labels,
                                    seed=seed, guidance=guidance, step_kwargs=step_kwargs, precision=precision,
-                                   compile=compile)
+                                   compile=compile, base=base)
 
 
 def _clock(device: torch.device) -> float:
@@ -101,7 +109,7 @@ def _start(model: DiffusionModel, labels: list, seed: int, target: str) -> tuple
 
 
 def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, labels, seed, guidance, step_kwargs,
-                        precision, compile):
+                        precision, compile, base):
     device = model.device
     x, cond, params = _start(model, labels, seed, target)
     counter: dict[str, CountingDenoiser] = {}
@@ -119,7 +127,12 @@ def _estimator_gradient(model, scheduler, estimator, reward, *, target, steps, l
     sampled, sampling_forward = clock(), counter["d"].forward_seconds
     with precision.autocast() if precision is not None else contextlib.nullcontext():
         images = model.images(out.latents)
-    loss = -loss_weighted(reward(images, reward_labels(labels, device)), out.info).sum()
+    rewards = reward(images, reward_labels(labels, device))
+    if hasattr(estimator, "training_loss") and rewards.requires_grad:  # a method's own loss (Adjoint Matching)
+        with precision.autocast() if precision is not None else contextlib.nullcontext():
+            loss = estimator.training_loss(out, rewards, base=base).sum()
+    else:
+        loss = -loss_weighted(rewards, out.info).sum()
     scored = clock()
     grads = torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad else [None] * len(params)
     end = clock()
