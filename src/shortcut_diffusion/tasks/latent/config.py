@@ -3,6 +3,7 @@ so the command line builds without torch; the run itself is :mod:`.latent`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
@@ -34,6 +35,14 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
     iters: int = field(default=30, metadata={"help": "optimization iterations"})
     prior_weight: Optional[float] = field(default=None, metadata={"help": "weight of the Gaussian (chi) prior on the initial noise (default: 100 when the initial noise is optimized, else 0)"})
     proximity_weight: float = field(default=0.0, metadata={"help": "weight of the pixel distance to the starting samples"})
+    select: str = field(default="last", metadata={"help": "which iterate each sample keeps: last, or own-samples (early "
+                                                     "stopping on realism: per sample the iterate nearest to the "
+                                                     "model's own samples of its target class, among those whose "
+                                                     "reward reached --select-min-reward; see docs/latent.md)",
+                                             "choices": ["last", "own-samples"]})
+    select_min_reward: float = field(default=-0.1, metadata={"help": "--select own-samples: the reward an iterate "
+                                                                     "must reach to be kept (-0.1: the classifier "
+                                                                     "gives the class at least 90%%)"})
     grid_every: int = field(default=10, metadata={"help": "write a start-vs-current grid every k iterations (0: never)"})
     rollout: str = field(default="sequential", metadata={"help": "how SDO's rollout is found: sequential (the sampler's "
                                                                "loop) or picard (warm-started parallel sweeps; ddim "
@@ -94,13 +103,19 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
         with_rollout(method, self.rollout, self.picard_settings())
         if self.grid_every < 0:
             raise UsageError(f"--grid-every must be >= 0, got {self.grid_every}")
+        if not math.isfinite(self.select_min_reward):
+            raise UsageError(f"--select-min-reward must be finite, got {self.select_min_reward}")
 
 
 @dataclass
 class DemoConfig(LatentConfig):
     """``sdo demo``: ``sdo latent`` with its defaults, the reward averaged over translated views
     (without them a few of the 7s fool the classifier more than they look like 7s: the held-out
-    judge reads 14 of 16 as 7, against 16 of 16 with them), written to ``runs/demo``."""
+    judge reads 14 of 16 as 7, against 16 of 16 with them), 36 iterations, each sample keeping its
+    iterate nearest to the model's own 7s among those where the classifier gives 7 at least 90%
+    (``--select own-samples``: see docs/latent.md), written to ``runs/demo``."""
 
     reward_augment: list[str] = redefault(RewardOptions, "reward_augment", ["translation"])
+    select: str = redefault(LatentConfig, "select", "own-samples")
+    iters: int = redefault(LatentConfig, "iters", 36)
     out: str = redefault(RunOptions, "out", "runs/demo")

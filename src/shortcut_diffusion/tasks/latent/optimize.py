@@ -181,9 +181,9 @@ def objective(z: torch.Tensor, images: torch.Tensor, rewards: torch.Tensor, *, s
 
 def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.Optimizer, estimator: Any, *,
                 start_images: torch.Tensor, prior_weight: float = 0.0, proximity_weight: float = 0.0,
-                clip_grad: Optional[float] = None) -> tuple[Optional[dict[str, Any]], torch.Tensor]:
-    """One optimization step of the latents ``z``; returns ``(row, images)``, or ``(None, images)``
-    without a step when the objective is not finite."""
+                clip_grad: Optional[float] = None) -> tuple[Optional[dict[str, Any]], torch.Tensor, torch.Tensor]:
+    """One optimization step of the latents ``z``; returns ``(row, images, per-sample rewards)``, or
+    ``(None, images, rewards)`` without a step when the objective is not finite."""
     began = budget_clock()
     optimizer.zero_grad(set_to_none=True)
     frames = frames_to_decode(problem.model, problem.reward) if problem.read_frames else None
@@ -195,7 +195,7 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
     loss = objective(z, out.images, loss_weighted(r, out.info), start_images=start_images, prior_weight=prior_weight,
                      proximity_weight=proximity_weight).sum()
     if not torch.isfinite(loss):
-        return None, out.images
+        return None, out.images, r.detach()
     if loss.requires_grad:
         problem.precision.backward(loss)
         problem.precision.unscale(optimizer)
@@ -215,7 +215,7 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
            "grad_steps": out.plan.graph_steps, **method_info(out.info), **problem.held_out(out.images), **checked_row}
     if problem.precision.scaled:
         row["step_skipped"] = not stepped  # fp16: the scaled gradient overflowed; the scale is lowered
-    return row, out.images
+    return row, out.images, r.detach()
 
 
 def sequential_check(problem: LatentProblem, z: torch.Tensor, info: dict[str, Any], loss_of: Callable
@@ -296,6 +296,7 @@ def optimize_latent(
     eval_rewards: Optional[dict[str, Callable]] = None,
     rollout: str = "sequential",
     picard: Optional[PicardSettings] = None,
+    select: Optional[Any] = None,
 ) -> LatentResult:
     """Optimize latents of ``model`` so that ``reward(decode(sample), labels)`` increases.
 
@@ -322,6 +323,8 @@ def optimize_latent(
         eval_rewards: held-out rewards by name (``eval_reward/<spec>``), scored, never optimized.
         rollout, picard: ``sequential`` (the loop) or ``picard``: SDO's rollout by warm-started
             parallel sweeps with ``picard`` settings (:mod:`shortcut_diffusion.gradients.picard`).
+        select: per-sample best-iterate selection (:mod:`.selection`; offered every iteration's
+            latents, samples and rewards, and the final ones), or None: the last iterate.
     """
     labels, batch = _labels(labels, batch)
     method = with_rollout(get_method(estimator, seed=seed), rollout, picard)
@@ -346,19 +349,26 @@ def optimize_latent(
     regularizers = dict(start_images=start_images, prior_weight=prior_weight, proximity_weight=proximity_weight)
     history, stopped, last_good, current, interrupt = _iterate(
         problem, z, optimizer, method, iters=iters, max_seconds=max_seconds, progress=progress,
-        callback=callback, clip_grad=clip_grad, **regularizers)
-    return _result(problem, regularizers, start_rewards, history, stopped, last_good, current, interrupt)
+        callback=callback, clip_grad=clip_grad, select=select, **regularizers)
+    return _result(problem, regularizers, start_rewards, history, stopped, last_good, current, interrupt, select)
 
 
 def _result(problem: LatentProblem, regularizers: dict[str, Any], start_rewards: torch.Tensor, history: list,
             stopped: Optional[str], last_good: torch.Tensor, current: Optional[torch.Tensor],
-            interrupt: Optional[int]) -> LatentResult:
-    """The run's result: the latents kept (see :func:`_final_samples`), their samples and rewards."""
+            interrupt: Optional[int], select: Optional[Any] = None) -> LatentResult:
+    """The run's result: the latents kept (see :func:`_final_samples`; per sample the ``select``ed
+    iterate where one is given), their samples and rewards."""
     latents, final_images, final_rewards = _final_samples(problem, last_good, current, regularizers)
     if latents is not current and current is not None and stopped is None:
         stopped = "the last update gave non-finite latents, samples or objective; kept the previous latents"
     if not torch.isfinite(final_rewards).all() and stopped is None:
         stopped = "the final samples have a non-finite reward"
+    if select is not None:
+        select.offer(latents, final_images, final_rewards)
+        chosen = select.chosen(latents)
+        if not torch.equal(chosen, latents):
+            final_images = problem.images(chosen)
+            latents, final_rewards = chosen, problem.reward(final_images, problem.labels).detach()
     start_images = regularizers["start_images"]
     return LatentResult(latents.cpu(), final_images.cpu(), start_images.cpu(),
                         final_rewards.cpu(), start_rewards.cpu(), history, stopped, interrupt,
@@ -380,7 +390,7 @@ def _final_samples(problem: LatentProblem, last_good: torch.Tensor, current: Opt
 
 def _iterate(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.Optimizer, estimator: Any, *,
              iters: int, max_seconds: Optional[float], progress: bool, callback: Optional[Callable],
-             **step_options: Any) -> tuple[list[dict[str, Any]], Optional[str], torch.Tensor, Optional[torch.Tensor],
+             select: Optional[Any] = None, **step_options: Any) -> tuple[list[dict[str, Any]], Optional[str], torch.Tensor, Optional[torch.Tensor],
                                            Optional[int]]:
     """The iterations: ``(history, why they stopped early or None, the last latents whose objective
     was finite, the latents of the last update when they were never scored (else None), the signal
@@ -393,11 +403,13 @@ def _iterate(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.Opt
             if max_seconds is not None and elapsed >= max_seconds:
                 break
             evaluated = z.detach().clone()
-            row, images = latent_step(problem, z, optimizer, estimator, **step_options)
+            row, images, rewards = latent_step(problem, z, optimizer, estimator, **step_options)
             if row is None:
                 stopped = f"non-finite objective at iteration {it}; kept the last good latents"
                 break
             last_good = evaluated
+            if select is not None:  # the latents before this step, their samples and the rewards of the step
+                select.offer(evaluated, images.detach(), rewards)
             elapsed += row["seconds"]
             history.append({"iter": it, **row, "wall_clock": elapsed})
             bar.set_postfix(reward=f"{row['reward']:.3f}")

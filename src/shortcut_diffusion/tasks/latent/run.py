@@ -34,6 +34,7 @@ from shortcut_diffusion.gradients.picard import with_rollout
 from shortcut_diffusion.models.base import DiffusionModel
 from shortcut_diffusion.tasks.latent.optimize import LatentResult, optimize_latent
 from shortcut_diffusion.rewards.held_out import describe_lines, eval_rewards, start_final
+from shortcut_diffusion.tasks.latent.selection import make_selection
 from shortcut_diffusion.tasks.panel import panel_lines, panel_summary
 from shortcut_diffusion.io.tracking import Tracker
 
@@ -101,6 +102,8 @@ def _run_latent(config: LatentConfig, estimator: Any, context: RunContext, out: 
         progress=config.progress, callback=_recorder(config, out, tracker), compile=config.compile,
         eval_rewards=held_out,
         rollout=config.rollout, picard=config.picard_settings(),
+        select=make_selection(config.select, model, config.reward, labels, seed=config.seed,
+                              min_reward=config.select_min_reward),
     )
     _write_results(config, model, labels, result, estimator.spec, out)
     return result, out
