@@ -57,3 +57,11 @@ def test_a_pipeline_card_loads_with_diffusers(pipeline_dirs, tmp_path, target):
         saved = UNet2DConditionModel.from_pretrained(tmp_path / "ft" / "final" / "unet")
         name, weight = next(iter(saved.state_dict().items()))
         torch.testing.assert_close(unet.state_dict()[name], weight, rtol=0, atol=0)
+
+
+def test_an_image_to_video_card_loads_the_base_with_its_conditioning_image(tmp_path):
+    from shortcut_diffusion.tasks.finetune.card import _loading
+
+    snippet = "\n".join(_loading(object(), "embedding", "some/i2v-model", tmp_path, image="cat.png"))
+    assert f"load_finetuned(load_model('some/i2v-model', image='cat.png'), {str(tmp_path)!r})" in snippet
+    assert "image=" not in "\n".join(_loading(object(), "embedding", "some/t2v-model", tmp_path))

@@ -24,7 +24,7 @@ def _evaluation_table(before: dict[str, Any], after: dict[str, Any]) -> list[str
     return lines
 
 
-def _loading(model: Any, target: str, base: str, directory: Path) -> list[str]:
+def _loading(model: Any, target: str, base: str, directory: Path, image: Any = None) -> list[str]:
     """The loading snippet: diffusers for a pipeline that can take the result, sdo otherwise."""
     pipe = getattr(model, "pipe", None)
     if pipe is not None and target == "lora" and hasattr(pipe, "load_lora_weights"):
@@ -37,8 +37,9 @@ def _loading(model: Any, target: str, base: str, directory: Path) -> list[str]:
                 f"{name} = {cls}.from_pretrained({str(directory / 'unet')!r})",
                 f"pipe = DiffusionPipeline.from_pretrained({base!r}, {name}={name})",
                 "```"]
+    load = f"load_model({base!r}" + (f", image={str(image)!r})" if image else ")")  # image-to-video: its image
     return ["```python", "from shortcut_diffusion import load_model", "from shortcut_diffusion.tasks.finetune import load_finetuned",
-            "", f"model = load_finetuned(load_model({base!r}), {str(directory)!r})", "```"]
+            "", f"model = load_finetuned({load}, {str(directory)!r})", "```"]
 
 
 def write_model_card(directory: Path, model: Any, config: Any, summary: dict[str, Any]) -> Path:
@@ -53,7 +54,7 @@ def write_model_card(directory: Path, model: Any, config: Any, summary: dict[str
              "## Evaluation", "",
              f"The same fixed noise ({config.eval_per_class} samples per condition) before and after training:", "",
              *_evaluation_table(summary["before"], summary["after"]), "",
-             "## Loading", "", *_loading(model, target, config.model, directory), ""]
+             "## Loading", "", *_loading(model, target, config.model, directory, getattr(config, "image", None)), ""]
     path = directory / CARD
     reporting.atomic_write_bytes(path, "\n".join(lines).encode())
     return path
