@@ -137,6 +137,9 @@ class LatentProblem:
     method: Optional[GradientMethod] = None
     eval_rewards: dict[str, Callable] = field(default_factory=dict)
     """Held-out rewards (:mod:`shortcut_diffusion.rewards.held_out`): scored, never optimized."""
+    clock: Callable[[], float] = time.perf_counter
+    """What an iteration's ``seconds`` are read from (``time.process_time``: CPU time, for
+    measurements on a shared machine)."""
 
     def held_out(self, images: torch.Tensor) -> dict[str, float]:
         return score(self.eval_rewards, images, self.labels)
@@ -183,7 +186,7 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
                 clip_grad: Optional[float] = None) -> tuple[Optional[dict[str, Any]], torch.Tensor]:
     """One optimization step of the latents ``z``; returns ``(row, images)``, or ``(None, images)``
     without a step when the objective is not finite."""
-    began = time.perf_counter()
+    began = problem.clock()
     optimizer.zero_grad(set_to_none=True)
     with SavedTensorMeter(exclude=model_weights(problem.model)) as meter:
         out = problem.generate(z, estimator)
@@ -207,7 +210,7 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
         if stepped and problem.method is not None:
             with torch.no_grad():
                 z.copy_(problem.method.project(z))
-    seconds = time.perf_counter() - began - checked_row.get("check_seconds", 0.0)
+    seconds = problem.clock() - began - checked_row.get("check_seconds", 0.0)
     row = {"reward": float(r.detach().mean()), "loss": float(loss.detach()), "seconds": seconds,
            "saved_bytes": max(meter.bytes, out.info.get("backward_peak_bytes", 0)), "grad_norm": grad_norm,
            "grad_steps": out.plan.graph_steps, **method_info(out.info), **problem.held_out(out.images), **checked_row}
@@ -223,13 +226,13 @@ def sequential_check(problem: LatentProblem, z: torch.Tensor, info: dict[str, An
     (not counted in the iteration's)."""
     if not info.pop("picard_check", False) or z.grad is None:
         return {}
-    began = time.perf_counter()
+    began = problem.clock()
     leaf = z.detach().clone().requires_grad_(True)
     out = problem.generate(leaf, problem.method.base)
     loss = loss_of(leaf, out.images, problem.reward(out.images, problem.labels)).sum()
     (grad,) = torch.autograd.grad(loss, leaf)
     cosine = torch.nn.functional.cosine_similarity(grad.flatten(), z.grad.flatten(), dim=0)
-    return {"picard_cosine": float(cosine), "check_seconds": time.perf_counter() - began}
+    return {"picard_cosine": float(cosine), "check_seconds": problem.clock() - began}
 
 
 def method_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -294,6 +297,7 @@ def optimize_latent(
     eval_rewards: Optional[dict[str, Callable]] = None,
     rollout: str = "sequential",
     picard: Optional[PicardSettings] = None,
+    clock: Optional[Callable[[], float]] = None,
 ) -> LatentResult:
     """Optimize latents of ``model`` so that ``reward(decode(sample), labels)`` increases.
 
@@ -314,12 +318,14 @@ def optimize_latent(
         precision: ``fp32``, ``bf16``, ``fp16`` or a :class:`~shortcut_diffusion.precision.Precision`
             (default: the model's dtype).
         callback: called after every iteration with ``(row, latents, images)``.
-        max_seconds: also stop once the iterations have taken this long (a wall-clock budget;
+        max_seconds: also stop once the iterations have taken this long on ``clock`` (a budget;
             the callback's time is not counted).
         compile: run the network calls that record no graph through ``torch.compile``.
         eval_rewards: held-out rewards by name (``eval_reward/<spec>``), scored, never optimized.
         rollout, picard: ``sequential`` (the loop) or ``picard``: SDO's rollout by warm-started
             parallel sweeps with ``picard`` settings (:mod:`shortcut_diffusion.gradients.picard`).
+        clock: what ``seconds`` and ``max_seconds`` are read from (default ``time.perf_counter``;
+            ``time.process_time`` for CPU time).
     """
     labels, batch = _labels(labels, batch)
     method = with_rollout(get_method(estimator, seed=seed), rollout, picard)
@@ -334,7 +340,7 @@ def optimize_latent(
     problem = LatentProblem(model, checked(reward), labels if isinstance(labels, list) else labels.to(model.device),
                             detached(model.conditioning(labels)), scheduler or model.scheduler, steps, warmup, seed,
                             guidance, step_kwargs, _precision(precision, name, model), compile, method,
-                            {key: checked(r) for key, r in (eval_rewards or {}).items()})
+                            {key: checked(r) for key, r in (eval_rewards or {}).items()}, clock or time.perf_counter)
     z0 = starting_latent(problem, batch, init)
     start_images = problem.images(z0)
     start_rewards = problem.reward(start_images, problem.labels).detach()
