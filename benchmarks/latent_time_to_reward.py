@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from shortcut_diffusion.measure.bench import reward as rw
@@ -30,6 +31,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/latent_ttr")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="what the budget and s/iter are read from: wall-clock, or the process's CPU time "
+                             "(time.process_time: for one thread on a shared machine)")
     parser.add_argument("--docs", default=None, help="also copy the outputs there, as latent_time_to_reward_cpu.*")
     args = parser.parse_args(argv)
     command = "python benchmarks/latent_time_to_reward.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -37,7 +41,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model = load_digits_model()
     rows = rw.latent_time_to_reward(model, "digit-class:7", 1, estimators=args.estimators,
-                                    seconds=args.seconds, steps=args.steps, batch=args.batch, seed=args.seed)
+                                    seconds=args.seconds, steps=args.steps, batch=args.batch, seed=args.seed,
+                                    clock=time.process_time if args.clock == "cpu" else None)
     mean, std = rw.real_fd_spread(model.classifier, 7, args.batch)
     text = (f"Command: `{command}`\n\n" + rw.markdown(rows, reference="full") + "\n" + "\n".join(rw.targets(rows))
             + f"\n\nFor scale: {args.batch} real held-out 7s have class-FD {mean:.1f} +- {std:.1f} against all real 7s "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -34,7 +34,7 @@ class LatentRun:
 
 
 def run_method(model: Any, reward: Callable, labels: torch.Tensor, spec: str, *, seconds: float, steps: int,
-               lr: float, seed: int) -> LatentRun:
+               lr: float, seed: int, clock: Optional[Callable[[], float]] = None) -> LatentRun:
     """``spec`` on the initial noise of ``labels`` for ``seconds`` of optimization."""
     if spec.partition(":")[0] == "freedom":
         return _freedom(model, reward, labels, spec, steps=steps, seed=seed)
@@ -47,7 +47,7 @@ def run_method(model: Any, reward: Callable, labels: torch.Tensor, spec: str, *,
     method = with_rollout(get_method(base, seed=seed), rollout or "sequential")
     zs: list[tuple[float, torch.Tensor]] = []
     result = optimize_latent(model, reward, labels, estimator=method, steps=steps, iters=10**6, lr=lr, seed=seed,
-                             progress=False, max_seconds=seconds,
+                             progress=False, max_seconds=seconds, clock=clock,
                              callback=lambda row, z, images: zs.append((row["wall_clock"], z.clone())))
 
     def resample(z: torch.Tensor, lab: list) -> torch.Tensor:  # the method's own chain

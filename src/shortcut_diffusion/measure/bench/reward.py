@@ -20,7 +20,7 @@ import json
 import statistics
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -47,9 +47,10 @@ def _finish(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def latent_time_to_reward(model: Any, reward_spec: str, cond: int, *, estimators: Sequence[str] = LATENT_ESTIMATORS,
                           seconds: float = 60.0, steps: int = 50, batch: int = 8, lr: float = 0.15,
-                          seed: int = 0) -> list[dict[str, Any]]:
+                          seed: int = 0, clock: Optional[Callable[[], float]] = None) -> list[dict[str, Any]]:
     """Latent optimization of the initial noise for ``seconds`` per estimator (or recomputing
-    method, or ``freedom`` guided pass: :mod:`.latent_methods`)."""
+    method, or ``freedom`` guided pass: :mod:`.latent_methods`), read from ``clock`` (default
+    ``time.perf_counter``)."""
     from shortcut_diffusion.rewards import get_reward
     from shortcut_diffusion.models.testbed import metrics
     from shortcut_diffusion.measure.bench.latent_methods import run_method
@@ -60,7 +61,7 @@ def latent_time_to_reward(model: Any, reward_spec: str, cond: int, *, estimators
     rows, iterate_images = [], []
     target = _target_class(reward_spec)
     for spec in estimators:
-        run = run_method(model, reward, labels, spec, seconds=seconds, steps=steps, lr=lr, seed=seed)
+        run = run_method(model, reward, labels, spec, seconds=seconds, steps=steps, lr=lr, seed=seed, clock=clock)
         with torch.no_grad():
             scored = [float(reward(images.to(device), labels.to(device)).mean()) for _, images in run.iterates]
             start_reward = float(reward(run.start_images.to(device), labels.to(device)).mean())

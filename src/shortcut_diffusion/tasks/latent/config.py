@@ -48,7 +48,7 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
                                                                "loop) or picard (warm-started parallel sweeps; ddim "
                                                                "eta 0 or flow-euler; see docs/latent.md)",
                                                        "choices": ["sequential", "picard"]})
-    picard_sweeps: int = field(default=2, metadata={"help": "--rollout picard: parallel sweeps at most per iteration"})
+    picard_sweeps: int = field(default=1, metadata={"help": "--rollout picard: parallel sweeps at most per iteration"})
     picard_tol: float = field(default=1e-3, metadata={"help": "--rollout picard: stop sweeping once no step's latent "
                                                               "moves by more than this RMS"})
     picard_every: int = field(default=10, metadata={"help": "--rollout picard: a full sequential pass every k "

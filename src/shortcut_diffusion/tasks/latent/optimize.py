@@ -138,6 +138,9 @@ class LatentProblem:
     """Held-out rewards (:mod:`shortcut_diffusion.rewards.held_out`): scored, never optimized."""
     read_frames: bool = False
     """Video models: each step decodes only the frames the reward reads (nothing else reads them)."""
+    clock: Callable[[], float] = budget_clock
+    """What an iteration's ``seconds`` are read from (default :func:`~shortcut_diffusion.meters.budget_clock`;
+    ``time.process_time``: CPU time, for measurements on a shared machine)."""
 
     def held_out(self, images: torch.Tensor) -> dict[str, float]:
         return score(self.eval_rewards, images, self.labels)
@@ -184,7 +187,7 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
                 clip_grad: Optional[float] = None) -> tuple[Optional[dict[str, Any]], torch.Tensor, torch.Tensor]:
     """One optimization step of the latents ``z``; returns ``(row, images, per-sample rewards)``, or
     ``(None, images, rewards)`` without a step when the objective is not finite."""
-    began = budget_clock()
+    began = problem.clock()
     optimizer.zero_grad(set_to_none=True)
     frames = frames_to_decode(problem.model, problem.reward) if problem.read_frames else None
     with SavedTensorMeter(exclude=model_weights(problem.model)) as meter:
@@ -209,7 +212,7 @@ def latent_step(problem: LatentProblem, z: torch.Tensor, optimizer: torch.optim.
         if stepped and problem.method is not None:
             with torch.no_grad():
                 z.copy_(problem.method.project(z))
-    seconds = budget_clock() - began - checked_row.get("check_seconds", 0.0)
+    seconds = problem.clock() - began - checked_row.get("check_seconds", 0.0)
     row = {"reward": float(r.detach().mean()), "loss": float(loss.detach()), "seconds": seconds,
            "saved_bytes": max(meter.bytes, out.info.get("backward_peak_bytes", 0)), "grad_norm": grad_norm,
            "grad_steps": out.plan.graph_steps, **method_info(out.info), **problem.held_out(out.images), **checked_row}
@@ -225,13 +228,13 @@ def sequential_check(problem: LatentProblem, z: torch.Tensor, info: dict[str, An
     (not counted in the iteration's)."""
     if not info.pop("picard_check", False) or z.grad is None:
         return {}
-    began = budget_clock()
+    began = problem.clock()
     leaf = z.detach().clone().requires_grad_(True)
     out = problem.generate(leaf, problem.method.base)
     loss = loss_of(leaf, out.images, problem.reward(out.images, problem.labels)).sum()
     (grad,) = torch.autograd.grad(loss, leaf)
     cosine = torch.nn.functional.cosine_similarity(grad.flatten(), z.grad.flatten(), dim=0)
-    return {"picard_cosine": float(cosine), "check_seconds": budget_clock() - began}
+    return {"picard_cosine": float(cosine), "check_seconds": problem.clock() - began}
 
 
 def method_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -297,6 +300,7 @@ def optimize_latent(
     rollout: str = "sequential",
     picard: Optional[PicardSettings] = None,
     select: Optional[Any] = None,
+    clock: Optional[Callable[[], float]] = None,
 ) -> LatentResult:
     """Optimize latents of ``model`` so that ``reward(decode(sample), labels)`` increases.
 
@@ -317,7 +321,7 @@ def optimize_latent(
         precision: ``fp32``, ``bf16``, ``fp16`` or a :class:`~shortcut_diffusion.precision.Precision`
             (default: the model's dtype).
         callback: called after every iteration with ``(row, latents, images)``.
-        max_seconds: also stop once the iterations have taken this long (a wall-clock budget;
+        max_seconds: also stop once the iterations have taken this long on ``clock`` (a budget;
             the callback's time is not counted).
         compile: run the network calls that record no graph through ``torch.compile``.
         eval_rewards: held-out rewards by name (``eval_reward/<spec>``), scored, never optimized.
@@ -325,6 +329,8 @@ def optimize_latent(
             parallel sweeps with ``picard`` settings (:mod:`shortcut_diffusion.gradients.picard`).
         select: per-sample best-iterate selection (:mod:`.selection`; offered every iteration's
             latents, samples and rewards, and the final ones), or None: the last iterate.
+        clock: what ``seconds`` and ``max_seconds`` are read from (default
+            :func:`~shortcut_diffusion.meters.budget_clock`; ``time.process_time`` for CPU time).
     """
     labels, batch = _labels(labels, batch)
     method = with_rollout(get_method(estimator, seed=seed), rollout, picard)
@@ -340,7 +346,7 @@ def optimize_latent(
                             detached(model.conditioning(labels)), scheduler or model.scheduler, steps, warmup, seed,
                             guidance, step_kwargs, _precision(precision, name, model), compile, method,
                             {key: checked(r) for key, r in (eval_rewards or {}).items()},
-                            read_frames=not eval_rewards and not proximity_weight)
+                            read_frames=not eval_rewards and not proximity_weight, clock=clock or budget_clock)
     z0 = starting_latent(problem, batch, init)
     start_images = problem.images(z0)
     start_rewards = problem.reward(start_images, problem.labels).detach()
