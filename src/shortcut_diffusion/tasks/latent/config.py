@@ -111,11 +111,11 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
 class DemoConfig(LatentConfig):
     """``sdo demo``: ``sdo latent`` with its defaults, the reward averaged over translated views
     (without them a few of the 7s fool the classifier more than they look like 7s: the held-out
-    judge reads 14 of 16 as 7, against 16 of 16 with them), 36 iterations, each sample keeping its
+    judge reads 14 of 16 as 7, against 16 of 16 with them), 40 iterations, each sample keeping its
     iterate nearest to the model's own 7s among those where the classifier gives 7 at least 90%
     (``--select own-samples``: see docs/latent.md), written to ``runs/demo``."""
 
     reward_augment: list[str] = redefault(RewardOptions, "reward_augment", ["translation"])
     select: str = redefault(LatentConfig, "select", "own-samples")
-    iters: int = redefault(LatentConfig, "iters", 36)
+    iters: int = redefault(LatentConfig, "iters", 40)
     out: str = redefault(RunOptions, "out", "runs/demo")
