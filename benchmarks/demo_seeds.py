@@ -35,11 +35,11 @@ def markdown(rows: list[dict], command: str) -> str:
     judges = list(rows[0]["read_by_judge"])
     lines = [f"Command: `{command}` (2-core Intel Xeon, CPU only, one thread)", "",
              f"Targets: every judge reads >= {TARGET_READ} of 8 as 7, realism <= {TARGET_REALISM}x.", "",
-             "| iterations | seed | " + " | ".join(judges) + " | all judges | realism | saturation | both targets |",
-             "|---|---|" + "---|" * len(judges) + "---|---|---|---|"]
+             "| run | " + " | ".join(judges) + " | all judges | realism | saturation | both targets |",
+             "|---|" + "---|" * len(judges) + "---|---|---|---|"]
     for r in rows:
         met = min(r["read_by_judge"].values()) >= TARGET_READ and r["realism"] <= TARGET_REALISM
-        lines.append(f"| {r['iters']} | {r['seed']} | " + " | ".join(f"{r['read_by_judge'][j]}/{r['count']}" for j in judges)
+        lines.append(f"| {r['iters']} iterations, seed {r['seed']} | " + " | ".join(f"{r['read_by_judge'][j]}/{r['count']}" for j in judges)
                      + f" | {r['read_by_all']}/{r['count']} | {r['realism']:.2f}x | {r['saturation']:.0%} | "
                      + ("yes" if met else "no") + " |")
     return "\n".join(lines) + "\n"
