@@ -126,6 +126,11 @@ def _write_results(config: LatentConfig, model: DiffusionModel, labels: list, re
         tensors["labels"] = torch.as_tensor(labels)
     reporting.save_tensors(out / "final.safetensors", tensors)
     reporting.save_grid(out / "before_after.png", [result.start_images, result.images])
+    if result.images.dim() == 5:  # videos: animated before and after
+        from shortcut_diffusion.io.gifs import save_gif
+
+        save_gif(out / "before.gif", result.start_images)
+        save_gif(out / "after.gif", result.images)
     iters = [row["iter"] for row in result.history]
     reporting.plot_curves(out / "reward_curve.png", {spec: (iters, [r["reward"] for r in result.history])},
                           xlabel="iteration", ylabel=f"reward ({config.reward})", title="latent optimization")

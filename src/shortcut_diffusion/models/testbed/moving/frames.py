@@ -109,3 +109,74 @@ class FramePanel:
             same = (reading == reading[:, :1]).all(1)
             out[name] = np.where(same, reading[:, 0], -1)
         return out
+
+
+def frame_panel_report(model: Any, videos: torch.Tensor, target: Sequence[int]) -> dict[str, Any]:
+    """The judge panel on every frame, summed up per video: a video counts as read as K by a judge
+    only when that judge reads every frame as K (``read_by_all``: by every judge in every frame).
+    Realism, saturation and digits-FD are the frames' (their crops against the real digits)."""
+    from types import SimpleNamespace
+
+    from shortcut_diffusion.models.testbed.panel import panel_report
+
+    b, t = videos.shape[:2]
+    frame_target = [int(k) for k in target for _ in range(t)]
+    base = SimpleNamespace(panel=model.panel.panel, classifier=model.classifier.classifier)
+    frames = panel_report(base, crop(frames_of(videos)), frame_target)
+    readings = np.stack([np.array(r).reshape(b, t) for r in frames["predicted"].values()])  # judges x B x T
+    hits = readings == np.array(target)[None, :, None]
+    report = {key: frames[key] for key in ("judges", "realism", "saturation", "saturation_real", "digits_fd")}
+    report.update({
+        "target": [int(k) for k in target],
+        "predicted_frames": {name: r.tolist() for name, r in zip(frames["judges"], readings)},
+        "read_by_judge": {name: int(hit.all(1).sum()) for name, hit in zip(frames["judges"], hits)},
+        "read_by_all": int(hits.all(2).all(0).sum()),
+        "count": b,
+        "agreement": float((readings == readings[:1]).all(0).all(1).mean()),
+        "frames_read_by_all": float(hits.all(0).mean()),
+    })
+    return report
+
+
+def video_metrics(model: Any, videos: torch.Tensor, labels: Sequence[Any]) -> dict[str, float]:
+    """Per-frame classifier and judge accuracy (``accuracy``: frames; ``video_accuracy``: videos
+    read right in every frame), digits-FD of each frame position against the held-out digits
+    (``digits_fd``: the mean over positions, ``digits_fd_worst_frame``), ink, and the motion
+    against the conditioned directions (:func:`.motion.direction_scores`)."""
+    from shortcut_diffusion.models.testbed import metrics
+    from shortcut_diffusion.models.testbed.moving.motion import direction_scores
+
+    videos = videos.detach().float().cpu()
+    b, t = videos.shape[:2]
+    classes = torch.as_tensor([int(k) for k in labels])
+    crops = crop(frames_of(videos)).view(b, t, 1, DIGIT, DIGIT)
+    row: dict[str, float] = {}
+    with torch.no_grad():
+        for name, network in (("", model.classifier), ("judge_", model.judge)):
+            if network is not None:
+                device = next(network.parameters()).device
+                read = network(frames_of(videos).to(device)).argmax(1).cpu().view(b, t) == classes[:, None]
+                row[f"{name}accuracy"] = float(read.float().mean())
+                row[f"{name}video_accuracy"] = float(read.all(1).float().mean())
+    if b >= 2:
+        fd = [metrics.digits_fd(model.classifier.classifier, crops[:, i]) for i in range(t)]
+        row.update({"digits_fd": float(np.mean(fd)), "digits_fd_worst_frame": float(np.max(fd))})
+    row["ink"] = metrics.ink(videos)
+    row.update(direction_scores(videos, labels))
+    return row
+
+
+def evaluate_video_model(model: Any, per_class: int, seed: int = 0, steps: int = 50) -> dict[str, dict[str, float]]:
+    """``per_class`` videos of every class (directions in turn) against the held-out digits, and
+    the same metrics for real held-out moving digits as the reference."""
+    from shortcut_diffusion.models.testbed.moving import data
+    from shortcut_diffusion.models.testbed.moving.model import MotionLabel
+    from shortcut_diffusion.tasks.generate import sample_images
+
+    labels = [MotionLabel(k, i % len(data.DIRECTIONS)) for k in range(10) for i in range(per_class)]
+    noise = torch.randn((len(labels), *model.sample_shape), generator=torch.Generator().manual_seed(seed))
+    videos = sample_images(model, noise, labels, steps=steps, seed=seed + 1, batch=64)
+    real = data.load("held_out", seed=seed)
+    real_labels = [MotionLabel(int(k), int(d)) for k, d in zip(real.labels, real.directions)]
+    return {f"model_ddim{steps}": video_metrics(model, videos, labels),
+            "real_held_out_moving_digits": video_metrics(model, real.videos, real_labels)}

@@ -172,4 +172,5 @@ def load_moving_digits(directory: Union[str, Path, None] = None) -> MovingDigits
     panel = FramePanel(digits.panel) if digits.panel is not None else None
     return MovingDigitsModel(network.eval().requires_grad_(False), nn.Embedding.from_pretrained(weight, freeze=True),
                              scheduler, FrameClassifier(digits.classifier), guidance_scale=float(info["guidance_scale"]),
-                             info=info, judge=digits.judge, panel=panel)
+                             info=info, judge=FrameClassifier(digits.judge) if digits.judge is not None else None,
+                             panel=panel)
