@@ -147,3 +147,16 @@ def test_train_testbed_video_tiny(tmp_path):
     assert reference["motion_accuracy"] == 1.0 and reference["video_accuracy"] > 0.9
     with pytest.raises(UsageError, match="--objective flow"):
         TrainTestbedConfig(video=True, objective="flow").check()
+
+
+def test_lora_finetune_runs_on_moving_digits(tmp_path):
+    from shortcut_diffusion.tasks.finetune.config import FinetuneConfig
+    from shortcut_diffusion.tasks.finetune.run import run_finetune
+
+    config = FinetuneConfig(model="moving-digits", target="lora", reward="ink=1;digit-match=2", cond=["0", "1"],
+                            eval_cond=["5", "6"], max_steps=1, steps=2, batch=2, eval_per_class=1,
+                            out=str(tmp_path / "ft"), progress=False)
+    summary = run_finetune(config)
+    for row in (summary["before"], summary["after"]):
+        assert {"motion_accuracy", "ink", "accuracy", "panel_read_by_all"} <= set(row)
+    assert (tmp_path / "ft" / "final").is_dir()

@@ -51,7 +51,7 @@ def _digit_images(name: str, images: torch.Tensor, classifier: Any = None) -> to
     check_images(images, name)
     shape = tuple(getattr(classifier, "input_shape", (1, 8, 8)))
     if tuple(images.shape[1:]) != shape:
-        raise UsageError(f"reward {name} scores the testbed's {'x'.join(map(str, shape))} images, got shape "
+        raise UsageError(f"reward {name} scores the digits testbed's {'x'.join(map(str, shape))} images, got shape "
                          f"{tuple(images.shape)}")
     return images
 

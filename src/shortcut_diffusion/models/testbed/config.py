@@ -86,7 +86,7 @@ class TrainTestbedConfig(Options):
 
 @dataclass
 class EvalTestbedConfig(Options):
-    model: str = redefault(ModelOptions, "model", "digits", help="digits, digits-flow (bundled) or a saved testbed directory")
+    model: str = redefault(ModelOptions, "model", "digits", help="digits, digits-flow, moving-digits (bundled) or a saved testbed directory")
     per_class: int = field(default=100, metadata={"help": "samples per class"})
     steps: int = redefault(SamplingOptions, "steps", 50,
                            help="sampling steps (the model's own scheduler: DDIM or flow-matching Euler)")

@@ -141,7 +141,8 @@ def frame_panel_report(model: Any, videos: torch.Tensor, target: Sequence[int]) 
 def video_metrics(model: Any, videos: torch.Tensor, labels: Sequence[Any]) -> dict[str, float]:
     """Per-frame classifier and judge accuracy (``accuracy``: frames; ``video_accuracy``: videos
     read right in every frame), digits-FD of each frame position against the held-out digits
-    (``digits_fd``: the mean over positions, ``digits_fd_worst_frame``), ink, and the motion
+    (``digits_fd``: the mean over positions, ``digits_fd_worst_frame``), the within-class
+    diversity of the first frames, ink, and the motion
     against the conditioned directions (:func:`.motion.direction_scores`)."""
     from shortcut_diffusion.models.testbed import metrics
     from shortcut_diffusion.models.testbed.moving.motion import direction_scores
@@ -161,6 +162,8 @@ def video_metrics(model: Any, videos: torch.Tensor, labels: Sequence[Any]) -> di
     if b >= 2:
         fd = [metrics.digits_fd(model.classifier.classifier, crops[:, i]) for i in range(t)]
         row.update({"digits_fd": float(np.mean(fd)), "digits_fd_worst_frame": float(np.max(fd))})
+        spread = [metrics.diversity(model.classifier.classifier, crops[classes == k, 0]) for k in classes.unique()]
+        row["diversity"] = float(np.mean(spread))  # of the first frames, within each class
     row["ink"] = metrics.ink(videos)
     row.update(direction_scores(videos, labels))
     return row
