@@ -121,6 +121,7 @@ def test_demo_runs_on_moving_digits_at_tiny_size(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["panel"]["count"] == 2 and summary["panel"]["target"] == [7, 7]
     assert 0 <= summary["motion"]["motion_within_tolerance"] <= 1
+    assert (out / "frames.png").is_file()
     for name in ("before.gif", "after.gif"):
         with Image.open(out / name) as gif:
             assert gif.n_frames == data.FRAMES

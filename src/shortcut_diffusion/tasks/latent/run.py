@@ -131,6 +131,8 @@ def _write_results(config: LatentConfig, model: DiffusionModel, labels: list, re
 
         save_gif(out / "before.gif", result.start_images)
         save_gif(out / "after.gif", result.images)
+        pairs = [video for pair in zip(result.start_images, result.images) for video in pair]
+        reporting.save_grid(out / "frames.png", pairs)  # each video's frames before, then after
     iters = [row["iter"] for row in result.history]
     reporting.plot_curves(out / "reward_curve.png", {spec: (iters, [r["reward"] for r in result.history])},
                           xlabel="iteration", ylabel=f"reward ({config.reward})", title="latent optimization")
