@@ -44,9 +44,11 @@ def demo(out: Path, **options) -> dict:
 
 def markdown(results: dict) -> str:
     q = results["samples"]["report"]
-    lines = ["Command: `OMP_NUM_THREADS=1 python benchmarks/moving_digits.py --out runs/moving_bench --docs docs/results`",
+    per_class = results["per_class"]
+    lines = ["Command: `OMP_NUM_THREADS=1 python benchmarks/moving_digits.py --out runs/moving_bench --docs docs/results "
+             f"--per-class {per_class}`",
              "", f"Machine: {results['machine']}; date {results['date']}; times are process CPU seconds on one thread.", "",
-             "### samples (DDIM 50, 10 videos per class, directions in turn)", "",
+             f"### samples (DDIM 50, {per_class} videos per class, directions in turn)", "",
              "| videos | accuracy (frames) | all frames right | judge (frames) | digits-FD (mean of frames) | "
              "digits-FD (worst frame) | motion accuracy | motion error (px) | ink |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in q.items():
@@ -75,7 +77,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = {"machine": "2-core Intel Xeon, CPU only", "date": "2026-12-01", "samples": sample_quality(args.per_class),
+    results = {"machine": "2-core Intel Xeon, CPU only", "date": "2026-12-01", "per_class": args.per_class,
+               "samples": sample_quality(args.per_class),
                "demo": {f"demo seed {seed}": demo(Path(args.out) / f"demo{seed}", seed=seed) for seed in args.seeds}}
     text = markdown(results)
     print(text)
