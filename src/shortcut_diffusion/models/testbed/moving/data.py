@@ -73,26 +73,27 @@ def draw(split: str, count: int, generator: torch.Generator) -> MovingDigits:
     """``count`` random moving digits of ``split`` (digits, directions and tracks from ``generator``)."""
     source = data.load(split)
     pick = torch.randint(0, len(source.labels), (count,), generator=generator)
-    directions = torch.randint(0, len(DIRECTIONS), (count,), generator=generator)
-    across = torch.randint(*ACROSS, (count,), generator=generator)
-    start = torch.randint(0, 2, (count,), generator=generator)
-    corners = tracks(directions, across, start)
-    return MovingDigits(paste(source.images[pick], corners), source.labels[pick], directions, corners)
+    return _moving(source.images[pick], source.labels[pick], generator)
 
 
 def load(split: str = "train", seed: int = 0, count: int = 0) -> MovingDigits:
     """The moving digits of ``split`` from ``seed``: every digit of the split once (``count`` 0) or
     ``count`` random ones."""
     generator = torch.Generator().manual_seed(seed)
-    n = count or len(data.load(split).labels)
     if count:
-        return draw(split, n, generator)
+        return draw(split, count, generator)
     source = data.load(split)
+    return _moving(source.images, source.labels, generator)
+
+
+def _moving(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> MovingDigits:
+    """``images`` each given a direction, a position across and a start drawn from ``generator``."""
+    n = len(labels)
     directions = torch.randint(0, len(DIRECTIONS), (n,), generator=generator)
     across = torch.randint(*ACROSS, (n,), generator=generator)
     start = torch.randint(0, 2, (n,), generator=generator)
     corners = tracks(directions, across, start)
-    return MovingDigits(paste(source.images, corners), source.labels, directions, corners)
+    return MovingDigits(paste(images, corners), labels, directions, corners)
 
 
 def to_latent(videos: torch.Tensor) -> torch.Tensor:
