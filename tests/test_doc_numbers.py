@@ -121,6 +121,8 @@ CLAIMS = [
           lambda p: "{:.2f} | {:.1%} | {:.2f}".format(*_metrics(p, "model_ddim50")), "{}"),
     Claim("docs/testbed.md", "| real training digits (reference) | {} |", TESTBED,
           lambda p: "{:.2f} | {:.1%} | {:.2f}".format(*_metrics(p, "real_train_digits")), "{}"),
+    Claim("docs/video.md", "trained in {} s of process CPU time", "src/shortcut_diffusion/models/testbed/weights/moving/testbed.json",
+          json_at("train_cpu_seconds"), "{:.0f}"),
     Claim("docs/testing.md", "reward's classifier, {} on real held-out digits", TESTBED,
           json_at("judge_held_out_accuracy"), "{:.0%}"),
 ]
@@ -169,6 +171,8 @@ TABLES = [
           "Machine:"),
     Table("docs/latent.md", "[demo_tradeoff_cpu.md](results/demo_tradeoff_cpu.md))", R + "demo_tradeoff_cpu.md",
           "Command:"),
+    Table("docs/video.md", "Samples of the bundled moving-digits model", R + "moving_digits_cpu.md", "### samples"),
+    Table("docs/video.md", "`sdo demo --model moving-digits` as measured", R + "moving_digits_cpu.md", "### sdo demo"),
     Table("docs/latent.md", "nothing else running (`docs/results/guide_vs_sdo_cpu.md`)",
           R + "guide_vs_sdo_cpu.md", "Reward: digit-class:7"),
     Table("docs/video.md", "configuration and run in", R + "video_memory_cpu.md", "KiB saved for backward"),

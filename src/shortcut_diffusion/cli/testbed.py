@@ -35,9 +35,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     config = from_args(EvalTestbedConfig, args)
     config.check()
     model = load_model(config.model)
-    if model.family != "digits":
+    if model.family == "moving-digits":
+        from shortcut_diffusion.models.testbed.moving.frames import evaluate_video_model
+
+        if config.guidance is not None:
+            model.guidance_scale = config.guidance
+        report = evaluate_video_model(model, config.per_class, seed=config.seed, steps=config.steps)
+    elif model.family != "digits":
         raise UsageError(f"model {config.model!r} is not a digits testbed")
-    report = evaluate_model(model, config.per_class, seed=config.seed, steps=config.steps, guidance=config.guidance)
+    else:
+        report = evaluate_model(model, config.per_class, seed=config.seed, steps=config.steps, guidance=config.guidance)
     report["classifier_held_out_accuracy"] = model.info.get("classifier_held_out_accuracy")
     report["guidance"] = model.guidance_scale if config.guidance is None else config.guidance
     print(json.dumps(report, indent=2))

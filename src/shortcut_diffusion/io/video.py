@@ -111,10 +111,28 @@ def frame_rows(before: torch.Tensor, after: torch.Tensor) -> list[torch.Tensor]:
     return [video for pair in zip(before.detach().cpu(), after.detach().cpu()) for video in pair]
 
 
+def side_by_side(videos: torch.Tensor) -> torch.Tensor:
+    """A batch ``B x T x C x H x W`` as one video ``T x 3 x H' x W'``: the samples side by side,
+    padded, frame after frame."""
+    from shortcut_diffusion.io.reporting import grid_image
+
+    frames = [torch.from_numpy(grid_image([videos[:, t]])).permute(2, 0, 1) for t in range(videos.shape[1])]
+    return torch.stack(frames).float() / 127.5 - 1
+
+
+def save_gif(path: PathLike, videos: torch.Tensor, fps: int = FPS) -> Path:
+    """One animated GIF of a batch of videos side by side (:func:`side_by_side`), looping."""
+    if videos.dim() != 5:
+        raise ValueError(f"save_gif takes videos (B x T x C x H x W), got shape {tuple(videos.shape)}")
+    write_bytes(path, gif_bytes(side_by_side(videos.detach().cpu()), fps))
+    return Path(path)
+
+
 def save_before_after(directory: PathLike, before: torch.Tensor, after: torch.Tensor, fps: int = FPS) -> list[Path]:
     """A run's samples before and after in ``directory``: ``before_after.png`` (images: a row
     before and a row after; videos: a frame grid, each sample's frames before and after on two
-    rows) and, for videos, ``videos/before_XX.gif`` and ``videos/after_XX.gif`` (and ``.mp4``)."""
+    rows) and, for videos, ``before.gif`` and ``after.gif`` (the batch side by side) and
+    ``videos/before_XX.gif`` and ``videos/after_XX.gif`` (and ``.mp4``), one per sample."""
     from shortcut_diffusion.io.reporting import save_grid
 
     directory = Path(directory)
@@ -122,5 +140,6 @@ def save_before_after(directory: PathLike, before: torch.Tensor, after: torch.Te
         return [save_grid(directory / "before_after.png", [before, after])]
     written = [save_grid(directory / "before_after.png", frame_rows(before, after))]
     for name, videos in (("before", before), ("after", after)):
+        written.append(save_gif(directory / f"{name}.gif", videos, fps))
         written += save_videos(directory / "videos", videos, prefix=name, fps=fps)
     return written

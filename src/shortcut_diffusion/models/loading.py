@@ -5,6 +5,8 @@ precision policy's first rule: the model's frozen weights are loaded in, or cast
 
 - ``digits``: the bundled digits testbed; ``digits-flow``: its rectified-flow twin (flow-matching
   Euler scheduler); a directory with ``testbed.json``: a saved one;
+- ``moving-digits``: the bundled moving-digits video testbed (a directory with
+  ``network.safetensors``: a saved one);
 - ``toy``: a small random class-conditional UNet built in code;
 - ``random:FAMILY[:RESOLUTION][:tiny]`` (``sd15``, ``sdxl``, ``sd3``, ``flux``; ``sd15-random[:RESOLUTION]``
   is ``random:sd15``): the family's real network with random weights (cost at real scale);
@@ -35,13 +37,20 @@ def _digits_flow() -> DiffusionModel:
     return load_digits_model(BUNDLED_FLOW)
 
 
+def _moving_digits() -> DiffusionModel:
+    from shortcut_diffusion.models.testbed.moving.model import load_moving_digits
+
+    return load_moving_digits()
+
+
 def _toy() -> DiffusionModel:
     from shortcut_diffusion.models.toy import toy_model
 
     return toy_model()
 
 
-BUILT_IN: dict[str, Callable[[], DiffusionModel]] = {"digits": _digits, "digits-flow": _digits_flow, "toy": _toy}
+BUILT_IN: dict[str, Callable[[], DiffusionModel]] = {"digits": _digits, "digits-flow": _digits_flow,
+                                                     "moving-digits": _moving_digits, "toy": _toy}
 
 
 def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Optional[int] = None,
@@ -67,6 +76,10 @@ def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Op
         from shortcut_diffusion.models.shaped import parse_random
 
         model = parse_random(name)()
+    elif (Path(name) / "network.safetensors").is_file():
+        from shortcut_diffusion.models.testbed.moving.model import load_moving_digits
+
+        model = load_moving_digits(name)
     elif (Path(name) / "testbed.json").is_file():
         from shortcut_diffusion.models.testbed import load_digits_model
 

@@ -45,11 +45,14 @@ def _class_index(name: str, text: str) -> int:
     return k
 
 
-def _digit_images(name: str, images: torch.Tensor) -> torch.Tensor:
-    """The testbed's classifier scores N x 1 x 8 x 8 images in [-1, 1]."""
+def _digit_images(name: str, images: torch.Tensor, classifier: Any = None) -> torch.Tensor:
+    """The testbed's classifier scores N x 1 x 8 x 8 images in [-1, 1] (or the frames of its
+    ``input_shape``: the moving-digits classifier reads 1 x 16 x 16 frames)."""
     check_images(images, name)
-    if tuple(images.shape[1:]) != (1, 8, 8):
-        raise UsageError(f"reward {name} scores the digits testbed's 1x8x8 images, got shape {tuple(images.shape)}")
+    shape = tuple(getattr(classifier, "input_shape", (1, 8, 8)))
+    if tuple(images.shape[1:]) != shape:
+        raise UsageError(f"reward {name} scores the digits testbed's {'x'.join(map(str, shape))} images, got shape "
+                         f"{tuple(images.shape)}")
     return images
 
 
@@ -88,7 +91,7 @@ class DigitClass:
         return cls(_classifier(cls.name, context), _class_index(cls.name, arg))
 
     def __call__(self, images: torch.Tensor, prompts: Labels = None) -> torch.Tensor:
-        return F.log_softmax(self.classifier(_digit_images(self.name, images)), dim=1)[:, self.k]
+        return F.log_softmax(self.classifier(_digit_images(self.name, images, self.classifier)), dim=1)[:, self.k]
 
 
 class DigitMatch:
@@ -107,7 +110,7 @@ class DigitMatch:
 
     def __call__(self, images: torch.Tensor, prompts: Labels = None) -> torch.Tensor:
         labels = _labels(self.name, prompts, images.shape[0], images.device)
-        return F.log_softmax(self.classifier(_digit_images(self.name, images)), dim=1).gather(1, labels[:, None])[:, 0]
+        return F.log_softmax(self.classifier(_digit_images(self.name, images, self.classifier)), dim=1).gather(1, labels[:, None])[:, 0]
 
 
 class Adversarial:
@@ -135,7 +138,7 @@ class Adversarial:
 
     def __call__(self, images: torch.Tensor, prompts: Labels = None) -> torch.Tensor:
         labels = _labels(self.name, prompts, images.shape[0], images.device)
-        log_p = F.log_softmax(self.classifier(_digit_images(self.name, images)), dim=1)[:, self.k]
+        log_p = F.log_softmax(self.classifier(_digit_images(self.name, images, self.classifier)), dim=1)[:, self.k]
         return log_p - self.weight * self.distance(images, labels)
 
 
@@ -171,7 +174,7 @@ class Style:
         return cls(_classifier(cls.name, context), load_reference(arg))
 
     def __call__(self, images: torch.Tensor, prompts: Labels = None) -> torch.Tensor:
-        maps = self.classifier.feature_maps(_digit_images(self.name, images))
+        maps = self.classifier.feature_maps(_digit_images(self.name, images, self.classifier))
         total = 0.0
         for i, target in zip(self.layers, self.targets):
             total = total + (gram(maps[i]) - target.to(images.dtype)).square().flatten(1).sum(1)

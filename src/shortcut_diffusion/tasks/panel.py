@@ -45,6 +45,10 @@ def panel_summary(model: Any, spec: Any, labels: Sequence[Any], images: torch.Te
     summary = {"panel": panel_report(model, images, target)}
     if start_images is not None:
         summary["panel_start"] = panel_report(model, start_images, target)
+        if images.dim() == 5:  # videos: how far the motion strays from the start run's
+            from shortcut_diffusion.models.testbed.moving.motion import motion_deviation
+
+            summary["motion"] = motion_deviation(images, start_images)
     return summary
 
 
@@ -59,7 +63,13 @@ def panel_lines(summary: dict[str, Any]) -> list[str]:
     if start is not None:
         line += (f" (before: {start['read_by_all']}/{start['count']}; realism {start['realism']:.1f}x; "
                  f"saturation {start['saturation']:.0%})")
-    return [line]
+    motion = summary.get("motion")
+    if motion is None:
+        return [line]
+    return [line.replace(" read as", " read in every frame as", 1),
+            f"motion: displacement track within {motion['motion_tolerance']:g} px of the start run's for "
+            f"{motion['motion_within_tolerance']:.0%} of the videos (deviation mean {motion['motion_deviation']:.2f} px, "
+            f"max {motion['motion_deviation_max']:.2f} px)"]
 
 
 def panel_change_lines(before: dict[str, Any], after: dict[str, Any]) -> list[str]:

@@ -143,14 +143,18 @@ def train_diffusion(config: TrainTestbedConfig, progress: bool = True) -> tuple[
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         lr_sched.step()
-        decay = min(config.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema_p, p in zip(list(ema_unet.parameters()) + list(ema_emb.parameters()), params):
-                ema_p.lerp_(p, 1 - decay)
+        ema_update(list(ema_unet.parameters()) + list(ema_emb.parameters()), params, min(config.ema, (1 + step) / (10 + step)))
         losses.append(loss.item())
         if step % 100 == 0:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
     return ema_unet.eval(), ema_emb, losses
+
+
+@torch.no_grad()
+def ema_update(ema: list[nn.Parameter], params: list[nn.Parameter], decay: float) -> None:
+    """Move each EMA tensor toward its parameter: ``ema = decay * ema + (1 - decay) * p``."""
+    for ema_p, p in zip(ema, params):
+        ema_p.lerp_(p, 1 - decay)
 
 
 def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int = 50,
@@ -171,8 +175,13 @@ def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int
 
 
 def train_testbed(config: TrainTestbedConfig, progress: bool = True, log: Optional[Callable[[str], None]] = print) -> DigitsModel:
+    config = config.resolved()
     config.check()
     with rundir.claimed(config.out, "train-testbed", overwrite=config.overwrite):
+        if config.video:
+            from shortcut_diffusion.tasks.moving_testbed import train_video_testbed
+
+            return train_video_testbed(config, progress, log)
         return _train_testbed(config, progress, log)
 
 

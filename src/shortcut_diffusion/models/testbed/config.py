@@ -3,7 +3,7 @@ eval-testbed`` (torch-free; the work itself is :mod:`.train`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from shortcut_diffusion.errors import UsageError
@@ -16,6 +16,10 @@ NORM_GROUPS = 8
 OBJECTIVES = ("diffusion", "flow")
 """``diffusion``: epsilon prediction on DDPM's cosine schedule, sampled with DDIM; ``flow``:
 rectified flow (velocity prediction), sampled with the flow-matching Euler scheduler."""
+VIDEO_DEFAULTS = {"out": "runs/moving-digits", "steps": 2600, "batch": 24, "warmup": 50, "lr": 3e-3, "channels": [32, 48, 64],
+                  "ema": 0.99, "eval_per_class": 10}
+"""``--video``'s defaults for the options still at the digits testbed's (the moving-digits model
+trains in about 25 minutes of one CPU thread)."""
 
 
 def _at_least(low: int, **values: int) -> None:
@@ -47,8 +51,22 @@ class TrainTestbedConfig(Options):
     classifier_noise: float = field(default=0.8, metadata={"help": "classifier inputs get Gaussian noise of std U(0, this)"})
     eval_per_class: int = field(default=100, metadata={"help": "samples per class for the final metrics (0: skip)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    video: bool = field(default=False, metadata={"help": "train the moving-digits video model (class and direction "
+                                                         "conditioned; reuses the bundled digits classifier and judges); "
+                                                         "its defaults: " + " ".join(f"--{k.replace('_', '-')} "
+                                                         + (" ".join(map(str, v)) if isinstance(v, list) else str(v))
+                                                         for k, v in VIDEO_DEFAULTS.items())})
+
+    def resolved(self) -> "TrainTestbedConfig":
+        """With ``--video``, :data:`VIDEO_DEFAULTS` for the options still at their defaults."""
+        if not self.video:
+            return self
+        defaults = type(self)()
+        return replace(self, **{k: v for k, v in VIDEO_DEFAULTS.items() if getattr(self, k) == getattr(defaults, k)})
 
     def _check(self) -> None:
+        if self.video and self.objective != "diffusion":
+            raise UsageError("--video trains a diffusion (DDIM) model; --objective flow is for the digits testbed")
         _at_least(1, steps=self.steps, batch=self.batch, layers_per_block=self.layers_per_block,
                   classifier_epochs=self.classifier_epochs)
         _at_least(0, warmup=self.warmup, judge_epochs=self.judge_epochs, eval_per_class=self.eval_per_class,
@@ -68,7 +86,7 @@ class TrainTestbedConfig(Options):
 
 @dataclass
 class EvalTestbedConfig(Options):
-    model: str = redefault(ModelOptions, "model", "digits", help="digits, digits-flow (bundled) or a saved testbed directory")
+    model: str = redefault(ModelOptions, "model", "digits", help="digits, digits-flow, moving-digits (bundled) or a saved testbed directory")
     per_class: int = field(default=100, metadata={"help": "samples per class"})
     steps: int = redefault(SamplingOptions, "steps", 50,
                            help="sampling steps (the model's own scheduler: DDIM or flow-matching Euler)")

@@ -61,6 +61,10 @@ def panel_report(model: Any, images: torch.Tensor, target: Union[int, Sequence[i
     panel = model.panel
     if panel is None or not len(images):
         return None
+    if images.dim() == 5:  # videos: every frame's crop, summed up per video
+        from shortcut_diffusion.models.testbed.moving.frames import frame_panel_report
+
+        return frame_panel_report(model, images, [int(target)] * len(images) if isinstance(target, int) else target)
     target = [int(target)] * len(images) if isinstance(target, int) else [int(k) for k in target]
     predicted = panel.predict(images)
     readings = np.stack(list(predicted.values()))  # judges x samples

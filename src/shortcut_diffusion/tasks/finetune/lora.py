@@ -35,11 +35,15 @@ def _peft():
     return peft
 
 
+LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""The layer types LoRA adapts (PEFT's; Conv3d: the video testbed's space-time convolutions)."""
+
+
 def check_target_modules(module: nn.Module, targets: Sequence[str]) -> None:
     """Every target must name at least one Linear/Conv layer (PEFT's suffix matching)."""
     if not targets:
         raise UsageError("LoRA needs at least one target module")
-    layers = [name for name, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))]
+    layers = [name for name, m in module.named_modules() if isinstance(m, LORA_LAYERS)]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in layers)]
     if missing:
         suffixes = sorted({n.split(".")[-1] if not n.split(".")[-1].isdigit() else ".".join(n.split(".")[-2:]) for n in layers})
@@ -59,7 +63,7 @@ def check_rank(module: nn.Module, targets: Sequence[str], rank: int) -> None:
     """Refuse a rank beyond every targeted layer's full rank: it adds parameters (and memory), no capacity."""
     if rank < 1:
         raise UsageError(f"--lora-rank must be >= 1, got {rank}")
-    widest = max((_full_rank(m) for n, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))
+    widest = max((_full_rank(m) for n, m in module.named_modules() if isinstance(m, LORA_LAYERS)
                   and any(n == t or n.endswith("." + t) for t in targets)), default=0)
     if widest and rank > widest:
         raise UsageError(f"--lora-rank {rank} is above the full rank of every targeted layer (at most {widest} in "

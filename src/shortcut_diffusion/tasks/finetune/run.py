@@ -319,6 +319,9 @@ def describe(summary: dict[str, Any], out: Path) -> str:
     if "judge_accuracy" in after and "judge_accuracy" in before:
         lines.append(f"held-out judge (never a reward) reads the conditioned class: "
                      f"{before['judge_accuracy']:.3f} -> {after['judge_accuracy']:.3f}")
+    if "motion_accuracy" in after and "motion_accuracy" in before:
+        lines.append(f"motion (videos moving in their conditioned direction): {before['motion_accuracy']:.3f} -> "
+                     f"{after['motion_accuracy']:.3f}; ink {before['ink']:.2f} -> {after['ink']:.2f}")
     lines += panel_change_lines(before, after)
     lines += [f"run directory: {out}",
               f"  trained {summary['target']}: {out / 'final'} (float32)",

@@ -119,3 +119,18 @@ class DemoConfig(LatentConfig):
     select: str = redefault(LatentConfig, "select", "own-samples")
     iters: int = redefault(LatentConfig, "iters", 40)
     out: str = redefault(RunOptions, "out", "runs/demo")
+
+    def resolved(self) -> "DemoConfig":
+        """On ``moving-digits``, :data:`MOVING_DEMO` for the options still at their defaults."""
+        config = super().resolved()
+        if config.model != "moving-digits":
+            return config
+        defaults = type(self)()
+        return replace(config, **{k: v for k, v in MOVING_DEMO.items() if getattr(config, k) == getattr(defaults, k)})
+
+
+MOVING_DEMO: dict[str, Any] = {"cond": ["1:right", "1:left", "1:down", "1:up"], "reward_augment": [], "steps": 20,
+                               "out": "runs/demo-moving"}
+"""``sdo demo --model moving-digits``: moving 1s in each direction turned into moving 7s, every
+frame scored by ``digit-class:7`` (no translated views: the frames are cropped around the digit),
+20 DDIM steps so that the run takes about two minutes of one CPU thread."""
