@@ -13,7 +13,8 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, DDPMSchedu
 from shortcut_diffusion import UsageError, load_model
 from shortcut_diffusion.cli import main
 from shortcut_diffusion.models.testbed import BUNDLED, data, load_digits_model, metrics
-from shortcut_diffusion.tasks.testbed import TrainTestbedConfig, _training_pair, sampling_scheduler, train_testbed
+from shortcut_diffusion.tasks.testbed import TrainTestbedConfig, train_testbed
+from shortcut_diffusion.tasks.testbed_training import sampling_scheduler, training_pair
 from shortcut_diffusion.sampling.schedulers import fresh_scheduler, predicted_x0
 from shortcut_diffusion.tasks.generate import sample_images
 
@@ -31,7 +32,7 @@ def test_the_training_pair_is_what_the_flow_euler_scheduler_integrates():
     """x_t and the velocity target are in the scheduler's convention (sigma = t / 1000), so Euler
     steps along the exact velocity of one clean digit regenerate that digit."""
     x0 = data.load("train").images[:4].double()
-    xt, t, v = _training_pair("flow", x0, torch.Generator().manual_seed(0), DDPMScheduler())
+    xt, t, v = training_pair("flow", x0, torch.Generator().manual_seed(0), DDPMScheduler())
     assert 0 <= float(t.min()) and float(t.max()) <= 1000 and t.dtype.is_floating_point
     flow = sampling_scheduler("flow")
     assert torch.allclose(predicted_x0(flow, None, xt, v, t.double().view(-1, 1, 1, 1)), x0, atol=1e-5)

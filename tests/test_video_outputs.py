@@ -61,8 +61,10 @@ def test_run_outputs_are_listed_and_mp4_is_skipped_with_one_note(tmp_path, monke
     finally:
         runfiles.end(tmp_path)
     names = sorted(p.relative_to(tmp_path).as_posix() for p in written)
-    assert names == ["before_after.png", "videos/after_00.gif", "videos/after_01.gif", "videos/before_00.gif",
-                     "videos/before_01.gif"]
+    assert names == ["after.gif", "before.gif", "before_after.png", "videos/after_00.gif", "videos/after_01.gif",
+                     "videos/before_00.gif", "videos/before_01.gif"]
+    with Image.open(tmp_path / "before.gif") as gif:  # the batch side by side, every frame
+        assert gif.n_frames == before.shape[1]
     assert set(names) <= set(json.loads((tmp_path / runfiles.MANIFEST).read_text()))
     assert capsys.readouterr().err.count("MP4 videos are skipped") == 1
     with Image.open(tmp_path / "before_after.png") as grid:  # 5 frames across, 2 samples x (before, after) down

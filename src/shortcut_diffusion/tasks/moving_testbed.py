@@ -28,7 +28,7 @@ from shortcut_diffusion.models.testbed.config import TrainTestbedConfig
 from shortcut_diffusion.models.testbed.moving import data
 from shortcut_diffusion.models.testbed.moving.model import NULL_ROW, NUM_CLASSES, MovingDigitsModel
 from shortcut_diffusion.models.testbed.moving.network import SpaceTimeUNet
-from shortcut_diffusion.tasks.testbed import _lr_lambda, _training_pair, ema_update, sampling_scheduler
+from shortcut_diffusion.tasks.testbed_training import ema_update, lr_lambda, sampling_scheduler, training_pair
 
 
 def train_video(config: TrainTestbedConfig, progress: bool = True) -> tuple[SpaceTimeUNet, nn.Embedding, list[float]]:
@@ -41,7 +41,7 @@ def train_video(config: TrainTestbedConfig, progress: bool = True) -> tuple[Spac
     noise_schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     params = list(network.parameters()) + list(embeddings.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config))
     ema_net, ema_emb = copy.deepcopy(network).requires_grad_(False), copy.deepcopy(embeddings).requires_grad_(False)
     losses: list[float] = []
     bar = tqdm(range(config.steps), desc="moving-digits", disable=not progress, mininterval=30)
@@ -49,7 +49,7 @@ def train_video(config: TrainTestbedConfig, progress: bool = True) -> tuple[Spac
         batch = data.draw("train", config.batch, gen)
         rows = batch.labels + NUM_CLASSES * batch.directions
         rows[torch.rand(config.batch, generator=gen) < config.cond_dropout] = NULL_ROW
-        xt, t, target = _training_pair("diffusion", data.to_latent(batch.videos), gen, noise_schedule)
+        xt, t, target = training_pair("diffusion", data.to_latent(batch.videos), gen, noise_schedule)
         loss = F.mse_loss(network(xt, t, embeddings(rows)), target)
         opt.zero_grad()
         loss.backward()

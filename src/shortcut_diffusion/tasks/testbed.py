@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -47,6 +46,8 @@ from shortcut_diffusion.models.testbed.config import NORM_GROUPS, EvalTestbedCon
 from shortcut_diffusion.models.testbed.judge import train_judge
 from shortcut_diffusion.models.testbed.model import NULL_CLASS, NUM_CLASSES, DigitsModel
 from shortcut_diffusion.tasks.generate import sample_images
+from shortcut_diffusion.tasks.testbed_training import (ema_update, lr_lambda, sampling_scheduler,  # noqa: F401 (re-exported)
+                                                       training_pair)
 
 
 def build_unet(config: TrainTestbedConfig) -> UNet2DModel:
@@ -62,16 +63,6 @@ def build_unet(config: TrainTestbedConfig) -> UNet2DModel:
         norm_num_groups=NORM_GROUPS,
         class_embed_type="identity",
     )
-
-
-def _lr_lambda(config: TrainTestbedConfig) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
 
 
 def train_classifier(config: TrainTestbedConfig, progress: bool = True) -> tuple[DigitClassifier, float]:
@@ -99,25 +90,6 @@ def train_classifier(config: TrainTestbedConfig, progress: bool = True) -> tuple
     return classifier, metrics.conditional_accuracy(classifier, held.images, held.labels)
 
 
-def _training_pair(objective: str, x0: torch.Tensor, gen: torch.Generator,
-                   noise_schedule: DDPMScheduler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x_t, network timestep, regression target)`` for a batch of clean digits ``x0``."""
-    noise = torch.randn(x0.shape, generator=gen)
-    if objective == "flow":  # rectified flow, in FlowMatchEulerDiscreteScheduler's convention
-        t = torch.rand(len(x0), generator=gen)
-        s = t.view(-1, 1, 1, 1)
-        return (1 - s) * x0 + s * noise, t * noise_schedule.config.num_train_timesteps, noise - x0
-    t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(x0),), generator=gen)
-    return noise_schedule.add_noise(x0, noise, t), t, noise
-
-
-def sampling_scheduler(objective: str) -> Union[DDIMScheduler, FlowMatchEulerDiscreteScheduler]:
-    """The scheduler a testbed of ``objective`` is saved with (its ``auto`` sampler)."""
-    if objective == "flow":
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
-    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
-
-
 def train_diffusion(config: TrainTestbedConfig, progress: bool = True) -> tuple[UNet2DModel, nn.Embedding, list[float]]:
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed + 1)
@@ -128,7 +100,7 @@ def train_diffusion(config: TrainTestbedConfig, progress: bool = True) -> tuple[
     noise_schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     params = list(unet.parameters()) + list(embeddings.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config))
     ema_unet, ema_emb = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(embeddings).requires_grad_(False)
     losses: list[float] = []
     bar = tqdm(range(config.steps), desc=config.objective, disable=not progress)
@@ -136,7 +108,7 @@ def train_diffusion(config: TrainTestbedConfig, progress: bool = True) -> tuple[
         idx = torch.randint(0, len(train.labels), (config.batch,), generator=gen)
         x0, labels = train.images[idx], train.labels[idx].clone()
         labels[torch.rand(config.batch, generator=gen) < config.cond_dropout] = NULL_CLASS
-        xt, t, target = _training_pair(config.objective, x0, gen, noise_schedule)
+        xt, t, target = training_pair(config.objective, x0, gen, noise_schedule)
         loss = F.mse_loss(unet(xt, t, class_labels=embeddings(labels)).sample, target)
         opt.zero_grad()
         loss.backward()
@@ -148,13 +120,6 @@ def train_diffusion(config: TrainTestbedConfig, progress: bool = True) -> tuple[
         if step % 100 == 0:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
     return ema_unet.eval(), ema_emb, losses
-
-
-@torch.no_grad()
-def ema_update(ema: list[nn.Parameter], params: list[nn.Parameter], decay: float) -> None:
-    """Move each EMA tensor toward its parameter: ``ema = decay * ema + (1 - decay) * p``."""
-    for ema_p, p in zip(ema, params):
-        ema_p.lerp_(p, 1 - decay)
 
 
 def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int = 50,
