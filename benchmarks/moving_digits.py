@@ -42,6 +42,10 @@ def demo(out: Path, **options) -> dict:
             "realism": panel["realism"], "saturation": panel["saturation"], "motion": summary["motion"]}
 
 
+MOTION_KEEPING = {"proximity-weight 1": {"proximity_weight": 1.0}, "lr 0.05": {"lr": 0.05}}
+"""Demo variants that trade the reward's pull for keeping the start's motion (seed 0)."""
+
+
 def markdown(results: dict) -> str:
     q = results["samples"]["report"]
     per_class = results["per_class"]
@@ -80,6 +84,8 @@ def main() -> None:
     results = {"machine": "2-core Intel Xeon, CPU only", "date": "2026-12-01", "per_class": args.per_class,
                "samples": sample_quality(args.per_class),
                "demo": {f"demo seed {seed}": demo(Path(args.out) / f"demo{seed}", seed=seed) for seed in args.seeds}}
+    for name, options in MOTION_KEEPING.items():  # the motion-keeping variants, seed 0
+        results["demo"][name] = demo(Path(args.out) / name.replace(" ", "_"), seed=0, **options)
     text = markdown(results)
     print(text)
     if args.docs:

@@ -138,7 +138,7 @@ def test_train_testbed_video_tiny(tmp_path):
 
     config = TrainTestbedConfig(video=True, steps=2, batch=2, channels=[8, 16], eval_per_class=0,
                                 out=str(tmp_path / "m"))
-    assert config.resolved().lr == 3e-3 and config.resolved().batch == 2  # --video defaults, given values win
+    assert config.resolved().lr == 2e-3 and config.resolved().batch == 2  # --video defaults, given values win
     train_testbed(config, progress=False, log=None)
     loaded = load_model(str(tmp_path / "m"))
     assert loaded.family == "moving-digits" and loaded.unet.config["channels"] == [8, 16]

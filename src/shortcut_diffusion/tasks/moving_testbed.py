@@ -1,7 +1,7 @@
 """``sdo train-testbed --video``: the moving-digits video model from a seed.
 
 Epsilon-prediction DDPM training (1,000 steps, cosine schedule, as the digits testbed) of a
-:class:`~shortcut_diffusion.models.testbed.moving.network.SpaceTimeUNet` and its condition table
+:class:`~shortcut_diffusion.models.testbed.moving.network.FrameStackUNet` and its condition table
 (class x direction, plus the null row, dropped in with probability ``cond_dropout`` for
 classifier-free guidance) on moving digits drawn afresh every step from the training split
 (:func:`~shortcut_diffusion.models.testbed.moving.data.draw`); AdamW, warm-up then cosine decay,
@@ -27,15 +27,15 @@ from tqdm.auto import tqdm
 from shortcut_diffusion.models.testbed.config import TrainTestbedConfig
 from shortcut_diffusion.models.testbed.moving import data
 from shortcut_diffusion.models.testbed.moving.model import NULL_ROW, NUM_CLASSES, MovingDigitsModel
-from shortcut_diffusion.models.testbed.moving.network import SpaceTimeUNet
+from shortcut_diffusion.models.testbed.moving.network import FrameStackUNet
 from shortcut_diffusion.tasks.testbed_training import ema_update, lr_lambda, sampling_scheduler, training_pair
 
 
-def train_video(config: TrainTestbedConfig, progress: bool = True) -> tuple[SpaceTimeUNet, nn.Embedding, list[float]]:
+def train_video(config: TrainTestbedConfig, progress: bool = True) -> tuple[FrameStackUNet, nn.Embedding, list[float]]:
     """The EMA network and condition table after ``config.steps`` steps, and the losses."""
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed + 1)
-    network = SpaceTimeUNet(config.channels)
+    network = FrameStackUNet(config.channels, layers_per_block=config.layers_per_block)
     embeddings = nn.Embedding(NULL_ROW + 1, network.emb_dim)
     nn.init.normal_(embeddings.weight, std=1.0)
     noise_schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")

@@ -1,6 +1,6 @@
 """The bundled moving-digits video model (``--model moving-digits``): load, save, condition.
 
-A :class:`~.network.SpaceTimeUNet` on ``B x 1 x 8 x 16 x 16`` (channels x frames x rows x
+A :class:`~.network.FrameStackUNet` on ``B x 1 x 8 x 16 x 16`` (channels x frames x rows x
 columns) conditioned on the digit's class and its direction of motion through one embedding
 table outside the network (row ``10 * direction + class``, 40 rows, then a null row for
 classifier-free guidance), sampled with DDIM. It decodes to the repository's video convention,
@@ -8,7 +8,7 @@ classifier-free guidance), sampled with DDIM. It decodes to the repository's vid
 are the bundled digits testbed's, read on each frame cropped to 8x8 around the digit's centre of
 mass (:mod:`.frames`). Saved as::
 
-    DIR/network.safetensors   the SpaceTimeUNet's weights (its config in testbed.json)
+    DIR/network.safetensors   the FrameStackUNet's weights (its config in testbed.json)
     DIR/embeddings.safetensors  the condition table ("weight", 41 x D)
     DIR/scheduler/            DDIMScheduler.save_pretrained
     DIR/testbed.json          guidance scale, network config, training config, metrics
@@ -31,7 +31,7 @@ from shortcut_diffusion.io.reporting import atomic_write_bytes, save_tensors
 from shortcut_diffusion.io.runfiles import write_dir
 from shortcut_diffusion.models.base import TableConditioned
 from shortcut_diffusion.models.testbed.moving import data
-from shortcut_diffusion.models.testbed.moving.network import SpaceTimeUNet
+from shortcut_diffusion.models.testbed.moving.network import FrameStackUNet
 
 BUNDLED_MOVING = Path(__file__).parent.parent / "weights" / "moving"
 NUM_CLASSES = 10
@@ -77,8 +77,7 @@ class MovingDigitsModel(TableConditioned):
     family: ClassVar[str] = "moving-digits"
     cpu_threads: ClassVar[Optional[int]] = 1
     adapter: ClassVar[type] = VideoDenoiser
-    lora_modules: ClassVar[tuple[str, ...]] = ("spatial", "temporal")
-    unet: SpaceTimeUNet
+    unet: FrameStackUNet
     embeddings: nn.Embedding
     scheduler: DDIMScheduler
     classifier: Optional[nn.Module] = None
@@ -160,7 +159,7 @@ def load_moving_digits(directory: Union[str, Path, None] = None) -> MovingDigits
                          "train one with `sdo train-testbed --video --out DIR`")
     try:
         info = json.loads((directory / "testbed.json").read_text())
-        network = SpaceTimeUNet(**{k: v for k, v in info["network_config"].items()})
+        network = FrameStackUNet(**{k: v for k, v in info["network_config"].items()})
         network.load_state_dict(load_file(directory / "network.safetensors"))
         weight = load_file(directory / "embeddings.safetensors")["weight"]
         scheduler = DDIMScheduler.from_pretrained(directory / "scheduler")
