@@ -11,7 +11,6 @@ bundled digits testbed's (they read each frame), not retrained.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict
@@ -19,16 +18,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
-from diffusers import DDPMScheduler
 from torch import nn
-from tqdm.auto import tqdm
 
 from shortcut_diffusion.models.testbed.config import TrainTestbedConfig
 from shortcut_diffusion.models.testbed.moving import data
 from shortcut_diffusion.models.testbed.moving.model import NULL_ROW, NUM_CLASSES, MovingDigitsModel
 from shortcut_diffusion.models.testbed.moving.network import FrameStackUNet
-from shortcut_diffusion.tasks.testbed_training import ema_update, lr_lambda, sampling_scheduler, training_pair
+from shortcut_diffusion.tasks.testbed_training import fit, sampling_scheduler
 
 
 def train_video(config: TrainTestbedConfig, progress: bool = True) -> tuple[FrameStackUNet, nn.Embedding, list[float]]:
@@ -38,29 +34,19 @@ def train_video(config: TrainTestbedConfig, progress: bool = True) -> tuple[Fram
     network = FrameStackUNet(config.channels, layers_per_block=config.layers_per_block)
     embeddings = nn.Embedding(NULL_ROW + 1, network.emb_dim)
     nn.init.normal_(embeddings.weight, std=1.0)
-    noise_schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    params = list(network.parameters()) + list(embeddings.parameters())
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config))
-    ema_net, ema_emb = copy.deepcopy(network).requires_grad_(False), copy.deepcopy(embeddings).requires_grad_(False)
-    losses: list[float] = []
-    bar = tqdm(range(config.steps), desc="moving-digits", disable=not progress, mininterval=30)
-    for step in bar:
+
+    def draw(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         batch = data.draw("train", config.batch, gen)
         rows = batch.labels + NUM_CLASSES * batch.directions
         rows[torch.rand(config.batch, generator=gen) < config.cond_dropout] = NULL_ROW
-        xt, t, target = training_pair("diffusion", data.to_latent(batch.videos), gen, noise_schedule)
-        loss = F.mse_loss(network(xt, t, embeddings(rows)), target)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        lr_sched.step()
-        ema_update(list(ema_net.parameters()) + list(ema_emb.parameters()), params, min(config.ema, (1 + step) / (10 + step)))
-        losses.append(loss.item())
-        if step % 100 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
-    return ema_net.eval(), ema_emb, losses
+        return data.to_latent(batch.videos), rows
+
+    def predict(xt: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return network(xt, t, embeddings(rows))
+
+    (ema_net, ema_emb), losses = fit(config, [network, embeddings], predict, draw, gen, desc="moving-digits",
+                                     progress=progress)
+    return ema_net, ema_emb, losses
 
 
 def train_video_testbed(config: TrainTestbedConfig, progress: bool = True,

@@ -26,7 +26,6 @@ count; with the same seed on the same machine type the run is repeatable.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict
@@ -35,7 +34,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import UNet2DModel
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -46,8 +45,7 @@ from shortcut_diffusion.models.testbed.config import NORM_GROUPS, EvalTestbedCon
 from shortcut_diffusion.models.testbed.judge import train_judge
 from shortcut_diffusion.models.testbed.model import NULL_CLASS, NUM_CLASSES, DigitsModel
 from shortcut_diffusion.tasks.generate import sample_images
-from shortcut_diffusion.tasks.testbed_training import (ema_update, lr_lambda, sampling_scheduler,  # noqa: F401 (re-exported)
-                                                       training_pair)
+from shortcut_diffusion.tasks.testbed_training import fit, sampling_scheduler  # noqa: F401 (re-exported)
 
 
 def build_unet(config: TrainTestbedConfig) -> UNet2DModel:
@@ -97,29 +95,19 @@ def train_diffusion(config: TrainTestbedConfig, progress: bool = True) -> tuple[
     unet = build_unet(config)
     embeddings = nn.Embedding(NUM_CLASSES + 1, config.channels[0] * 4)
     nn.init.normal_(embeddings.weight, std=1.0)
-    noise_schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    params = list(unet.parameters()) + list(embeddings.parameters())
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config))
-    ema_unet, ema_emb = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(embeddings).requires_grad_(False)
-    losses: list[float] = []
-    bar = tqdm(range(config.steps), desc=config.objective, disable=not progress)
-    for step in bar:
+
+    def draw(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, len(train.labels), (config.batch,), generator=gen)
         x0, labels = train.images[idx], train.labels[idx].clone()
         labels[torch.rand(config.batch, generator=gen) < config.cond_dropout] = NULL_CLASS
-        xt, t, target = training_pair(config.objective, x0, gen, noise_schedule)
-        loss = F.mse_loss(unet(xt, t, class_labels=embeddings(labels)).sample, target)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        lr_sched.step()
-        ema_update(list(ema_unet.parameters()) + list(ema_emb.parameters()), params, min(config.ema, (1 + step) / (10 + step)))
-        losses.append(loss.item())
-        if step % 100 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
-    return ema_unet.eval(), ema_emb, losses
+        return x0, labels
+
+    def predict(xt: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return unet(xt, t, class_labels=embeddings(labels)).sample
+
+    (ema_unet, ema_emb), losses = fit(config, [unet, embeddings], predict, draw, gen, objective=config.objective,
+                                      desc=config.objective, progress=progress)
+    return ema_unet, ema_emb, losses
 
 
 def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int = 50,
