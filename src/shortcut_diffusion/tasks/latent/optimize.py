@@ -308,29 +308,23 @@ def optimize_latent(
         model: a loaded :class:`~shortcut_diffusion.models.base.DiffusionModel`.
         reward: ``reward(images, labels) -> tensor[batch]``, higher is better.
         labels: the conditioning of each sample (class indices or prompts).
-        estimator: gradient method or spec (default ``sdo``, kept step ``first``; any method of
-            :mod:`shortcut_diffusion.gradients`).
+        estimator: gradient method or spec (default ``sdo``; any of :mod:`shortcut_diffusion.gradients`).
         scheduler: scheduler name or object (default: the model's).
         steps, warmup: the schedule length and the steps run without grad before the optimized
             latent. ``init``, when given, is the latent at step ``warmup`` (e.g. an inversion).
         iters, lr, betas, clip_grad: Adam on the latent; ``clip_grad`` clips the gradient norm.
-        prior_weight: weight of :func:`chi_prior` on the initial noise (``warmup=0``, no ``init``);
-            ``None``: :data:`DEFAULT_PRIOR_WEIGHT` when the initial noise is optimized, else 0.
+        prior_weight: weight of :func:`chi_prior` on the initial noise (None: the default, when it is optimized).
         proximity_weight: weight of the mean squared pixel distance to the starting samples.
         seed: seed of the initial noise and the scheduler's per-step noise (fixed across iterations).
-        precision: ``fp32``, ``bf16``, ``fp16`` or a :class:`~shortcut_diffusion.precision.Precision`
-            (default: the model's dtype).
+        precision: ``fp32``, ``bf16``, ``fp16`` or a ``Precision`` (default: the model's dtype).
         callback: called after every iteration with ``(row, latents, images)``.
-        max_seconds: also stop once the iterations have taken this long on ``clock`` (a budget;
-            the callback's time is not counted).
+        max_seconds, clock: also stop once the iterations have taken ``max_seconds`` on ``clock``
+            (default :func:`~shortcut_diffusion.meters.budget_clock`; ``time.process_time``: CPU time).
         compile: run the network calls that record no graph through ``torch.compile``.
         eval_rewards: held-out rewards by name (``eval_reward/<spec>``), scored, never optimized.
         rollout, picard: ``sequential`` (the loop) or ``picard``: SDO's rollout by warm-started
             parallel sweeps with ``picard`` settings (:mod:`shortcut_diffusion.gradients.picard`).
-        select: per-sample best-iterate selection (:mod:`.selection`; offered every iteration's
-            latents, samples and rewards, and the final ones), or None: the last iterate.
-        clock: what ``seconds`` and ``max_seconds`` are read from (default
-            :func:`~shortcut_diffusion.meters.budget_clock`; ``time.process_time`` for CPU time).
+        select: per-sample best-iterate selection (:mod:`.selection`), or None: the last iterate.
     """
     labels, batch = _labels(labels, batch)
     method = with_rollout(get_method(estimator, seed=seed), rollout, picard)
@@ -340,10 +334,10 @@ def optimize_latent(
     _check_call(model, labels, init, steps=steps, warmup=warmup, iters=iters, lr=lr, batch=batch,
                 prior_weight=prior_weight, proximity_weight=proximity_weight, optimizes_noise=optimizes_noise,
                 precision=name, betas=betas, clip_grad=clip_grad)
-    scheduler = make_scheduler(scheduler, like=model.scheduler) if isinstance(scheduler, str) else scheduler
-    method.check(scheduler or model.scheduler, steps, start=warmup, step_kwargs=step_kwargs)
+    scheduler = make_scheduler(scheduler, like=model.scheduler) if isinstance(scheduler, str) else scheduler or model.scheduler
+    method.check(scheduler, steps, start=warmup, step_kwargs=step_kwargs)
     problem = LatentProblem(model, checked(reward), labels if isinstance(labels, list) else labels.to(model.device),
-                            detached(model.conditioning(labels)), scheduler or model.scheduler, steps, warmup, seed,
+                            detached(model.conditioning(labels)), scheduler, steps, warmup, seed,
                             guidance, step_kwargs, _precision(precision, name, model), compile, method,
                             {key: checked(r) for key, r in (eval_rewards or {}).items()},
                             read_frames=not eval_rewards and not proximity_weight, clock=clock or budget_clock)
