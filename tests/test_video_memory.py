@@ -16,30 +16,47 @@ FRAMES = 9
 
 
 def load(dirs, family, frames=FRAMES, **options):
-    size = 32 if family == "ltx" else 16
-    return load_model(str(dirs[family]), height=size, width=size, num_frames=frames, **options)
+    """The tiny pipeline of ``family``; ``ltx-causal``: LTX with a causal decoder (``decoder_causal``)."""
+    size = 32 if family.startswith("ltx") else 16
+    if family.endswith("-i2v"):
+        from PIL import Image
+
+        options["image"] = Image.new("RGB", (size, size), (200, 40, 90))
+    model = load_model(str(dirs[family.removesuffix("-causal")]), height=size, width=size, num_frames=frames, **options)
+    if family == "ltx-causal":
+        torch.manual_seed(0)
+        vae = model.pipe.vae
+        model.pipe.vae = type(vae).from_config({**vae.config, "decoder_causal": True}).eval().requires_grad_(False)
+    return model
 
 
 def latents(model, batch=2):
     return torch.randn((batch, *model.sample_shape), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("family, frames, decoded", [
-    ("animatediff", [3, 7], [3, 7]),  # an image VAE: those frames alone
-    ("wan", [0], [0]),  # a causal VAE: the first latent frame is the first frame
-    ("wan", [2], [0, 1, 2, 3, 4]),  # ... and a prefix of latent frames the first frames
-    ("cogvideox", [0], list(range(FRAMES))),  # its first latent frame alone decodes differently: all
-    ("ltx", [0], list(range(FRAMES))),  # a non-causal decoder: all
+@pytest.mark.parametrize("family, count, frames, decoded", [
+    ("animatediff", FRAMES, [3, 7], [3, 7]),  # an image VAE: those frames alone
+    ("wan", FRAMES, [0], [0]),  # a causal VAE: the first latent frame is the first frame
+    ("wan", FRAMES, [2], [0, 1, 2, 3, 4]),  # ... and a prefix of latent frames the first frames
+    # CogVideoX decodes latent frames in batches of 2, the odd one in the first: prefixes of 3, 5, ... latent frames
+    ("cogvideox", 17, [3], list(range(9))),
+    ("cogvideox", 17, [0], list(range(9))),  # the first latent frame alone decodes differently: the first 3
+    ("cogvideox", 17, [9], list(range(17))),  # 4 latent frames would split a batch: all 5
+    ("cogvideox", FRAMES, [0], list(range(FRAMES))),
+    ("cogvideox-i2v", 17, [5], list(range(9))),  # decodes as its text-to-video family
+    ("ltx", FRAMES, [0], list(range(FRAMES))),  # a non-causal decoder (LTX-Video's): all
+    ("ltx-causal", FRAMES, [2], [0, 1, 2, 3, 4]),  # a causal one: a prefix of the packed tokens' frames
+    ("hunyuanvideo", FRAMES, [0], list(range(FRAMES))),  # group norms over every frame: all
 ])
-def test_selective_decode_equals_the_full_decode(video_pipeline_dirs, family, frames, decoded):
-    model = load(video_pipeline_dirs, family)
+def test_selective_decode_equals_the_full_decode(video_pipeline_dirs, family, count, frames, decoded):
+    model = load(video_pipeline_dirs, family, frames=count)
     z = latents(model)
     assert model.frames_decoded(frames) == decoded
     with torch.no_grad():
         full, part = model.images(z), model.decode_frames(z, frames)
     assert part.shape == full.shape
     torch.testing.assert_close(part[:, decoded], full[:, decoded], rtol=1e-5, atol=1e-5)
-    rest = [t for t in range(FRAMES) if t not in decoded]
+    rest = [t for t in range(count) if t not in decoded]
     assert not rest or ((part[:, rest] == 0).all() and (full[:, rest] != 0).any())
 
 
@@ -50,14 +67,21 @@ def decode_kept_bytes(model, z, frames=None):
     return video, meter.bytes, x
 
 
-def test_selective_decode_keeps_less_and_its_gradient_is_the_full_decodes(video_pipeline_dirs):
-    model = load(video_pipeline_dirs, "animatediff")
+@pytest.mark.parametrize("family, count, frame, kept", [
+    ("animatediff", FRAMES, 4, 1 / 4),  # one frame of 9
+    ("wan", FRAMES, 0, 1 / 4),  # one latent frame of 3
+    ("cogvideox", 17, 3, 3 / 5),  # 3 latent frames of 5
+    ("ltx-causal", FRAMES, 0, 1 / 3),  # one latent frame of 3
+])
+def test_selective_decode_keeps_less_and_its_gradient_is_the_full_decodes(video_pipeline_dirs, family, count, frame,
+                                                                          kept):
+    model = load(video_pipeline_dirs, family, frames=count)
     z = latents(model)
     full, full_bytes, x_full = decode_kept_bytes(model, z)
-    part, part_bytes, x_part = decode_kept_bytes(model, z, [4])
-    assert part_bytes < full_bytes / 4
-    full[:, 4].sum().backward()
-    part[:, 4].sum().backward()
+    part, part_bytes, x_part = decode_kept_bytes(model, z, [frame])
+    assert part_bytes < full_bytes * kept
+    full[:, frame].square().sum().backward()
+    part[:, frame].square().sum().backward()
     torch.testing.assert_close(x_part.grad, x_full.grad, rtol=1e-4, atol=1e-6)
 
 

@@ -108,6 +108,8 @@ class ShapedWan(ShapedTransformer):
     frame_decode: ClassVar[str] = "causal"  # Wan's VAE: a prefix of latent frames decodes the first frames
     frames_decoded = VideoModel.frames_decoded
     decode_frames = VideoModel.decode_frames
+    causal_prefix = VideoModel.causal_prefix
+    latent_prefix = VideoModel.latent_prefix
 
     def temporal_factor(self) -> int:
         return TEMPORAL

@@ -6,6 +6,11 @@ negative prompt (``true_cfg_scale``) is not offered and ``--negative-prompt`` is
 go through the pipeline's own encoder (a Llama model with its prompt template, and CLIP's pooled
 embedding); the sigmas are the pipeline's, ``linspace(1, 0, N + 1)[:-1]``, shifted by the
 scheduler's ``shift``.
+
+A decode of some frames decodes every frame: the causal VAE's group norms take their statistics
+over all the frames of a decoder call, and its temporal tiles (5 latent frames, every 3, blended)
+are decoded whole, so no prefix of latent frames decodes to the first frames exactly (on the tiny
+test VAE in float64 every prefix's first frames differ from the whole's by more than 1).
 """
 
 from __future__ import annotations

@@ -121,6 +121,8 @@ class WanImageToVideoModel(ImageConditioned, WanModel):
 
 
 class CogVideoXImageToVideoModel(ImageConditioned, CogVideoXModel):
+    """CogVideoX image-to-video; it decodes (some frames too) as :class:`CogVideoXModel`."""
+
     family: ClassVar[str] = "cogvideox-i2v"
 
     def __init__(self, pipe: Any, *, image: Any = None, **options: Any):

@@ -76,8 +76,8 @@ class VideoModel(PipelineModel):
 
     frame_decode: ClassVar[str] = "all"
     """What a decode of some frames needs: ``all`` the latent frames, a ``causal`` prefix (a causal
-    VAE: the first latent frames decode to the first frames exactly) or ``per-frame`` (an image
-    VAE: each frame alone). Latents are ``C x T x h x w`` for the last two."""
+    VAE: the first latent frames decode to the first frames exactly, see :meth:`causal_prefix` and
+    :meth:`latent_prefix`) or ``per-frame`` (an image VAE: each frame alone, latents ``C x T x h x w``)."""
     decode_chunk: int = 0
     """Frames decoded at a time, each chunk checkpointed (``--decode-chunk``; 0: all at once)."""
 
@@ -89,9 +89,17 @@ class VideoModel(PipelineModel):
         if self.frame_decode == "per-frame":
             return frames
         if self.frame_decode == "causal":
-            temporal = self.temporal_factor()
-            return list(range(1 + temporal * -(-frames[-1] // temporal)))
+            return list(range(1 + self.temporal_factor() * (self.causal_prefix(frames[-1]) - 1)))
         return list(range(self.num_frames))
+
+    def causal_prefix(self, last: int) -> int:
+        """The number of first latent frames a causal decode of frames ``0..last`` reads: those that
+        reach frame ``last`` (a family whose VAE decodes only some prefixes exactly rounds up)."""
+        return 1 + -(-last // self.temporal_factor())
+
+    def latent_prefix(self, latents: torch.Tensor, count: int) -> torch.Tensor:
+        """The first ``count`` latent frames of ``latents`` (``B x C x T x h x w`` here)."""
+        return latents[:, :, :count]
 
     def decode_frames(self, latents: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
         """:meth:`images` of the frames ``frames`` (and those the VAE makes with them, see
@@ -100,7 +108,7 @@ class VideoModel(PipelineModel):
         if len(made) == self.num_frames:
             return self.images(latents)
         if self.frame_decode == "causal":
-            decoded = self.decode(latents[:, :, : 1 + (made[-1]) // self.temporal_factor()])
+            decoded = self.decode(self.latent_prefix(latents, 1 + made[-1] // self.temporal_factor()))
         else:
             decoded = self.decode(latents.index_select(2, torch.tensor(made, device=latents.device)))
         decoded = decoded.float().clamp(-1, 1)
@@ -216,9 +224,16 @@ class CogVideoXDenoiser(nn.Module):
 
 class CogVideoXModel(VideoModel):
     """CogVideoX (v-prediction, ``CogVideoXDDIMScheduler``); the pipeline's ``use_dynamic_cfg``
-    (a guidance scale that changes with the step) is not offered: guidance is constant."""
+    (a guidance scale that changes with the step) is not offered: guidance is constant.
+
+    Its VAE decodes the latent frames in batches of ``num_latent_frames_batch_size`` (2), the odd
+    one out in the first batch, each batch's group norms over its own frames and only the causal
+    convolutions' cache passed on: a prefix of latent frames cut at a batch boundary of the whole
+    (an odd number, at least 3) decodes to the whole's first frames exactly, any other does not
+    (:meth:`causal_prefix` rounds up to one)."""
 
     family: ClassVar[str] = "cogvideox"
+    frame_decode: ClassVar[str] = "causal"
     default_guidance: ClassVar[float] = 6.0
     default_frames: ClassVar[int] = 49
 
@@ -252,6 +267,15 @@ class CogVideoXModel(VideoModel):
             return None
         return self.pipe._prepare_rotary_positional_embeddings(self.height, self.width, self.latent_frames, self.device)
 
+    def causal_prefix(self, last: int) -> int:
+        """Rounded up to where the VAE's frame batches of the whole video end (see the class)."""
+        batch = self.pipe.vae.num_latent_frames_batch_size
+        count = max(super().causal_prefix(last), batch)
+        return min(self.latent_frames, count + (self.latent_frames - count) % batch)
+
+    def latent_prefix(self, latents: torch.Tensor, count: int) -> torch.Tensor:
+        return latents[:, :count]  # frame-major
+
     def vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.permute(0, 2, 1, 3, 4) / self.pipe.vae.config.scaling_factor
 
@@ -275,7 +299,11 @@ class LTXDenoiser(nn.Module):
 
 
 class LTXModel(VideoModel):
-    """LTX-Video at the pipeline's frame rate (25) and decode timestep (0)."""
+    """LTX-Video at the pipeline's frame rate (25) and decode timestep (0).
+
+    A decode of some frames decodes a prefix of latent frames where the VAE's decoder is causal
+    (``decoder_causal`` in its config, decided per loaded model); the published LTX-Video VAEs' is
+    not (its convolutions pad with the last frame and see the next one), so they decode every frame."""
 
     family: ClassVar[str] = "ltx"
     default_guidance: ClassVar[float] = 3.0
@@ -288,6 +316,19 @@ class LTXModel(VideoModel):
         self.pipe = pipe
         self.size_multiple = max(1, 32 // self.spatial_factor())  # the pipeline's sizes: multiples of 32
         super().__init__(pipe, **options)
+
+    @property
+    def frame_decode(self) -> str:  # type: ignore[override]
+        return "causal" if self.pipe.vae.config.decoder_causal else "all"
+
+    def causal_prefix(self, last: int) -> int:
+        patch_t = self.network.config.patch_size_t  # whole tokens
+        return min(self.latent_frames, -(-super().causal_prefix(last) // patch_t) * patch_t)
+
+    def latent_prefix(self, latents: torch.Tensor, count: int) -> torch.Tensor:
+        _, h, w = self.grid
+        p, patch_t = self.network.config.patch_size, self.network.config.patch_size_t
+        return latents[:, : count // patch_t * (h // p) * (w // p)]  # tokens frame-major
 
     def spatial_factor(self) -> int:
         return self.pipe.vae_spatial_compression_ratio
@@ -324,7 +365,10 @@ class LTXModel(VideoModel):
 
     def vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         pipe, config = self.pipe, self.network.config
-        unpacked = pipe._unpack_latents(latents, *self.grid, config.patch_size, config.patch_size_t)
+        _, h, w = self.grid
+        p, patch_t = config.patch_size, config.patch_size_t
+        frames = latents.shape[1] * p * p * patch_t // (h * w)  # fewer than the grid's for a latent prefix
+        unpacked = pipe._unpack_latents(latents, frames, h, w, p, patch_t)
         return pipe._denormalize_latents(unpacked, pipe.vae.latents_mean, pipe.vae.latents_std,
                                          pipe.vae.config.scaling_factor)
 
