@@ -43,6 +43,7 @@ def latents(model, batch=2):
     ("cogvideox", 17, [0], list(range(9))),  # the first latent frame alone decodes differently: the first 3
     ("cogvideox", 17, [9], list(range(17))),  # 4 latent frames would split a batch: all 5
     ("cogvideox", FRAMES, [0], list(range(FRAMES))),
+    ("cogvideox", 49, [0], list(range(9))),  # its default length: the first frame's decode makes 9 of 49 (docs)
     ("cogvideox-i2v", 17, [5], list(range(9))),  # decodes as its text-to-video family
     ("ltx", FRAMES, [0], list(range(FRAMES))),  # a non-causal decoder (LTX-Video's): all
     ("ltx-causal", FRAMES, [2], [0, 1, 2, 3, 4]),  # a causal one: a prefix of the packed tokens' frames
