@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="run every estimator on each of these seeds (the start noise and the scheduler's), one "
+                             "table each, and add a table over the seeds (instead of --seed)")
+    parser.add_argument("--name", default="latent_time_to_reward", help="file name of the outputs (without suffix)")
     parser.add_argument("--out", default="runs/latent_ttr")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="what the budget and s/iter are read from: wall-clock, or the process's CPU time "
@@ -40,24 +45,47 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_digits_model()
-    rows = rw.latent_time_to_reward(model, "digit-class:7", 1, estimators=args.estimators,
-                                    seconds=args.seconds, steps=args.steps, batch=args.batch, seed=args.seed,
-                                    clock=time.process_time if args.clock == "cpu" else None)
+    runs = {seed: rw.latent_time_to_reward(model, "digit-class:7", 1, estimators=args.estimators,
+                                           seconds=args.seconds, steps=args.steps, batch=args.batch, seed=seed,
+                                           clock=time.process_time if args.clock == "cpu" else None)
+            for seed in args.seeds or [args.seed]}
     mean, std = rw.real_fd_spread(model.classifier, 7, args.batch)
-    text = (f"Command: `{command}`\n\n" + rw.markdown(rows, reference="full") + "\n" + "\n".join(rw.targets(rows))
+    tables = [(f"## seed {seed}\n\n" if args.seeds else "") + rw.markdown(rows, reference="full") + "\n"
+              + "\n".join(rw.targets(rows)) for seed, rows in runs.items()]
+    text = (f"Command: `{command}`\n\n" + (seed_table(runs) if args.seeds else "") + "\n\n".join(tables)
             + f"\n\nFor scale: {args.batch} real held-out 7s have class-FD {mean:.1f} +- {std:.1f} against all real 7s "
             "(200 random draws).\n")
-    outputs = {"json": json.dumps(rows, indent=1), "md": text}
+    rows = next(iter(runs.values()))
+    outputs = {"json": json.dumps(runs if args.seeds else rows, indent=1), "md": text}
     for ext, content in outputs.items():
-        (out / f"latent_time_to_reward.{ext}").write_text(content)
-    rw.plot(rows, out / "latent_time_to_reward.png")
+        (out / f"{args.name}.{ext}").write_text(content)
+    rw.plot(rows, out / f"{args.name}.png")
     if args.docs:
         docs = Path(args.docs)
         for ext, content in outputs.items():
-            (docs / f"latent_time_to_reward_cpu.{ext}").write_text(content)
-        rw.plot(rows, docs / "latent_time_to_reward_cpu.png")
+            (docs / f"{args.name}_cpu.{ext}").write_text(content)
+        rw.plot(rows, docs / f"{args.name}_cpu.png")
     print(text)
     return 0
+
+
+def seed_table(runs: dict) -> str:
+    """Each estimator over the seeds: mean final reward, the panel's counts summed, mean realism."""
+    estimators = [r["estimator"] for r in next(iter(runs.values()))]
+    lines = [f"### over {len(runs)} seeds ({', '.join(map(str, runs))})", "",
+             "| estimator | final reward (mean) | final reward (each seed) | all judges read the goal | realism (mean) "
+             "| iterations (mean) | s/iter (median) | reached 95% |", "|---|---|---|---|---|---|---|---|"]
+    for name in estimators:
+        rows = [next(r for r in seed_rows if r["estimator"] == name) for seed_rows in runs.values()]
+        read = sum(r["panel"]["read_by_all"] for r in rows)
+        count = sum(r["panel"]["count"] for r in rows)
+        lines.append(f"| {name} | {statistics.mean(r['final_reward'] for r in rows):.4f} | "
+                     + ", ".join(f"{r['final_reward']:.2f}" for r in rows) + f" | {read}/{count} | "
+                     f"{statistics.mean(r['panel']['realism'] for r in rows):.2f}x | "
+                     f"{statistics.mean(r['iterations'] for r in rows):.0f} | "
+                     f"{statistics.median(r['seconds_per_iter'] for r in rows):.2f} | "
+                     f"{sum(r['seconds_to_95'] is not None for r in rows)}/{len(rows)} |")
+    return "\n".join(lines) + "\n\n"
 
 
 if __name__ == "__main__":

@@ -97,6 +97,30 @@ def test_the_picard_gradient_is_the_sdo_gradient_at_convergence(tiny64):
     torch.testing.assert_close(picard, reference, rtol=1e-9, atol=1e-11)
 
 
+def test_extrapolated_warm_start_is_closer_on_a_straight_path(tiny64):
+    # latents z, z + dz (swept to convergence), z + 2 dz (one sweep): carrying the predictions on by
+    # their last change leaves an error second order in dz at the third, holding them one first order
+    scheduler = _scheduler(tiny64, "ddim")
+    z = torch.randn((2, *tiny64.sample_shape), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    dz = 1e-3 * torch.randn(z.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+    def third_sample_error(extrapolate: bool) -> float:
+        method = PicardRollout(get_method("sdo"), PicardSettings(sweeps=STEPS, tol=0.0, every=0,
+                                                                 extrapolate=extrapolate))
+        for k in range(3):
+            if k == 2:
+                method.settings = PicardSettings(sweeps=1, tol=0.0, every=0, extrapolate=extrapolate)
+            out = generate(tiny64, (z + k * dz).requires_grad_(True), [1, 2], steps=STEPS, estimator=method,
+                           scheduler=scheduler, seed=0, decode=False)
+        assert out.info["rollout"] == "picard"
+        exact = generate(tiny64, z + 2 * dz, [1, 2], steps=STEPS, scheduler=scheduler, seed=0, decode=False,
+                         plain=True).latents
+        return float((out.latents.detach() - exact).abs().max())
+
+    held, carried = third_sample_error(False), third_sample_error(True)
+    assert carried < 0.01 * held
+
+
 @pytest.mark.parametrize("name, step_kwargs, match", [("euler", {}, "linear"), ("ddim", {"eta": 0.5}, "eta 0"),
                                                       ("dpmpp-2m", {}, "linear")])
 def test_nonlinear_schedulers_are_refused_in_one_line(tiny, name, step_kwargs, match):
@@ -113,6 +137,8 @@ def test_other_estimators_and_settings_are_refused(tiny):
         PicardSettings(sweeps=0)
     with pytest.raises(UsageError, match="--picard-tol"):
         PicardSettings(tol=float("nan"))
+    with pytest.raises(UsageError, match="--picard-extrapolate"):
+        PicardSettings(extrapolate="yes")
     with pytest.raises(UsageError, match="fine-tuning"):
         PicardRollout(get_method("sdo")).check_task("finetune")
 

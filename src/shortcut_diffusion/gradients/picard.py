@@ -26,7 +26,13 @@ Warm start. Consecutive iterations of latent optimization differ by one optimize
 Holding the clean-sample predictions fixed, the recursion gives
 ``x_i(z + dz) = x_i(z) + (C_0 ... C_{i-1}) dz``: the previous trajectory shifted along the linear
 path. That shifted guess is the scan of the previous iteration's predictions from the new latent,
-which is how it is computed.
+which is how it is computed. With ``extrapolate`` (the default) the predictions are not held but
+carried on by their last change, ``d(z_t) ~ d(z_{t-1}) + (d(z_{t-1}) - d(z_{t-2}))``: Adam's
+consecutive steps are alike, so the predictions move much as they last moved. It costs no network
+call. One sweep barely corrects the last steps, where the clean-sample prediction is nearly the
+state itself (the sweep's contraction there is close to 1), so the guess's error at those steps is
+what the gradient sees; on the digits demo task the extrapolated guess raised the mean cosine of
+the warm gradient to the sequential one from 0.64 to 0.76 over 40 iterations (docs/latent.md).
 
 The gradient then comes from the cache as in ``sdo:rollout=cached`` (:func:`~.cached.replay`):
 the scheduler's updates replayed on the cached outputs, the kept step re-run with its graph. The
@@ -72,8 +78,13 @@ class PicardSettings:
     (``picard_cosine``); 0: never. It costs a sequential pass and a backward pass more."""
     chunk: int = 0
     """Steps per batched network call of a sweep (0: the whole trajectory in one call)."""
+    extrapolate: bool = True
+    """Warm-start from the clean-sample predictions carried on by their last change between
+    iterations (False: held as they were)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.extrapolate, bool):
+            raise UsageError(f"--picard-extrapolate is on or off, got {self.extrapolate!r}")
         for name in ("sweeps", "every", "check", "chunk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "sweeps" else 0):
@@ -188,6 +199,12 @@ class _Cache:
     z: torch.Tensor
     data: torch.Tensor
     """Every step's clean-sample prediction on the last trajectory."""
+    change: Optional[torch.Tensor] = None
+    """``data`` less the iteration's before (None after the first)."""
+
+    def guess(self, extrapolate: bool) -> torch.Tensor:
+        """The predictions a warm start assumes at the next latent."""
+        return self.data + self.change if extrapolate and self.change is not None else self.data
 
 
 class PicardRollout(GradientMethod):
@@ -253,7 +270,9 @@ class PicardRollout(GradientMethod):
             out, data, info = self._sequential(sampling, x, per_sample)
         else:
             out, data, info = self._warm(sampling, x, per_sample)
-        self._cache = _Cache(x.detach().clone(), data)
+        previous = self._cache
+        change = data - previous.data if previous is not None and previous.data.shape == data.shape else None
+        self._cache = _Cache(x.detach().clone(), data, change)
         check = self.settings.check
         info["picard_check"] = bool(check) and self.calls % check == 0
         self.calls += 1
@@ -282,8 +301,9 @@ class PicardRollout(GradientMethod):
         """Sweeps from the previous trajectory shifted to ``x``, then the gradient from the cache."""
         z = x.detach()
         _, schedule = linear_schedule(sampling, z)
-        guess = scan(z, self._cache.data, schedule.data)  # x_i + (C_0 ... C_{i-1}) dz
         settings = self.settings
+        # held predictions: x_i + (C_0 ... C_{i-1}) dz; extrapolated: plus their last change's effect
+        guess = scan(z, self._cache.guess(settings.extrapolate), schedule.data)
         outputs, data, states, info = picard_solve(sampling, z, guess, sweeps=settings.sweeps, tol=settings.tol,
                                                    chunk=settings.chunk)
         rollout = Rollout()

@@ -11,6 +11,7 @@ excluded, except for guidance, which differentiates the reward inside every step
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -43,8 +44,9 @@ def run_method(model: Any, reward: Callable, labels: torch.Tensor, spec: str, *,
     from shortcut_diffusion.gradients.picard import with_rollout
     from shortcut_diffusion.tasks.latent.optimize import optimize_latent
 
-    base, _, rollout = spec.partition("+")  # sdo+picard: SDO with warm-started Picard rollouts
-    method = with_rollout(get_method(base, seed=seed), rollout or "sequential")
+    base, _, rollout = spec.partition("+")  # sdo+picard[:every=5,...]: SDO with warm-started Picard rollouts
+    rollout, settings = _rollout(rollout or "sequential")
+    method = with_rollout(get_method(base, seed=seed), rollout, settings)
     zs: list[tuple[float, torch.Tensor]] = []
     result = optimize_latent(model, reward, labels, estimator=method, steps=steps, iters=10**6, lr=lr, seed=seed,
                              progress=False, max_seconds=seconds, clock=clock,
@@ -59,6 +61,25 @@ def run_method(model: Any, reward: Callable, labels: torch.Tensor, spec: str, *,
     return LatentRun(result.start_images, result.images, [(t, per[i]) for i, (t, _) in enumerate(zs)],
                      len(result.history), statistics.median(r["seconds"] for r in result.history),
                      max(r["saved_bytes"] for r in result.history))
+
+
+def _rollout(text: str) -> tuple[str, Any]:
+    """``picard:every=5,extrapolate=0`` as the rollout's name and its ``PicardSettings``."""
+    from shortcut_diffusion.gradients.picard import PicardSettings
+
+    name, _, options = text.partition(":")
+    fields = {f.name: f.type for f in dataclasses.fields(PicardSettings)}
+    values: dict[str, Any] = {}
+    for item in filter(None, options.split(",")):
+        key, _, value = item.partition("=")
+        if key not in fields or not value:
+            raise UsageError(f"{name}: settings are {', '.join(fields)} as key=value, got {item!r}")
+        kind = {"int": int, "float": float, "bool": lambda v: bool(int(v))}[str(fields[key])]
+        try:
+            values[key] = kind(value)
+        except ValueError:
+            raise UsageError(f"{name}: {key} takes a {fields[key]} (bool: 0 or 1), got {value!r}") from None
+    return name, PicardSettings(**values) if values else None
 
 
 def _freedom(model: Any, reward: Callable, labels: torch.Tensor, spec: str, *, steps: int, seed: int) -> LatentRun:

@@ -58,6 +58,9 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
                                                            "metrics.jsonl (costs a pass and a backward more; 0: never)"})
     picard_chunk: int = field(default=0, metadata={"help": "--rollout picard: steps per batched network call of a "
                                                            "sweep (0: the whole trajectory at once)"})
+    picard_extrapolate: bool = field(default=True, metadata={"help": "--rollout picard: warm-start from the clean-"
+                                                                     "sample predictions carried on by their last "
+                                                                     "change (off: held as they were)"})
     preset: Optional[str] = field(default=None, metadata={"help": "named settings: paper (the SDO authors' scripts: DDIM, "
                                                                   "--steps 50 --warmup 45 --lr 0.01 --betas 0.9 0.9, no "
                                                                   "prior); options you set to other values win",
@@ -82,7 +85,8 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
         from shortcut_diffusion.gradients.picard import PicardSettings
 
         return PicardSettings(sweeps=self.picard_sweeps, tol=self.picard_tol, every=self.picard_every,
-                              check=self.picard_check, chunk=self.picard_chunk)
+                              check=self.picard_check, chunk=self.picard_chunk,
+                              extrapolate=self.picard_extrapolate)
 
     def _check(self) -> None:
         from shortcut_diffusion.gradients import get_method
