@@ -48,6 +48,8 @@ CASES = {
     "pipeline --frames": ([*PIPELINE, "--frames", "9"], "--frames applies to video pipelines"),
     "digits --negative-prompt": ([*DIGITS, "--negative-prompt", "a dog"], "--negative-prompt applies to text-to-image"),
     "digits --height": ([*DIGITS, "--height", "64"], "--height applies to text-to-image pipelines"),
+    "moving-digits --frames 5": (["latent", "--model", "moving-digits", "--frames", "5"],
+                                 "'moving-digits' makes videos of 8 frames only"),
     "SD --cond with --prompt": ([*PIPELINE, "--cond", "3"], "--cond takes class indices"),
     "--lora-alpha 0": (["finetune", *FAST_FINETUNE, "--lora-alpha", "0"], "--lora-alpha must be > 0"),
     "guide --estimator bogus": ([*GUIDE, "--estimator", "bogus"], "sdo guide takes no --estimator"),

@@ -161,3 +161,15 @@ def test_lora_finetune_runs_on_moving_digits(tmp_path):
     for row in (summary["before"], summary["after"]):
         assert {"motion_accuracy", "ink", "accuracy", "panel_read_by_all"} <= set(row)
     assert (tmp_path / "ft" / "final").is_dir()
+
+
+def test_frames_grid_on_moving_digits_at_its_frame_count(tmp_path):
+    # its frame count is fixed (frames are channels), so the grid is over steps: SDO flat, full growing
+    from shortcut_diffusion.cli import main
+
+    out = tmp_path / "grid"
+    assert main(["bench", "--model", "moving-digits", "--frames-grid", "8", "--steps", "2", "4", "--batch", "1",
+                 "--reward", "digit-class:7", "--estimators", "full", "sdo", "--out", str(out)]) == 0
+    rows = {(r["estimator"], r["steps"]): r["saved_bytes"] for r in json.loads((out / "video_memory.json").read_text())["rows"]}
+    assert rows[("full", 4)] > 1.8 * rows[("full", 2)]
+    assert abs(rows[("sdo", 4)] - rows[("sdo", 2)]) < 0.01 * rows[("sdo", 2)]

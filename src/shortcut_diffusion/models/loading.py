@@ -106,7 +106,14 @@ def load_model(name: str, *, dtype: str = "fp32", device: Any = None, height: Op
 
 
 def _refuse_unused(name: str, model: DiffusionModel, options: dict[str, Any]) -> None:
-    """Options only text-to-image pipelines use, given for ``model``: refused, naming the first."""
+    """Options only text-to-image pipelines use, given for ``model``: refused, naming the first. A
+    video model of a fixed frame count (``moving-digits``) takes ``--frames`` at that count only."""
+    frames = options.get("--frames")
+    if frames is not None and len(model.image_shape) == 4:
+        if int(frames) != model.image_shape[0]:
+            raise UsageError(f"--frames {frames}: {name!r} makes videos of {model.image_shape[0]} frames only "
+                             "(a fixed size)")
+        options = {key: value for key, value in options.items() if key != "--frames"}
     given = [option for option, value in options.items() if value is not None]
     if given:
         kind = {"class": "a class-conditional", "none": "an unconditional"}.get(model.condition_kind, "a")
