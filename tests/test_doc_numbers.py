@@ -57,6 +57,11 @@ def mib(reader):
 
 
 CLAIMS = [
+    # docs/video.md, moving-digits memory as steps grow
+    Claim("docs/video.md", "Full backpropagation holds {} MiB at N = 50", R + "video_memory_moving_cpu.json",
+          mib(json_at("rows", where(estimator="full", steps=50), "saved_bytes")), "{:.0f}"),
+    Claim("docs/video.md", "SDO holds {} MiB\nat every N", R + "video_memory_moving_cpu.json",
+          mib(json_at("rows", where(estimator="sdo", steps=50), "saved_bytes")), "{:.1f}"),
     # README.md, headline numbers
     Claim("README.md", "SDO saves one network graph whatever the number of steps: {} of full", N50,
           md_cell("## N = 50", "sdo", "x full saved"), "{:.1%}"),
@@ -194,6 +199,8 @@ TABLES = [
     Table("docs/latent.md", "nothing else running (`docs/results/guide_vs_sdo_cpu.md`)",
           R + "guide_vs_sdo_cpu.md", "Reward: digit-class:7"),
     Table("docs/video.md", "configuration and run in", R + "video_memory_cpu.md", "KiB saved for backward"),
+    Table("docs/video.md", "`docs/results/video_memory_moving_cpu.md`), KiB saved", R + "video_memory_moving_cpu.md",
+          "KiB saved for backward"),
     Table("docs/latent.md", "[demo_seeds_cpu.md](results/demo_seeds_cpu.md)):", R + "demo_seeds_cpu.md", "Targets:"),
     Table("docs/latent.md", "**digits, digit-class 1->7**", R + "latent_table.md", "### digit-class"),
     Table("docs/latent.md", "**digits, style (ref #0)**", R + "latent_table.md", "### style"),
