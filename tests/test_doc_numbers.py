@@ -60,7 +60,7 @@ CLAIMS = [
     # docs/video.md, moving-digits memory as steps grow
     Claim("docs/video.md", "Full backpropagation holds {} MiB at N = 50", R + "video_memory_moving_cpu.json",
           mib(json_at("rows", where(estimator="full", steps=50), "saved_bytes")), "{:.0f}"),
-    Claim("docs/video.md", "SDO holds {} MiB\nat every N", R + "video_memory_moving_cpu.json",
+    Claim("docs/video.md", "SDO holds {} MiB at every N", R + "video_memory_moving_cpu.json",
           mib(json_at("rows", where(estimator="sdo", steps=50), "saved_bytes")), "{:.1f}"),
     # README.md, headline numbers
     Claim("README.md", "SDO saves one network graph whatever the number of steps: {} of full", N50,
