@@ -11,7 +11,8 @@ import torch
 from shortcut_diffusion import UsageError, make_scheduler
 from shortcut_diffusion.gradients import get_method
 from shortcut_diffusion.gradients.base import Sampling
-from shortcut_diffusion.gradients.picard import PicardRollout, PicardSettings, linear_schedule, picard_solve, scan
+from shortcut_diffusion.gradients.picard import (Evaluated, PicardRollout, PicardSettings, corrected_scan, linear_schedule,
+                                                 picard_solve, scan, secant_slopes)
 from shortcut_diffusion.tasks.generate import generate
 from shortcut_diffusion.tasks.latent.optimize import optimize_latent
 
@@ -39,8 +40,8 @@ def test_sweeps_run_to_convergence_equal_the_sequential_sampler(tiny64, name, co
     with torch.no_grad():
         sequential = sampling.run(z).sample
         cold = torch.stack([z] * (STEPS - start + 1))
-        _, _, states, info = picard_solve(sampling, z, cold, sweeps=STEPS - start, tol=0.0)
-        _, _, partial, _ = picard_solve(sampling, z, cold, sweeps=1, tol=0.0)
+        _, _, states, info, _ = picard_solve(sampling, z, cold, sweeps=STEPS - start, tol=0.0)
+        _, _, partial, _, _ = picard_solve(sampling, z, cold, sweeps=1, tol=0.0)
     assert info["picard_sweeps"] == STEPS - start
     torch.testing.assert_close(states[-1], sequential, rtol=0, atol=atol)
     assert (partial[-1] - sequential).abs().max() > 1e3 * atol  # one cold sweep is not the answer yet
@@ -65,12 +66,12 @@ def test_warm_start_is_the_previous_trajectory_shifted_along_the_linear_path(tin
     # and the warm guess is close: it, and one sweep from it, beat the cold start by far
     with torch.no_grad():
         exact = sampling.run(z).sample
-        _, previous, _, _ = picard_solve(sampling, z, torch.stack([z] * (STEPS + 1)), sweeps=STEPS, tol=0.0)
+        _, previous, _, _, _ = picard_solve(sampling, z, torch.stack([z] * (STEPS + 1)), sweeps=STEPS, tol=0.0)
         target = sampling.run(z + dz).sample
         cold = torch.stack([z + dz] * (STEPS + 1))
         guess = scan(z + dz, previous, schedule.data)
-        _, _, warm, _ = picard_solve(sampling, z + dz, guess, sweeps=1, tol=0.0)
-        _, _, from_cold, _ = picard_solve(sampling, z + dz, cold, sweeps=1, tol=0.0)
+        _, _, warm, _, _ = picard_solve(sampling, z + dz, guess, sweeps=1, tol=0.0)
+        _, _, from_cold, _, _ = picard_solve(sampling, z + dz, cold, sweeps=1, tol=0.0)
     moved = (target - exact).abs().max()
     assert (guess[-1] - target).abs().max() < 2 * moved
     assert (warm[-1] - target).abs().max() < 2 * moved < 0.01 * (from_cold[-1] - target).abs().max()
@@ -119,6 +120,56 @@ def test_extrapolated_warm_start_is_closer_on_a_straight_path(tiny64):
 
     held, carried = third_sample_error(False), third_sample_error(True)
     assert carried < 0.01 * held
+
+
+def test_secant_slopes_and_the_corrected_scan():
+    g = torch.Generator().manual_seed(8)
+    inputs, other = torch.randn((4, 3, 2, 5, 5), generator=g), torch.randn((4, 3, 2, 5, 5), generator=g)
+    slope = torch.tensor([0.0, 0.3, 0.9, 1.4]).view(4, 1, 1, 1, 1)
+    # an affine prediction d(x) = j x + b per step: the secant is j, whichever two points
+    now, before = Evaluated(inputs, slope * inputs + 1.0), Evaluated(other, slope * other + 1.0)
+    torch.testing.assert_close(secant_slopes(now, before), slope.view(4, 1).expand(4, 3), rtol=0, atol=1e-5)
+    assert (secant_slopes(now, now) == 0).all()  # states that did not move: no slope
+    assert (secant_slopes(Evaluated(inputs, -inputs), Evaluated(other, -other)) == 0).all()  # -1, clamped at 0
+    coefficients = [(0.9, 0.1), (0.7, 0.3), (0.5, 0.5), (0.2, 0.8)]
+    z = other[0]
+    plain, _ = corrected_scan(z, now, None, coefficients)
+    torch.testing.assert_close(plain, scan(z, now.data, coefficients))
+    # with the affine model the corrected scan is the exact recursion x_{i+1} = C x_i + D d(x_i)
+    states, data = corrected_scan(z, now, slope.view(4, 1).expand(4, 3), coefficients)
+    x = z
+    for i, (c, d) in enumerate(coefficients):
+        x = c * x + d * (slope[i, 0] * x + 1.0)
+        torch.testing.assert_close(states[i + 1], x, rtol=1e-5, atol=1e-5)
+    # at a fixed point (every state where it was evaluated) the correction vanishes
+    fixed = Evaluated(plain[:-1], now.data)
+    torch.testing.assert_close(corrected_scan(z, fixed, slope.view(4, 1).expand(4, 3), coefficients)[0], plain)
+
+
+def test_one_secant_sweep_is_closer_than_a_held_one(tiny64):
+    # one sweep per call along a straight path of latents: held predictions let the error grow from
+    # call to call, secant slopes keep it far smaller
+    scheduler = _scheduler(tiny64, "ddim")
+    z = torch.randn((2, *tiny64.sample_shape), generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    dz = 1e-2 * torch.randn(z.shape, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+
+    def errors(secant: bool) -> list[float]:
+        method = PicardRollout(get_method("sdo"), PicardSettings(sweeps=1, tol=0.0, every=0, extrapolate=False,
+                                                                 secant=secant))
+        out = []
+        for k in range(4):
+            latent = (z + k * dz).requires_grad_(True)
+            got = generate(tiny64, latent, [1, 2], steps=STEPS, estimator=method, scheduler=scheduler, seed=0,
+                           decode=False).latents.detach()
+            exact = generate(tiny64, z + k * dz, [1, 2], steps=STEPS, scheduler=scheduler, seed=0, decode=False,
+                             plain=True).latents
+            out.append(float((got - exact).abs().max()))
+        return out
+
+    held, secant = errors(False), errors(True)
+    assert held[0] == secant[0] == 0  # the first call is a sequential pass
+    assert held[3] > held[1] > 0
+    assert max(secant[1:]) < 0.5 * held[3]
 
 
 @pytest.mark.parametrize("name, step_kwargs, match", [("euler", {}, "linear"), ("ddim", {"eta": 0.5}, "eta 0"),

@@ -81,10 +81,13 @@ class PicardSettings:
     extrapolate: bool = True
     """Warm-start from the clean-sample predictions carried on by their last change between
     iterations (False: held as they were)."""
+    secant: bool = True
+    """Move each prediction along its step's secant slope in the sweep's scan (False: held)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.extrapolate, bool):
-            raise UsageError(f"--picard-extrapolate is on or off, got {self.extrapolate!r}")
+        for name in ("extrapolate", "secant"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"--picard-{name} is on or off, got {getattr(self, name)!r}")
         for name in ("sweeps", "every", "check", "chunk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "sweeps" else 0):
@@ -167,24 +170,65 @@ def sweep(sampling: Sampling, states: torch.Tensor, timesteps: torch.Tensor, chu
     return torch.cat(outputs)
 
 
+@dataclass
+class Evaluated:
+    """The network's clean-sample predictions ``data`` at the states ``inputs`` (``[n, batch, ...]``)."""
+
+    inputs: torch.Tensor
+    data: torch.Tensor
+
+
+def secant_slopes(now: Evaluated, before: Evaluated, low: float = 0.0, high: float = 2.0) -> torch.Tensor:
+    """Per step and sample (``[n, batch]``), the scalar ``j`` that best fits
+    ``d(x) - d(x') ~ j (x - x')`` between two evaluations (least squares; 0 where the states did not
+    move), clamped to ``[low, high]``: a one-number model of each step's Jacobian, about 0 at high
+    noise (the prediction hardly follows its input) and about 1 at low noise (it nearly is its input)."""
+    dx, dd = (now.inputs - before.inputs).flatten(2), (now.data - before.data).flatten(2)
+    norm = dx.square().sum(2)
+    moved = norm > 1e-30
+    slopes = (dx * dd).sum(2) / torch.where(moved, norm, torch.ones_like(norm))
+    return torch.where(moved, slopes, torch.zeros_like(slopes)).clamp(low, high)
+
+
+def corrected_scan(z: torch.Tensor, evaluated: Evaluated, slopes: Optional[torch.Tensor],
+                   coefficients: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(states, data)`` of ``x_{i+1} = C_i x_i + D_i d_i`` with each prediction moved along its
+    step's slope from where it was evaluated, ``d_i = data_i + j_i (x_i - inputs_i)`` (``slopes``
+    None: held, the plain scan). At a fixed point (``x_i = inputs_i``) it is the plain scan."""
+    if slopes is None:
+        return scan(z, evaluated.data, coefficients), evaluated.data
+    states, data = [z], []
+    shape = (-1,) + (1,) * (z.dim() - 1)
+    for i, (c, d) in enumerate(coefficients):
+        moved = slopes[i].view(shape).to(z.dtype) * (states[-1] - evaluated.inputs[i].to(z.dtype))
+        data.append(evaluated.data[i].to(z.dtype) + moved)
+        states.append(c * states[-1] + d * data[-1])
+    return torch.stack(states), torch.stack(data)
+
+
 def picard_solve(sampling: Sampling, z: torch.Tensor, guess: torch.Tensor, *, sweeps: int, tol: float,
-                 chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+                 chunk: int = 0, previous: Optional[Evaluated] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any], Evaluated]:
     """Picard sweeps from the trajectory ``guess`` (whose first state is ``z``): ``(outputs, data,
-    states, info)``. The states are the scan of the clean-sample predictions ``data`` from ``z``,
-    and ``outputs`` the network outputs that give ``data`` at those states, so the scheduler's own
-    updates on ``outputs`` retrace ``states``. The change is measured after each sweep's scan: no
-    network call is spent on the tolerance."""
+    states, info, evaluated)``. The states are the scan of the clean-sample predictions ``data``
+    from ``z``, and ``outputs`` the network outputs that give ``data`` at those states, so the
+    scheduler's own updates on ``outputs`` retrace ``states``; ``evaluated`` is the last sweep's
+    network evaluations. With ``previous`` evaluations (the last iteration's), each scan moves the
+    predictions along secant slopes (:func:`secant_slopes`, :func:`corrected_scan`); without, it
+    holds them. The change is measured after each sweep's scan: no network call is spent on the
+    tolerance."""
     _, schedule = linear_schedule(sampling, z)
     states, change, done = guess, float("inf"), 0
     for done in range(1, sweeps + 1):
-        data = schedule.to_data(sweep(sampling, states, schedule.timesteps, chunk), states)
-        new = scan(z, data, schedule.data)
+        now = Evaluated(states[:-1], schedule.to_data(sweep(sampling, states, schedule.timesteps, chunk), states))
+        slopes = None if previous is None else secant_slopes(now, previous)
+        new, data = corrected_scan(z, now, slopes, schedule.data)
         change = float((new - states).flatten(2).square().mean(2).sqrt().max())
-        states = new
+        states, previous = new, now
         if change <= tol:
             break
     outputs = schedule.to_outputs(data, states)
-    return outputs, data, states, {"picard_sweeps": done, "picard_change": change}
+    return outputs, data, states, {"picard_sweeps": done, "picard_change": change}, now
 
 
 def linear_schedule(sampling: Sampling, x: torch.Tensor) -> tuple[Any, LinearSchedule]:
@@ -201,6 +245,8 @@ class _Cache:
     """Every step's clean-sample prediction on the last trajectory."""
     change: Optional[torch.Tensor] = None
     """``data`` less the iteration's before (None after the first)."""
+    evaluated: Optional[Evaluated] = None
+    """The last network evaluations of the trajectory, for the next iteration's secant slopes."""
 
     def guess(self, extrapolate: bool) -> torch.Tensor:
         """The predictions a warm start assumes at the next latent."""
@@ -267,12 +313,12 @@ class PicardRollout(GradientMethod):
         if not torch.is_grad_enabled():
             return self.base.sample(sampling, x, per_sample)
         if self.sequential_due(x):
-            out, data, info = self._sequential(sampling, x, per_sample)
+            out, data, evaluated, info = self._sequential(sampling, x, per_sample)
         else:
-            out, data, info = self._warm(sampling, x, per_sample)
+            out, data, evaluated, info = self._warm(sampling, x, per_sample)
         previous = self._cache
         change = data - previous.data if previous is not None and previous.data.shape == data.shape else None
-        self._cache = _Cache(x.detach().clone(), data, change)
+        self._cache = _Cache(x.detach().clone(), data, change, evaluated)
         check = self.settings.check
         info["picard_check"] = bool(check) and self.calls % check == 0
         self.calls += 1
@@ -280,7 +326,7 @@ class PicardRollout(GradientMethod):
         return out
 
     def _sequential(self, sampling: Sampling, x: torch.Tensor, per_sample: bool
-                    ) -> tuple[SampleOutput, torch.Tensor, dict[str, Any]]:
+                    ) -> tuple[SampleOutput, torch.Tensor, Evaluated, dict[str, Any]]:
         """The base SDO's own loop, its clean-sample predictions kept for the next warm start."""
         rollout, callback = Rollout(), sampling.callback
 
@@ -293,25 +339,29 @@ class PicardRollout(GradientMethod):
         outputs = torch.stack(list(rollout.outputs.values()))
         _, schedule = linear_schedule(sampling, x)
         z = x.detach()
-        data = schedule.to_data(outputs, scan(z, outputs, schedule.step))
-        return out, data, {"rollout": "sequential", "picard_sweeps": 0, "forward": len(outputs)}
+        states = scan(z, outputs, schedule.step)
+        data = schedule.to_data(outputs, states)
+        return out, data, Evaluated(states[:-1], data), {"rollout": "sequential", "picard_sweeps": 0,
+                                                         "forward": len(outputs)}
 
     def _warm(self, sampling: Sampling, x: torch.Tensor, per_sample: bool
-              ) -> tuple[SampleOutput, torch.Tensor, dict[str, Any]]:
+              ) -> tuple[SampleOutput, torch.Tensor, Evaluated, dict[str, Any]]:
         """Sweeps from the previous trajectory shifted to ``x``, then the gradient from the cache."""
         z = x.detach()
         _, schedule = linear_schedule(sampling, z)
         settings = self.settings
         # held predictions: x_i + (C_0 ... C_{i-1}) dz; extrapolated: plus their last change's effect
         guess = scan(z, self._cache.guess(settings.extrapolate), schedule.data)
-        outputs, data, states, info = picard_solve(sampling, z, guess, sweeps=settings.sweeps, tol=settings.tol,
-                                                   chunk=settings.chunk)
+        previous = self._cache.evaluated if settings.secant else None
+        outputs, data, states, info, evaluated = picard_solve(sampling, z, guess, sweeps=settings.sweeps,
+                                                              tol=settings.tol, chunk=settings.chunk, previous=previous)
         rollout = Rollout()
         rollout.outputs = {float(t): output for t, output in zip(schedule.timesteps, outputs)}
         rollout.final = states[-1]
         out = replay(sampling, x, rollout, self.base, per_sample)
         kept = out.plan.graph_steps
-        return out, data, {"rollout": "picard", "forward": info["picard_sweeps"] * len(outputs) + kept, **info}
+        return out, data, evaluated, {"rollout": "picard", "forward": info["picard_sweeps"] * len(outputs) + kept,
+                                      **info}
 
 
 def with_rollout(method: GradientMethod, rollout: str, settings: Optional[PicardSettings] = None) -> GradientMethod:

@@ -61,6 +61,9 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
     picard_extrapolate: bool = field(default=True, metadata={"help": "--rollout picard: warm-start from the clean-"
                                                                      "sample predictions carried on by their last "
                                                                      "change (off: held as they were)"})
+    picard_secant: bool = field(default=True, metadata={"help": "--rollout picard: in each sweep's scan, move every "
+                                                                "step's prediction along a secant slope fitted to its "
+                                                                "last two evaluations (off: held)"})
     preset: Optional[str] = field(default=None, metadata={"help": "named settings: paper (the SDO authors' scripts: DDIM, "
                                                                   "--steps 50 --warmup 45 --lr 0.01 --betas 0.9 0.9, no "
                                                                   "prior); options you set to other values win",
@@ -86,7 +89,7 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
 
         return PicardSettings(sweeps=self.picard_sweeps, tol=self.picard_tol, every=self.picard_every,
                               check=self.picard_check, chunk=self.picard_chunk,
-                              extrapolate=self.picard_extrapolate)
+                              extrapolate=self.picard_extrapolate, secant=self.picard_secant)
 
     def _check(self) -> None:
         from shortcut_diffusion.gradients import get_method
