@@ -11,7 +11,7 @@ from shortcut_diffusion.tasks.latent.selection import NearestOwnSample, check_se
 
 
 def test_each_sample_keeps_its_nearest_iterate_among_those_that_reach_the_reward():
-    reference = {7: torch.zeros(1, 4)}
+    reference = {"7": torch.zeros(1, 4)}
     select = NearestOwnSample(reference, [7, 7, 7], min_reward=-1.0)
     far, near = torch.full((3, 4), 2.0), torch.full((3, 4), 0.5)
     select.offer(torch.full((3, 1), 0.0), far, torch.tensor([0.0, 0.0, -5.0]))
@@ -50,3 +50,15 @@ def test_bad_selection_is_a_usage_error():
         check_selection("best")
     with pytest.raises(UsageError, match="class-conditional"):
         check_selection("own-samples", "prompt")
+
+
+def test_a_moving_digits_reference_moves_as_each_sample_does():
+    from shortcut_diffusion.models.testbed.moving.model import MotionLabel
+
+    model = load_model("moving-digits")
+    labels = [MotionLabel(1, 0), MotionLabel(1, 1)]  # a 1 moving right, a 1 moving left
+    select = make_selection("own-samples", model, "digit-class:7", labels, seed=0)
+    assert select.target == ["7:right", "7:left"] and sorted(select.reference) == ["7:left", "7:right"]
+    # the model's 7s moving left are nearer to one another than to its 7s moving right
+    left, right = select.reference["7:left"], select.reference["7:right"]
+    assert torch.cdist(left[:8], left[8:16]).mean() < torch.cdist(left[:8], right[:8]).mean()

@@ -16,7 +16,7 @@ NORM_GROUPS = 8
 OBJECTIVES = ("diffusion", "flow")
 """``diffusion``: epsilon prediction on DDPM's cosine schedule, sampled with DDIM; ``flow``:
 rectified flow (velocity prediction), sampled with the flow-matching Euler scheduler."""
-VIDEO_DEFAULTS = {"out": "runs/moving-digits", "steps": 6500, "batch": 32, "warmup": 200, "lr": 2e-3, "channels": [32, 64, 64],
+VIDEO_DEFAULTS = {"out": "runs/moving-digits", "steps": 20000, "batch": 32, "warmup": 200, "lr": 2e-3, "channels": [32, 64, 64],
                   "eval_per_class": 10}
 """``--video``'s defaults for the options still at the digits testbed's (the moving-digits model
 trains in about 25 minutes of one CPU thread)."""

@@ -32,17 +32,24 @@ def check_selection(select: str, condition_kind: str = "class") -> None:
                          f"class-conditional model, this one is conditioned by {condition_kind}")
 
 
+def label_key(label: Any) -> str:
+    """What tells two targets apart: the class, and a moving digit's direction (``7:left``)."""
+    return repr(label)
+
+
 @torch.no_grad()
-def own_samples(model: Any, classes: Sequence[int], *, seed: int, count: int = REFERENCE_COUNT,
-                steps: int = REFERENCE_STEPS) -> dict[int, torch.Tensor]:
-    """``count`` plain samples of each class in ``classes`` (flattened, on the CPU)."""
+def own_samples(model: Any, classes: Sequence[Any], *, seed: int, count: int = REFERENCE_COUNT,
+                steps: int = REFERENCE_STEPS) -> dict[str, torch.Tensor]:
+    """``count`` plain samples of each label in ``classes`` (flattened, on the CPU), by
+    :func:`label_key`."""
     from shortcut_diffusion.tasks.generate import generate
 
     reference = {}
-    for k in sorted(set(int(c) for c in classes)):
+    for key, label in sorted({label_key(c): c for c in classes}.items()):
+        k = int(label)
         noise = torch.randn((count, *model.sample_shape), generator=torch.Generator().manual_seed(seed + k))
-        images = generate(model, noise.to(model.device), [k] * count, steps=steps, seed=seed + k).images
-        reference[k] = images.float().cpu().flatten(1)
+        images = generate(model, noise.to(model.device), [label] * count, steps=steps, seed=seed + k).images
+        reference[key] = images.float().cpu().flatten(1)
     return reference
 
 
@@ -50,8 +57,8 @@ class NearestOwnSample:
     """Tracks, per sample, the offered latent nearest to the reference among those whose reward
     is at least ``min_reward``."""
 
-    def __init__(self, reference: dict[int, torch.Tensor], target: Sequence[int], min_reward: float):
-        self.reference, self.target, self.min_reward = reference, [int(k) for k in target], float(min_reward)
+    def __init__(self, reference: dict[str, torch.Tensor], target: Sequence[Any], min_reward: float):
+        self.reference, self.target, self.min_reward = reference, [label_key(k) for k in target], float(min_reward)
         self.best = None
         self.score = torch.full((len(self.target),), float("inf"))
         self.iteration = [None] * len(self.target)
@@ -83,11 +90,19 @@ class NearestOwnSample:
 def make_selection(select: str, model: Any, reward_spec: Any, labels: Sequence[Any], *, seed: int,
                    min_reward: float = DEFAULT_MIN_REWARD) -> Optional[NearestOwnSample]:
     """The selection ``select`` names for a run of ``reward_spec`` on ``labels``, or None (``last``).
-    Each sample's target class is the reward's (``digit-class:K``), else its own label."""
+    Each sample's target class is the reward's (``digit-class:K``), else its own label; a moving
+    digit's target keeps its label's direction (the reference is the model's 7s moving that way)."""
     check_selection(select, model.condition_kind)
     if select == "last":
         return None
     from shortcut_diffusion.tasks.panel import reward_target
 
-    target = reward_target(reward_spec, labels)
+    target = [with_direction(k, label) for k, label in zip(reward_target(reward_spec, labels), labels)]
     return NearestOwnSample(own_samples(model, target, seed=seed), target, min_reward)
+
+
+def with_direction(target: int, label: Any) -> Any:
+    """``target`` moving as ``label`` does, where the label names a direction of motion."""
+    if getattr(label, "direction", None) is None:
+        return target
+    return type(label)(int(target), label.direction)
