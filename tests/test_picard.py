@@ -146,6 +146,19 @@ def test_secant_slopes_and_the_corrected_scan():
     torch.testing.assert_close(corrected_scan(z, fixed, slope.view(4, 1).expand(4, 3), coefficients)[0], plain)
 
 
+def test_held_sweeps_ignore_earlier_evaluations(tiny64):
+    # without --picard-secant, every sweep holds its predictions, whatever evaluations came before
+    scheduler = _scheduler(tiny64, "ddim")
+    sampling = _sampling(tiny64, scheduler, [3])
+    z = torch.randn((1, *tiny64.sample_shape), generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    cold = torch.stack([z] * (STEPS + 1))
+    with torch.no_grad():
+        _, _, plain, _, evaluated = picard_solve(sampling, z, cold, sweeps=2, tol=0.0)
+        _, _, held, _, _ = picard_solve(sampling, z, cold, sweeps=2, tol=0.0, previous=evaluated)
+        _, _, moved, _, _ = picard_solve(sampling, z, cold, sweeps=2, tol=0.0, secant=True, previous=evaluated)
+    assert torch.equal(plain, held) and not torch.equal(plain, moved)
+
+
 def test_one_secant_sweep_is_closer_than_a_held_one(tiny64):
     # one sweep per call along a straight path of latents: held predictions let the error grow from
     # call to call, secant slopes keep it far smaller

@@ -207,21 +207,21 @@ def corrected_scan(z: torch.Tensor, evaluated: Evaluated, slopes: Optional[torch
 
 
 def picard_solve(sampling: Sampling, z: torch.Tensor, guess: torch.Tensor, *, sweeps: int, tol: float,
-                 chunk: int = 0, previous: Optional[Evaluated] = None
+                 chunk: int = 0, secant: bool = False, previous: Optional[Evaluated] = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any], Evaluated]:
     """Picard sweeps from the trajectory ``guess`` (whose first state is ``z``): ``(outputs, data,
     states, info, evaluated)``. The states are the scan of the clean-sample predictions ``data``
     from ``z``, and ``outputs`` the network outputs that give ``data`` at those states, so the
     scheduler's own updates on ``outputs`` retrace ``states``; ``evaluated`` is the last sweep's
-    network evaluations. With ``previous`` evaluations (the last iteration's), each scan moves the
-    predictions along secant slopes (:func:`secant_slopes`, :func:`corrected_scan`); without, it
-    holds them. The change is measured after each sweep's scan: no network call is spent on the
+    network evaluations. With ``secant``, each scan moves the predictions along secant slopes
+    (:func:`secant_slopes`, :func:`corrected_scan`) fitted to the sweep's evaluations and the ones
+    before (``previous``, the last iteration's, for the first sweep); without, it holds them. The change is measured after each sweep's scan: no network call is spent on the
     tolerance."""
     _, schedule = linear_schedule(sampling, z)
     states, change, done = guess, float("inf"), 0
     for done in range(1, sweeps + 1):
         now = Evaluated(states[:-1], schedule.to_data(sweep(sampling, states, schedule.timesteps, chunk), states))
-        slopes = None if previous is None else secant_slopes(now, previous)
+        slopes = secant_slopes(now, previous) if secant and previous is not None else None
         new, data = corrected_scan(z, now, slopes, schedule.data)
         change = float((new - states).flatten(2).square().mean(2).sqrt().max())
         states, previous = new, now
@@ -352,9 +352,9 @@ class PicardRollout(GradientMethod):
         settings = self.settings
         # held predictions: x_i + (C_0 ... C_{i-1}) dz; extrapolated: plus their last change's effect
         guess = scan(z, self._cache.guess(settings.extrapolate), schedule.data)
-        previous = self._cache.evaluated if settings.secant else None
         outputs, data, states, info, evaluated = picard_solve(sampling, z, guess, sweeps=settings.sweeps,
-                                                              tol=settings.tol, chunk=settings.chunk, previous=previous)
+                                                              tol=settings.tol, chunk=settings.chunk,
+                                                              secant=settings.secant, previous=self._cache.evaluated)
         rollout = Rollout()
         rollout.outputs = {float(t): output for t, output in zip(schedule.timesteps, outputs)}
         rollout.final = states[-1]
