@@ -57,6 +57,11 @@ def mib(reader):
 
 
 CLAIMS = [
+    # docs/video.md, bold moving digits
+    Claim("docs/video.md", "**reached at step 60, after {} s of CPU**", R + "finetune_bold_moving_cpu.json",
+          json_at("rows", where(step=60), "wall_clock"), "{:.0f}"),
+    Claim("docs/video.md", "ink {} on the unseen classes (1.75x", R + "finetune_bold_moving_cpu.json",
+          json_at("rows", where(step=60), "ink"), "{:.2f}"),
     # docs/video.md, moving-digits memory as steps grow
     Claim("docs/video.md", "Full backpropagation holds {} MiB at N = 50", R + "video_memory_moving_cpu.json",
           mib(json_at("rows", where(estimator="full", steps=50), "saved_bytes")), "{:.0f}"),
@@ -196,6 +201,8 @@ TABLES = [
           "Command:"),
     Table("docs/video.md", "Samples of the bundled moving-digits model", R + "moving_digits_cpu.md", "### samples"),
     Table("docs/video.md", "`sdo demo --model moving-digits` as measured", R + "moving_digits_cpu.md", "### sdo demo"),
+    Table("docs/video.md", "[finetune_bold_moving_cpu.md](results/finetune_bold_moving_cpu.md))",
+          R + "finetune_bold_moving_cpu.md", "Target:"),
     Table("docs/latent.md", "nothing else running (`docs/results/guide_vs_sdo_cpu.md`)",
           R + "guide_vs_sdo_cpu.md", "Reward: digit-class:7"),
     Table("docs/video.md", "configuration and run in", R + "video_memory_cpu.md", "KiB saved for backward"),
