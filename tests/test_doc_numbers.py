@@ -201,6 +201,8 @@ TABLES = [
           "Command:"),
     Table("docs/video.md", "Samples of the bundled moving-digits model", R + "moving_digits_cpu.md", "### samples"),
     Table("docs/video.md", "`sdo demo --model moving-digits` as measured", R + "moving_digits_cpu.md", "### sdo demo"),
+    Table("docs/latent.md", "[picard_cosine_cpu.md](results/picard_cosine_cpu.md)), the cosine",
+          R + "picard_cosine_cpu.md", "Machine:"),
     Table("docs/video.md", "[finetune_bold_moving_cpu.md](results/finetune_bold_moving_cpu.md))",
           R + "finetune_bold_moving_cpu.md", "Target:"),
     Table("docs/latent.md", "nothing else running (`docs/results/guide_vs_sdo_cpu.md`)",
