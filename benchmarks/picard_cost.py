@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--every", type=int, default=PicardSettings().every)
+    parser.add_argument("--strides", type=int, nargs="+", default=[1, 2],
+                        help="--picard-stride values measured (a warm sweep evaluates every k-th step)")
     parser.add_argument("--out", default="runs/picard_cost")
     parser.add_argument("--docs", default=None, help="also copy the outputs there, as picard_cost_cpu.*")
     args = parser.parse_args(argv)
@@ -46,19 +48,21 @@ def main(argv=None) -> int:
             generate(model, z, labels.tolist(), steps=50, seed=1)
         return time.process_time() - began
 
-    def iterations(rollout: str, every: int, iters: int) -> list[dict]:
+    def iterations(rollout: str, every: int, iters: int, stride: int = 1) -> list[dict]:
         return optimize_latent(model, reward, labels, steps=50, lr=0.15, seed=0, progress=False, iters=iters,
-                               rollout=rollout, picard=PicardSettings(sweeps=1, every=every),
+                               rollout=rollout, picard=PicardSettings(sweeps=1, every=every, stride=stride),
                                clock=time.process_time).history
 
     plain()  # warm-up
-    times: dict[str, list[float]] = {"plain_pass": [], "sdo": [], "picard_warm": [], "picard_mean": []}
+    times: dict[str, list[float]] = {"plain_pass": [], "sdo": []}
     for _ in range(args.repeats):
         times["plain_pass"] += [plain() for _ in range(3)]
         times["sdo"] += [r["seconds"] for r in iterations("sequential", 0, 6)[1:]]
-        rows = iterations("picard", args.every, 2 * args.every + 1)[1:]  # two periods, a pass in each
-        times["picard_warm"] += [r["seconds"] for r in rows if r["rollout"] == "picard"]
-        times["picard_mean"].append(statistics.mean(r["seconds"] for r in rows))
+        for stride in args.strides:
+            suffix = "" if stride == 1 else f"_stride{stride}"
+            rows = iterations("picard", args.every, 2 * args.every + 1, stride)[1:]  # two periods, a pass in each
+            times.setdefault("picard_warm" + suffix, []).extend(r["seconds"] for r in rows if r["rollout"] == "picard")
+            times.setdefault("picard_mean" + suffix, []).append(statistics.mean(r["seconds"] for r in rows))
     median = {key: statistics.median(value) for key, value in times.items()}
     result = {"command": command, "every": args.every, "seconds": median,
               "ratio": {key: median[key] / median["plain_pass"] for key in median}}
@@ -66,9 +70,11 @@ def main(argv=None) -> int:
              "Machine: 2-core Intel Xeon, CPU only, one thread, shared with other jobs; CPU time of the process "
              "(time.process_time), 2026-12-01.", "",
              "| what | CPU s (median) | x a plain pass |", "|---|---|---|"]
-    names = {"plain_pass": "plain sampling pass (N = 50)", "sdo": "sequential SDO iteration",
-             "picard_warm": "warm-started Picard iteration (one sweep)",
-             "picard_mean": f"Picard iteration, mean with a sequential pass every {args.every}"}
+    names = {"plain_pass": "plain sampling pass (N = 50)", "sdo": "sequential SDO iteration"}
+    for stride in args.strides:
+        suffix, part = ("", "") if stride == 1 else (f"_stride{stride}", f", one step in {stride} evaluated")
+        names["picard_warm" + suffix] = f"warm-started Picard iteration (one sweep{part})"
+        names["picard_mean" + suffix] = f"Picard iteration{part}, mean with a sequential pass every {args.every}"
     lines += [f"| {names[key]} | {median[key]:.3f} | {result['ratio'][key]:.2f} |" for key in names]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

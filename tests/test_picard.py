@@ -159,6 +159,21 @@ def test_held_sweeps_ignore_earlier_evaluations(tiny64):
     assert torch.equal(plain, held) and not torch.equal(plain, moved)
 
 
+@pytest.mark.parametrize("secant", [False, True])
+def test_strided_sweeps_evaluate_part_of_the_steps_and_reach_the_same_fixed_point(tiny64, secant):
+    scheduler = _scheduler(tiny64, "ddim")
+    sampling = _sampling(tiny64, scheduler, [1, 4])
+    z = torch.randn((2, *tiny64.sample_shape), generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    cold = torch.stack([z] * (STEPS + 1))
+    with torch.no_grad():
+        sequential = sampling.run(z).sample
+        _, _, _, first, evaluated = picard_solve(sampling, z, cold, sweeps=1, tol=0.0)
+        _, _, states, info, _ = picard_solve(sampling, z, cold, sweeps=2 * STEPS, tol=0.0, secant=secant,
+                                             previous=evaluated, stride=2)
+    assert first["forward"] == STEPS and info["forward"] == STEPS // 2 * info["picard_sweeps"]  # half the steps a sweep
+    torch.testing.assert_close(states[-1], sequential, rtol=0, atol=1e-10)
+
+
 def test_one_secant_sweep_is_closer_than_a_held_one(tiny64):
     # one sweep per call along a straight path of latents: held predictions let the error grow from
     # call to call, secant slopes keep it far smaller
@@ -201,6 +216,8 @@ def test_other_estimators_and_settings_are_refused(tiny):
         PicardSettings(sweeps=0)
     with pytest.raises(UsageError, match="--picard-tol"):
         PicardSettings(tol=float("nan"))
+    with pytest.raises(UsageError, match="--picard-stride"):
+        PicardSettings(stride=0)
     with pytest.raises(UsageError, match="--picard-extrapolate"):
         PicardSettings(extrapolate="yes")
     with pytest.raises(UsageError, match="fine-tuning"):

@@ -83,15 +83,18 @@ class PicardSettings:
     iterations (False: held as they were)."""
     secant: bool = True
     """Move each prediction along its step's secant slope in the sweep's scan (False: held)."""
+    stride: int = 1
+    """A warm sweep evaluates every this-many-th step (rotating from one iteration to the next); the
+    others keep their last evaluation, moved along their last secant slope."""
 
     def __post_init__(self) -> None:
         for name in ("extrapolate", "secant"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"--picard-{name} is on or off, got {getattr(self, name)!r}")
-        for name in ("sweeps", "every", "check", "chunk"):
+        for name in ("sweeps", "every", "check", "chunk", "stride"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "sweeps" else 0):
-                low = 1 if name == "sweeps" else 0
+            low = 1 if name in ("sweeps", "stride") else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UsageError(f"--picard-{name} must be a whole number >= {low}, got {value!r}")
         if not (math.isfinite(self.tol) and self.tol >= 0):
             raise UsageError(f"--picard-tol must be >= 0 and finite, got {self.tol}")
@@ -124,6 +127,12 @@ class LinearSchedule:
         p, q = self._pq(outputs)
         return (outputs - p * states[:-1].to(outputs.dtype)) / q
 
+    def to_data_at(self, outputs: torch.Tensor, states: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """:meth:`to_data` of the outputs of the steps ``steps`` only (``outputs``: ``[len(steps), ...]``)."""
+        p, q = self._pq(outputs.new_empty((len(self.timesteps), *outputs.shape[1:])))
+        index = steps.to(p.device)
+        return (outputs - p.index_select(0, index) * states.index_select(0, steps).to(outputs.dtype)) / q.index_select(0, index)
+
     def to_outputs(self, data: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """The network outputs that give the clean-sample predictions ``data`` at ``states``."""
         p, q = self._pq(data)
@@ -154,16 +163,19 @@ def scan(z: torch.Tensor, outputs: torch.Tensor, coefficients: list[tuple[float,
 
 
 @torch.no_grad()
-def sweep(sampling: Sampling, states: torch.Tensor, timesteps: torch.Tensor, chunk: int = 0) -> torch.Tensor:
-    """Every step's network output at the trajectory ``states`` (``[n + 1, batch, ...]``): ``chunk``
-    steps per batched call (0: all ``n`` at once)."""
-    n, batch = len(timesteps), states.shape[1]
-    per_call = chunk or n
+def sweep(sampling: Sampling, states: torch.Tensor, timesteps: torch.Tensor, chunk: int = 0,
+          steps: Optional[list[int]] = None) -> torch.Tensor:
+    """The network output of each step in ``steps`` (default: all ``n``) at the trajectory
+    ``states`` (``[n + 1, batch, ...]``): ``chunk`` steps per batched call (0: all at once)."""
+    steps = list(range(len(timesteps))) if steps is None else steps
+    batch = states.shape[1]
+    per_call = chunk or len(steps)
     outputs = []
-    for first in range(0, n, per_call):
-        k = min(per_call, n - first)
-        x_in = states[first:first + k].reshape(k * batch, *states.shape[2:])
-        t = timesteps[first:first + k].to(states.device).repeat_interleave(batch)
+    for first in range(0, len(steps), per_call):
+        part = torch.tensor(steps[first:first + per_call], device=states.device)
+        k = len(part)
+        x_in = states.index_select(0, part).reshape(k * batch, *states.shape[2:])
+        t = timesteps.to(states.device).index_select(0, part).repeat_interleave(batch)
         index = torch.arange(batch, device=states.device).repeat(k)
         out = call_on_rows(sampling.denoiser, x_in, t, sampling.cond, index, batch)
         outputs.append(out.reshape(k, batch, *out.shape[1:]))
@@ -176,6 +188,8 @@ class Evaluated:
 
     inputs: torch.Tensor
     data: torch.Tensor
+    slopes: Optional[torch.Tensor] = None
+    """The secant slopes last fitted at each step (``[n, batch]``), where known."""
 
 
 def secant_slopes(now: Evaluated, before: Evaluated, low: float = 0.0, high: float = 2.0) -> torch.Tensor:
@@ -207,28 +221,59 @@ def corrected_scan(z: torch.Tensor, evaluated: Evaluated, slopes: Optional[torch
 
 
 def picard_solve(sampling: Sampling, z: torch.Tensor, guess: torch.Tensor, *, sweeps: int, tol: float,
-                 chunk: int = 0, secant: bool = False, previous: Optional[Evaluated] = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any], Evaluated]:
+                 chunk: int = 0, secant: bool = False, previous: Optional[Evaluated] = None, stride: int = 1,
+                 offset: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any], Evaluated]:
     """Picard sweeps from the trajectory ``guess`` (whose first state is ``z``): ``(outputs, data,
     states, info, evaluated)``. The states are the scan of the clean-sample predictions ``data``
     from ``z``, and ``outputs`` the network outputs that give ``data`` at those states, so the
     scheduler's own updates on ``outputs`` retrace ``states``; ``evaluated`` is the last sweep's
     network evaluations. With ``secant``, each scan moves the predictions along secant slopes
     (:func:`secant_slopes`, :func:`corrected_scan`) fitted to the sweep's evaluations and the ones
-    before (``previous``, the last iteration's, for the first sweep); without, it holds them. The change is measured after each sweep's scan: no network call is spent on the
-    tolerance."""
+    before (``previous``, the last iteration's, for the first sweep); without, it holds them. With
+    ``stride`` > 1 and ``previous``, a sweep evaluates only every ``stride``-th step (from
+    ``offset``); the others keep their previous evaluation and slope. The change is measured after
+    each sweep's scan: no network call is spent on the tolerance."""
     _, schedule = linear_schedule(sampling, z)
-    states, change, done = guess, float("inf"), 0
+    states, change, done, forward = guess, float("inf"), 0, 0
     for done in range(1, sweeps + 1):
-        now = Evaluated(states[:-1], schedule.to_data(sweep(sampling, states, schedule.timesteps, chunk), states))
-        slopes = secant_slopes(now, previous) if secant and previous is not None else None
-        new, data = corrected_scan(z, now, slopes, schedule.data)
+        now = _evaluate(sampling, schedule, states, chunk, previous, stride, offset + done - 1)
+        forward += now.forward
+        if secant and previous is not None:
+            fitted = secant_slopes(now.evaluated, previous)
+            kept = previous.slopes if previous.slopes is not None else torch.zeros_like(fitted)
+            now.evaluated.slopes = torch.where(now.fresh.view(-1, 1), fitted, kept.to(fitted))
+        new, data = corrected_scan(z, now.evaluated, now.evaluated.slopes if secant else None, schedule.data)
         change = float((new - states).flatten(2).square().mean(2).sqrt().max())
-        states, previous = new, now
+        states, previous = new, now.evaluated
         if change <= tol:
             break
     outputs = schedule.to_outputs(data, states)
-    return outputs, data, states, {"picard_sweeps": done, "picard_change": change}, now
+    return outputs, data, states, {"picard_sweeps": done, "picard_change": change, "forward": forward}, previous
+
+
+@dataclass
+class _Sweep:
+    evaluated: Evaluated
+    fresh: torch.Tensor
+    """Which steps the sweep evaluated (``[n]`` bool)."""
+    forward: int
+
+
+def _evaluate(sampling: Sampling, schedule: "LinearSchedule", states: torch.Tensor, chunk: int,
+              previous: Optional[Evaluated], stride: int, offset: int) -> _Sweep:
+    """One sweep's evaluations: every step, or every ``stride``-th one with the rest from ``previous``."""
+    n = len(schedule.timesteps)
+    steps = list(range(n)) if previous is None or stride <= 1 else [i for i in range(n) if (i + offset) % stride == 0]
+    fresh = torch.zeros(n, dtype=torch.bool)
+    fresh[steps] = True
+    outputs = sweep(sampling, states, schedule.timesteps, chunk, steps)
+    index = torch.tensor(steps, device=states.device)
+    data = schedule.to_data_at(outputs, states, index)
+    if len(steps) == n:
+        return _Sweep(Evaluated(states[:-1], data), fresh, n)
+    inputs = previous.inputs.to(states.dtype).index_copy(0, index, states.index_select(0, index))
+    full = previous.data.to(data.dtype).index_copy(0, index, data)
+    return _Sweep(Evaluated(inputs, full, previous.slopes), fresh, len(steps))
 
 
 def linear_schedule(sampling: Sampling, x: torch.Tensor) -> tuple[Any, LinearSchedule]:
@@ -317,7 +362,10 @@ class PicardRollout(GradientMethod):
         else:
             out, data, evaluated, info = self._warm(sampling, x, per_sample)
         previous = self._cache
-        change = data - previous.data if previous is not None and previous.data.shape == data.shape else None
+        same = previous is not None and previous.data.shape == data.shape
+        change = data - previous.data if same else None
+        if same and evaluated.slopes is None and self.settings.secant and previous.evaluated is not None:
+            evaluated.slopes = secant_slopes(evaluated, previous.evaluated)  # a sequential pass: every step fresh
         self._cache = _Cache(x.detach().clone(), data, change, evaluated)
         check = self.settings.check
         info["picard_check"] = bool(check) and self.calls % check == 0
@@ -354,14 +402,14 @@ class PicardRollout(GradientMethod):
         guess = scan(z, self._cache.guess(settings.extrapolate), schedule.data)
         outputs, data, states, info, evaluated = picard_solve(sampling, z, guess, sweeps=settings.sweeps,
                                                               tol=settings.tol, chunk=settings.chunk,
-                                                              secant=settings.secant, previous=self._cache.evaluated)
+                                                              secant=settings.secant, previous=self._cache.evaluated,
+                                                              stride=settings.stride, offset=self.calls)
         rollout = Rollout()
         rollout.outputs = {float(t): output for t, output in zip(schedule.timesteps, outputs)}
         rollout.final = states[-1]
         out = replay(sampling, x, rollout, self.base, per_sample)
         kept = out.plan.graph_steps
-        return out, data, evaluated, {"rollout": "picard", "forward": info["picard_sweeps"] * len(outputs) + kept,
-                                      **info}
+        return out, data, evaluated, {"rollout": "picard", **info, "forward": info["forward"] + kept}
 
 
 def with_rollout(method: GradientMethod, rollout: str, settings: Optional[PicardSettings] = None) -> GradientMethod:

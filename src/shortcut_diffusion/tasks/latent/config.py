@@ -64,6 +64,9 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
     picard_secant: bool = field(default=True, metadata={"help": "--rollout picard: in each sweep's scan, move every "
                                                                 "step's prediction along a secant slope fitted to its "
                                                                 "last two evaluations (off: held)"})
+    picard_stride: int = field(default=1, metadata={"help": "--rollout picard: a warm sweep evaluates every k-th "
+                                                            "step, rotating; the others keep their last evaluation "
+                                                            "moved along its secant slope (1: every step)"})
     preset: Optional[str] = field(default=None, metadata={"help": "named settings: paper (the SDO authors' scripts: DDIM, "
                                                                   "--steps 50 --warmup 45 --lr 0.01 --betas 0.9 0.9, no "
                                                                   "prior); options you set to other values win",
@@ -89,7 +92,8 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
 
         return PicardSettings(sweeps=self.picard_sweeps, tol=self.picard_tol, every=self.picard_every,
                               check=self.picard_check, chunk=self.picard_chunk,
-                              extrapolate=self.picard_extrapolate, secant=self.picard_secant)
+                              extrapolate=self.picard_extrapolate, secant=self.picard_secant,
+                              stride=self.picard_stride)
 
     def _check(self) -> None:
         from shortcut_diffusion.gradients import get_method
