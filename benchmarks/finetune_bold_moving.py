@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from results_files import write_outputs
+
 COLUMNS = [("ink", "ink unseen"), ("seen_ink", "ink seen"), ("panel_read_by_all", "identity unseen (all judges, every frame)"),
            ("seen_panel_read_by_all", "identity seen"), ("judge_video_accuracy", "held-out judge, videos unseen"),
            ("motion_accuracy", "motion accuracy unseen"), ("realism", "realism unseen")]
@@ -69,9 +71,7 @@ def main(argv=None) -> int:
     rows = [json.loads(line) for line in (args.out / "run" / "eval.jsonl").read_text().splitlines() if line]
     text = markdown(rows, command, args)
     outputs = {"md": text, "json": json.dumps({"command": command, "rows": rows}, indent=1)}
-    for directory, stem in [(args.out, "finetune_bold_moving")] + ([(args.docs, "finetune_bold_moving_cpu")] if args.docs else []):
-        for ext, content in outputs.items():
-            (directory / f"{stem}.{ext}").write_text(content)
+    write_outputs(outputs, args.out, "finetune_bold_moving", args.docs)
     print(text)
     return 0
 

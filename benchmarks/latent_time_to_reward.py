@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_files import write_outputs
+
 from shortcut_diffusion.measure.bench import reward as rw
 from shortcut_diffusion.models.testbed import load_digits_model
 
@@ -57,14 +59,10 @@ def main(argv=None) -> int:
             "(200 random draws).\n")
     rows = next(iter(runs.values()))
     outputs = {"json": json.dumps(runs if args.seeds else rows, indent=1), "md": text}
-    for ext, content in outputs.items():
-        (out / f"{args.name}.{ext}").write_text(content)
+    write_outputs(outputs, out, args.name, args.docs)
     rw.plot(rows, out / f"{args.name}.png")
     if args.docs:
-        docs = Path(args.docs)
-        for ext, content in outputs.items():
-            (docs / f"{args.name}_cpu.{ext}").write_text(content)
-        rw.plot(rows, docs / f"{args.name}_cpu.png")
+        rw.plot(rows, Path(args.docs) / f"{args.name}_cpu.png")
     print(text)
     return 0
 

@@ -15,9 +15,9 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
+from results_files import write_outputs
 
 from shortcut_diffusion.gradients.picard import PicardSettings
 from shortcut_diffusion.models.testbed import load_digits_model
@@ -63,10 +63,7 @@ def main(argv=None) -> int:
                      f"{r['final_reward']:.3f} |")
     text = "\n".join(lines) + "\n"
     outputs = {"json": json.dumps(rows, indent=1), "md": text}
-    for directory, stem in [(Path(args.out), "picard_cosine")] + ([(Path(args.docs), "picard_cosine_cpu")] if args.docs else []):
-        directory.mkdir(parents=True, exist_ok=True)
-        for ext, content in outputs.items():
-            (directory / f"{stem}.{ext}").write_text(content)
+    write_outputs(outputs, args.out, "picard_cosine", args.docs)
     print(text)
     return 0
 

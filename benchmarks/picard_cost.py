@@ -16,9 +16,9 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from results_files import write_outputs
 
 from shortcut_diffusion.gradients.picard import PicardSettings
 from shortcut_diffusion.models.testbed import load_digits_model
@@ -76,12 +76,8 @@ def main(argv=None) -> int:
         names["picard_warm" + suffix] = f"warm-started Picard iteration (one sweep{part})"
         names["picard_mean" + suffix] = f"Picard iteration{part}, mean with a sequential pass every {args.every}"
     lines += [f"| {names[key]} | {median[key]:.3f} | {result['ratio'][key]:.2f} |" for key in names]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    targets = [(out, "picard_cost")] + ([(Path(args.docs), "picard_cost_cpu")] if args.docs else [])
-    for folder, name in targets:
-        (folder / f"{name}.json").write_text(json.dumps(result, indent=1))
-        (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
+    write_outputs({"json": json.dumps(result, indent=1), "md": "\n".join(lines) + "\n"}, args.out, "picard_cost",
+                  args.docs)
     print("\n".join(lines))
     return 0
 
