@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -148,6 +149,20 @@ def test_train_testbed_video_tiny(tmp_path):
     assert reference["motion_accuracy"] == 1.0 and reference["video_accuracy"] > 0.9
     with pytest.raises(UsageError, match="--objective flow"):
         TrainTestbedConfig(video=True, objective="flow").check()
+
+    # --init trains on from the saved weights (lr 0: they stay as they were) and records their run
+    again = TrainTestbedConfig(video=True, steps=2, batch=2, channels=[8, 16], eval_per_class=0, lr=1e-12, seed=1,
+                               init=str(tmp_path / "m"), out=str(tmp_path / "m2"))
+    train_testbed(again, progress=False, log=None)
+    continued = load_model(str(tmp_path / "m2"))
+    for name, value in loaded.unet.state_dict().items():
+        torch.testing.assert_close(continued.unet.state_dict()[name], value, rtol=0, atol=1e-6)
+    torch.testing.assert_close(continued.embeddings.weight, loaded.embeddings.weight, rtol=0, atol=1e-6)
+    assert [run["training"]["seed"] for run in continued.info["init_training"]] == [0]
+    with pytest.raises(UsageError, match="--channels 8 16"):
+        train_testbed(replace(again, channels=[16, 16], out=str(tmp_path / "m3")), progress=False, log=None)
+    with pytest.raises(UsageError, match="needs --video"):
+        TrainTestbedConfig(init=str(tmp_path / "m")).check()
 
 
 def test_lora_finetune_runs_on_moving_digits(tmp_path):

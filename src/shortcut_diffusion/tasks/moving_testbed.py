@@ -11,6 +11,7 @@ bundled digits testbed's (they read each frame), not retrained.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict
@@ -20,6 +21,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.models.testbed.config import TrainTestbedConfig
 from shortcut_diffusion.models.testbed.moving import data
 from shortcut_diffusion.models.testbed.moving.model import NULL_ROW, NUM_CLASSES, MovingDigitsModel
@@ -31,9 +33,12 @@ def train_video(config: TrainTestbedConfig, progress: bool = True) -> tuple[Fram
     """The EMA network and condition table after ``config.steps`` steps, and the losses."""
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed + 1)
-    network = FrameStackUNet(config.channels, layers_per_block=config.layers_per_block)
-    embeddings = nn.Embedding(NULL_ROW + 1, network.emb_dim)
-    nn.init.normal_(embeddings.weight, std=1.0)
+    if config.init is not None:
+        network, embeddings = initial_weights(config)
+    else:
+        network = FrameStackUNet(config.channels, layers_per_block=config.layers_per_block)
+        embeddings = nn.Embedding(NULL_ROW + 1, network.emb_dim)
+        nn.init.normal_(embeddings.weight, std=1.0)
 
     def draw(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         batch = data.draw("train", config.batch, gen)
@@ -49,6 +54,30 @@ def train_video(config: TrainTestbedConfig, progress: bool = True) -> tuple[Fram
     return ema_net, ema_emb, losses
 
 
+def initial_weights(config: TrainTestbedConfig) -> tuple[FrameStackUNet, nn.Embedding]:
+    """``--init``: trainable copies of a saved model's network and condition table, whose widths
+    must be the run's ``--channels`` and ``--layers-per-block``."""
+    from shortcut_diffusion.models.testbed.moving.model import load_moving_digits
+
+    saved = load_moving_digits(None if config.init == "moving-digits" else config.init)
+    widths = (list(saved.unet.config["channels"]), saved.unet.config["layers_per_block"])
+    if widths != (list(config.channels), config.layers_per_block):
+        raise UsageError(f"--init {config.init} has widths {' '.join(map(str, widths[0]))} and {widths[1]} layer(s) "
+                         f"per block; give --channels {' '.join(map(str, widths[0]))} --layers-per-block {widths[1]}")
+    network = copy.deepcopy(saved.unet).train().requires_grad_(True)
+    embeddings = nn.Embedding.from_pretrained(saved.embeddings.weight.detach().clone(), freeze=False)
+    return network, embeddings
+
+
+def init_record(init: str) -> list[dict]:
+    """The training runs behind ``--init``'s weights, oldest first (each run's options and CPU time)."""
+    from shortcut_diffusion.models.testbed.moving.model import BUNDLED_MOVING
+
+    info = json.loads((Path(BUNDLED_MOVING if init == "moving-digits" else init) / "testbed.json").read_text())
+    run = {"training": info["training"], "train_cpu_seconds": info.get("train_cpu_seconds")}
+    return [*info.get("init_training", []), run]
+
+
 def train_video_testbed(config: TrainTestbedConfig, progress: bool = True,
                         log: Optional[Callable[[str], None]] = print) -> MovingDigitsModel:
     """Train, evaluate (``eval_per_class`` videos per class) and save the moving-digits model."""
@@ -61,6 +90,7 @@ def train_video_testbed(config: TrainTestbedConfig, progress: bool = True,
     info = {
         "objective": "diffusion",
         "training": asdict(config),
+        **({"init_training": init_record(config.init)} if config.init is not None else {}),
         "final_loss_mean_last_500": sum(losses[-500:]) / max(1, len(losses[-500:])),
         "train_cpu_seconds": round(time.process_time() - start, 1),
         "torch_threads": torch.get_num_threads(),

@@ -56,6 +56,10 @@ class TrainTestbedConfig(Options):
                                                          "its defaults: " + " ".join(f"--{k.replace('_', '-')} "
                                                          + (" ".join(map(str, v)) if isinstance(v, list) else str(v))
                                                          for k, v in VIDEO_DEFAULTS.items())})
+    init: Optional[str] = field(default=None, metadata={"help": "--video: start from a saved moving-digits model's "
+                                                               "weights (a directory, or moving-digits for the "
+                                                               "bundled one) and train on; its widths are kept, and "
+                                                               "another --seed gives other draws than its run's"})
 
     def resolved(self) -> "TrainTestbedConfig":
         """With ``--video``, :data:`VIDEO_DEFAULTS` for the options still at their defaults."""
@@ -65,6 +69,8 @@ class TrainTestbedConfig(Options):
         return replace(self, **{k: v for k, v in VIDEO_DEFAULTS.items() if getattr(self, k) == getattr(defaults, k)})
 
     def _check(self) -> None:
+        if self.init is not None and not self.video:
+            raise UsageError("--init continues a moving-digits model's training: it needs --video")
         if self.video and self.objective != "diffusion":
             raise UsageError("--video trains a diffusion (DDIM) model; --objective flow is for the digits testbed")
         _at_least(1, steps=self.steps, batch=self.batch, layers_per_block=self.layers_per_block,
