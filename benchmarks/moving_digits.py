@@ -26,18 +26,12 @@ def sample_quality(per_class: int) -> dict:
 
 
 def demo(out: Path, **options) -> dict:
-    import dataclasses
-
-    from shortcut_diffusion.tasks.latent.config import DemoConfig, LatentConfig
+    from shortcut_diffusion.tasks.latent.config import DemoConfig
     from shortcut_diffusion.tasks.latent.run import run_latent
 
-    # the demo's settings, then the options over them (as a plain latent run: an option given at
-    # sdo latent's default, such as lr 0.15, must not fall back to the demo's own)
-    demo_config = DemoConfig(model="moving-digits", out=str(out), overwrite=True, progress=False).resolved()
-    config = LatentConfig(**{**{f.name: getattr(demo_config, f.name) for f in dataclasses.fields(LatentConfig)},
-                             **options})
+    settings = {"model": "moving-digits", "out": str(out), "overwrite": True, "progress": False, **options}
     start, wall = time.process_time(), time.time()
-    run_latent(config)
+    run_latent(DemoConfig(**settings), given=set(settings))  # these win over the demo's settings
     cpu, wall = time.process_time() - start, time.time() - wall
     summary = json.loads((out / "summary.json").read_text())
     panel, before = summary["panel"], summary["panel_start"]

@@ -169,6 +169,32 @@ def test_the_paper_preset_fills_the_defaults_and_yields_to_explicit_options():
     assert LatentConfig().resolved() == LatentConfig()
 
 
+@pytest.mark.parametrize("argv, expected", [
+    # the moving demo's step (0.05) and steps (20) yield to the same values as sdo latent's defaults, given
+    (["demo", "--model", "moving-digits", "--lr", "0.15", "--steps", "50"], {"lr": 0.15, "steps": 50, "cond": ["1:right", "1:left", "1:down", "1:up"]}),
+    (["demo", "--model", "moving-digits"], {"lr": 0.05, "steps": 20}),
+    # a preset's lr 0.01 yields to --lr 0.15; its other values, and over the moving demo's, apply
+    (["latent", "--preset", "paper", "--lr", "0.15"], {"lr": 0.15, "steps": 50, "warmup": 45}),
+    (["demo", "--model", "moving-digits", "--preset", "paper"], {"lr": 0.01, "steps": 50, "out": "runs/demo-moving"}),
+])
+def test_options_given_on_the_command_line_win_even_at_their_defaults(monkeypatch, argv, expected):
+    import shortcut_diffusion.tasks.latent.run as latent_run
+
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(config, given=None):
+        seen["config"] = config.resolved(given)
+        raise Captured  # stop before any work
+
+    monkeypatch.setattr(latent_run, "run_latent", capture)
+    with pytest.raises(Captured):
+        main(argv)
+    assert {k: getattr(seen["config"], k) for k in expected} == expected
+
+
 def test_an_inversion_optimizes_one_latent_unless_told_otherwise():
     from shortcut_diffusion.tasks.latent.run import LatentConfig
 

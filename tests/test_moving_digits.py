@@ -133,6 +133,7 @@ def test_demo_runs_on_moving_digits_at_tiny_size(tmp_path):
 def test_train_testbed_video_tiny(tmp_path):
     from shortcut_diffusion import load_model
     from shortcut_diffusion.models.testbed.config import TrainTestbedConfig
+    from shortcut_diffusion.options.parsing import given_options
     from shortcut_diffusion.tasks.testbed import train_testbed
 
     from shortcut_diffusion.models.testbed.moving.frames import evaluate_video_model
@@ -140,6 +141,8 @@ def test_train_testbed_video_tiny(tmp_path):
     config = TrainTestbedConfig(video=True, steps=2, batch=2, channels=[8, 16], eval_per_class=0,
                                 out=str(tmp_path / "m"))
     assert config.resolved().lr == 2e-3 and config.resolved().batch == 2  # --video defaults, given values win
+    given = given_options(TrainTestbedConfig, ["train-testbed", "--video", "--steps", "12000"])
+    assert TrainTestbedConfig(video=True).resolved(given).steps == 12000  # given at the digits default, still wins
     train_testbed(config, progress=False, log=None)
     loaded = load_model(str(tmp_path / "m"))
     assert loaded.family == "moving-digits" and loaded.unet.config["channels"] == [8, 16]

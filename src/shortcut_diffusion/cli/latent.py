@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from shortcut_diffusion.io.interrupts import Interrupted
-from shortcut_diffusion.options.parsing import from_args
+from shortcut_diffusion.options.parsing import from_args, given_options
 from shortcut_diffusion.tasks.latent.config import DemoConfig, LatentConfig
 
 COMMANDS = [
@@ -18,7 +18,7 @@ COMMANDS = [
 def run(args: argparse.Namespace) -> int:
     from shortcut_diffusion.tasks.latent.run import describe, run_latent
 
-    result, out = run_latent(from_args(args.config_cls, args))
+    result, out = run_latent(from_args(args.config_cls, args), given_options(args.config_cls, args.argv))
     if result.interrupt:
         raise Interrupted(result.interrupt, f"kept the last good latents after {len(result.history)} iteration(s) "
                                             f"in {out} (summary.json, final.safetensors)")

@@ -7,7 +7,7 @@ import json
 
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.models.testbed.config import EvalTestbedConfig, TrainTestbedConfig
-from shortcut_diffusion.options.parsing import from_args
+from shortcut_diffusion.options.parsing import from_args, given_options
 
 COMMANDS = [
     ("train-testbed", TrainTestbedConfig, "train the digits testbed (classifier and diffusion model, or --objective flow) "
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from shortcut_diffusion.tasks.testbed import train_testbed
 
-    train_testbed(from_args(TrainTestbedConfig, args))
+    train_testbed(from_args(TrainTestbedConfig, args), given=given_options(TrainTestbedConfig, args.argv))
     return 0
 
 

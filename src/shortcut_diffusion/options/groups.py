@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 from shortcut_diffusion.options.choices import DTYPES, SCHEDULERS, TRACKERS, check_frames
 from shortcut_diffusion.errors import UsageError
@@ -29,6 +29,27 @@ def redefault(owner: type, name: str, default: Any, help: Optional[str] = None) 
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def overlay(config: Any, values: dict[str, Any], given: Optional[Collection[str]] = None) -> Any:
+    """``config`` with ``values`` (a preset's, a mode's defaults) for the options the user did not
+    set: those not in ``given`` (the options on the command line), or, without it (the API), those
+    still at their defaults, so there a value set equal to its default takes the preset's.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     lr: float = 0.15
+    ...     steps: int = 50
+    >>> overlay(C(lr=0.15), {"lr": 0.05, "steps": 20}, given={"lr"})
+    C(lr=0.15, steps=20)
+    >>> overlay(C(lr=0.15), {"lr": 0.05, "steps": 20})
+    C(lr=0.05, steps=20)
+    """
+    if given is None:
+        defaults = type(config)()
+        given = {name for name in values if getattr(config, name) != getattr(defaults, name)}
+    return dataclasses.replace(config, **{k: v for k, v in values.items() if k not in given})
 
 
 def check_number(option: str, value: Optional[float], *, low: Optional[float] = None, strict: bool = False,

@@ -30,7 +30,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 import torch
 import torch.nn.functional as F
@@ -127,8 +127,11 @@ def evaluate_model(model: DigitsModel, per_class: int, seed: int = 0, steps: int
     }
 
 
-def train_testbed(config: TrainTestbedConfig, progress: bool = True, log: Optional[Callable[[str], None]] = print) -> DigitsModel:
-    config = config.resolved()
+def train_testbed(config: TrainTestbedConfig, progress: bool = True, log: Optional[Callable[[str], None]] = print,
+                  given: Optional[Collection[str]] = None) -> DigitsModel:
+    """Train and save the testbed ``config`` names; ``given``: the options the user set, which
+    ``--video``'s defaults never replace (without it: those not at their defaults)."""
+    config = config.resolved(given)
     config.check()
     with rundir.claimed(config.out, "train-testbed", overwrite=config.overwrite):
         if config.video:

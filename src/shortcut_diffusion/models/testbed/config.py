@@ -3,12 +3,12 @@ eval-testbed`` (torch-free; the work itself is :mod:`.train`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Collection, Optional
 
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.options.groups import (MAX_GUIDANCE, ModelOptions, Options, RunOptions, SamplingOptions,
-                                               check_number, check_seed, redefault)
+                                               check_number, check_seed, overlay, redefault)
 
 NORM_GROUPS = 8
 """The UNet's group-norm groups: every block width is a multiple of this."""
@@ -61,12 +61,10 @@ class TrainTestbedConfig(Options):
                                                                "bundled one) and train on; its widths are kept, and "
                                                                "another --seed gives other draws than its run's"})
 
-    def resolved(self) -> "TrainTestbedConfig":
-        """With ``--video``, :data:`VIDEO_DEFAULTS` for the options still at their defaults."""
-        if not self.video:
-            return self
-        defaults = type(self)()
-        return replace(self, **{k: v for k, v in VIDEO_DEFAULTS.items() if getattr(self, k) == getattr(defaults, k)})
+    def resolved(self, given: Optional[Collection[str]] = None) -> "TrainTestbedConfig":
+        """With ``--video``, :data:`VIDEO_DEFAULTS` for the options not in ``given`` (the command
+        line's; without it, those still at their defaults)."""
+        return overlay(self, VIDEO_DEFAULTS if self.video else {}, given)
 
     def _check(self) -> None:
         if self.init is not None and not self.video:

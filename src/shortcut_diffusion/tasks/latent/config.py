@@ -4,12 +4,13 @@ so the command line builds without torch; the run itself is :mod:`.latent`)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Collection, Optional
 
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.options.groups import (ConditionOptions, MemoryOptions, ModelOptions, OptimizerOptions,
-                                               RewardOptions, RunOptions, SamplingOptions, TrackingOptions, redefault)
+                                               RewardOptions, RunOptions, SamplingOptions, TrackingOptions, overlay,
+                                               redefault)
 
 INVERT_BATCH = 1
 NOISE_BATCH = 8
@@ -72,13 +73,14 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
                                                                   "prior); options you set to other values win",
                                                           "choices": list(PRESETS)})
 
-    def resolved(self) -> "LatentConfig":
-        """This config with its preset applied to the options still at their defaults."""
-        if self.preset is None:
-            return self
-        defaults = type(self)()
-        values = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) == getattr(defaults, k)}
-        return replace(self, **values)
+    def overlays(self) -> dict[str, Any]:
+        """The values :meth:`resolved` gives the options the user did not set: the preset's."""
+        return dict(PRESETS[self.preset]) if self.preset is not None else {}
+
+    def resolved(self, given: Optional[Collection[str]] = None) -> "LatentConfig":
+        """This config with :meth:`overlays` for the options not in ``given`` (the command line's;
+        without it, the options still at their defaults): see :func:`~shortcut_diffusion.options.groups.overlay`."""
+        return overlay(self, self.overlays(), given)
 
     @property
     def batch_size(self) -> int:
@@ -131,13 +133,9 @@ class DemoConfig(LatentConfig):
     iters: int = redefault(LatentConfig, "iters", 40)
     out: str = redefault(RunOptions, "out", "runs/demo")
 
-    def resolved(self) -> "DemoConfig":
-        """On ``moving-digits``, :data:`MOVING_DEMO` for the options still at their defaults."""
-        config = super().resolved()
-        if config.model != "moving-digits":
-            return config
-        defaults = type(self)()
-        return replace(config, **{k: v for k, v in MOVING_DEMO.items() if getattr(config, k) == getattr(defaults, k)})
+    def overlays(self) -> dict[str, Any]:
+        """On ``moving-digits``, :data:`MOVING_DEMO`; a ``--preset`` over it."""
+        return {**(MOVING_DEMO if self.model == "moving-digits" else {}), **super().overlays()}
 
 
 MOVING_DEMO: dict[str, Any] = {"cond": ["1:right", "1:left", "1:down", "1:up"], "reward_augment": [], "steps": 20,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 import torch
 
@@ -62,9 +62,11 @@ def inverted_latent(config: LatentConfig, context: RunContext) -> torch.Tensor:
                        set_timesteps_kwargs=model.timestep_kwargs(config.steps))
 
 
-def run_latent(config: LatentConfig) -> tuple[LatentResult, Path]:
-    """Run ``config`` into its run directory; returns the result and the directory."""
-    config = config.resolved()
+def run_latent(config: LatentConfig, given: Optional[Collection[str]] = None) -> tuple[LatentResult, Path]:
+    """Run ``config`` into its run directory; returns the result and the directory. ``given``: the
+    options the user set (the command line's), which a preset or a demo's settings never replace
+    (without it: those not at their defaults)."""
+    config = config.resolved(given)
     config.check()  # everything that can be checked before loading or sampling anything
     estimator = with_rollout(get_method(config.estimator, seed=config.seed), config.rollout, config.picard_settings())
     device = resolve_device(config.device)
