@@ -162,8 +162,16 @@ def test_train_testbed_video_tiny(tmp_path):
         torch.testing.assert_close(continued.unet.state_dict()[name], value, rtol=0, atol=1e-6)
     torch.testing.assert_close(continued.embeddings.weight, loaded.embeddings.weight, rtol=0, atol=1e-6)
     assert [run["training"]["seed"] for run in continued.info["init_training"]] == [0]
-    with pytest.raises(UsageError, match="--channels 8 16"):
-        train_testbed(replace(again, channels=[16, 16], out=str(tmp_path / "m3")), progress=False, log=None)
+    assert TrainTestbedConfig(video=True, init=str(tmp_path / "m")).resolved().channels == [8, 16]  # its widths
+    with pytest.raises(UsageError, match="--channels 8 16"):  # refused before --out is claimed or cleared
+        train_testbed(replace(again, channels=[16, 16], out=str(tmp_path / "m2"), overwrite=True), progress=False,
+                      log=None)
+    assert (tmp_path / "m2" / "network.safetensors").is_file()
+    with pytest.raises(UsageError, match="is --init's directory"):
+        train_testbed(replace(again, out=str(tmp_path / "m"), overwrite=True), progress=False, log=None)
+    assert (tmp_path / "m" / "network.safetensors").is_file()
+    with pytest.raises(UsageError, match="no moving-digits model there"):
+        TrainTestbedConfig(video=True, init=str(tmp_path)).check()
     with pytest.raises(UsageError, match="needs --video"):
         TrainTestbedConfig(init=str(tmp_path / "m")).check()
 

@@ -21,7 +21,6 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.models.testbed.config import TrainTestbedConfig
 from shortcut_diffusion.models.testbed.moving import data
 from shortcut_diffusion.models.testbed.moving.model import NULL_ROW, NUM_CLASSES, MovingDigitsModel
@@ -55,27 +54,14 @@ def train_video(config: TrainTestbedConfig, progress: bool = True) -> tuple[Fram
 
 
 def initial_weights(config: TrainTestbedConfig) -> tuple[FrameStackUNet, nn.Embedding]:
-    """``--init``: trainable copies of a saved model's network and condition table, whose widths
-    must be the run's ``--channels`` and ``--layers-per-block``."""
+    """``--init``: trainable copies of a saved model's network and condition table (their widths
+    are checked with the options, :meth:`TrainTestbedConfig.init_training`)."""
     from shortcut_diffusion.models.testbed.moving.model import load_moving_digits
 
     saved = load_moving_digits(None if config.init == "moving-digits" else config.init)
-    widths = (list(saved.unet.config["channels"]), saved.unet.config["layers_per_block"])
-    if widths != (list(config.channels), config.layers_per_block):
-        raise UsageError(f"--init {config.init} has widths {' '.join(map(str, widths[0]))} and {widths[1]} layer(s) "
-                         f"per block; give --channels {' '.join(map(str, widths[0]))} --layers-per-block {widths[1]}")
     network = copy.deepcopy(saved.unet).train().requires_grad_(True)
     embeddings = nn.Embedding.from_pretrained(saved.embeddings.weight.detach().clone(), freeze=False)
     return network, embeddings
-
-
-def init_record(init: str) -> list[dict]:
-    """The training runs behind ``--init``'s weights, oldest first (each run's options and CPU time)."""
-    from shortcut_diffusion.models.testbed.moving.model import BUNDLED_MOVING
-
-    info = json.loads((Path(BUNDLED_MOVING if init == "moving-digits" else init) / "testbed.json").read_text())
-    run = {"training": info["training"], "train_cpu_seconds": info.get("train_cpu_seconds")}
-    return [*info.get("init_training", []), run]
 
 
 def train_video_testbed(config: TrainTestbedConfig, progress: bool = True,
@@ -85,12 +71,13 @@ def train_video_testbed(config: TrainTestbedConfig, progress: bool = True,
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    history = config.init_training() if config.init is not None else None  # read before an hour of training
     start = time.process_time()
     network, embeddings, losses = train_video(config, progress)
     info = {
         "objective": "diffusion",
         "training": asdict(config),
-        **({"init_training": init_record(config.init)} if config.init is not None else {}),
+        **({"init_training": history} if history is not None else {}),
         "final_loss_mean_last_500": sum(losses[-500:]) / max(1, len(losses[-500:])),
         "train_cpu_seconds": round(time.process_time() - start, 1),
         "torch_threads": torch.get_num_threads(),

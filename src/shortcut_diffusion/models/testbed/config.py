@@ -3,8 +3,10 @@ eval-testbed`` (torch-free; the work itself is :mod:`.train`)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Collection, Optional
+from pathlib import Path
+from typing import Any, Collection, Optional
 
 from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.options.groups import (MAX_GUIDANCE, ModelOptions, Options, RunOptions, SamplingOptions,
@@ -18,8 +20,29 @@ OBJECTIVES = ("diffusion", "flow")
 rectified flow (velocity prediction), sampled with the flow-matching Euler scheduler."""
 VIDEO_DEFAULTS = {"out": "runs/moving-digits", "steps": 20000, "batch": 32, "warmup": 200, "lr": 2e-3, "channels": [32, 64, 64],
                   "eval_per_class": 10}
-"""``--video``'s defaults for the options still at the digits testbed's (the moving-digits model
-trains in about 25 minutes of one CPU thread)."""
+"""``--video``'s defaults for the options the user did not set (the moving-digits model trains in
+about an hour of one CPU thread)."""
+
+
+BUNDLED_MOVING = Path(__file__).parent / "weights" / "moving"
+"""The bundled moving-digits model (``--model moving-digits``, ``--init moving-digits``)."""
+
+
+def moving_record(init: str) -> dict[str, Any]:
+    """The ``testbed.json`` of the moving-digits model ``--init`` names (``moving-digits``: the
+    bundled one); a directory without one is refused."""
+    directory = BUNDLED_MOVING if init == "moving-digits" else Path(init)
+    try:
+        record = json.loads((directory / "testbed.json").read_text())
+        valid = "training" in record and {"channels", "layers_per_block"} <= set(record["network_config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise UsageError(f"--init {init}: no moving-digits model there (its testbed.json is missing or not one "
+                         "sdo train-testbed --video wrote)")
+    if not (directory / "network.safetensors").is_file():
+        raise UsageError(f"--init {init}: network.safetensors is missing")
+    return record
 
 
 def _at_least(low: int, **values: int) -> None:
@@ -63,12 +86,33 @@ class TrainTestbedConfig(Options):
 
     def resolved(self, given: Optional[Collection[str]] = None) -> "TrainTestbedConfig":
         """With ``--video``, :data:`VIDEO_DEFAULTS` for the options not in ``given`` (the command
-        line's; without it, those still at their defaults)."""
-        return overlay(self, VIDEO_DEFAULTS if self.video else {}, given)
+        line's; without it, those still at their defaults), and with ``--init`` its model's widths."""
+        values = dict(VIDEO_DEFAULTS) if self.video else {}
+        if self.video and self.init is not None:
+            widths = moving_record(self.init)["network_config"]
+            values.update(channels=list(widths["channels"]), layers_per_block=widths["layers_per_block"])
+        return overlay(self, values, given)
+
+    def init_training(self) -> list[dict[str, Any]]:
+        """The training runs behind ``--init``'s weights, oldest first (each run's options and CPU
+        time), checked against this run: its widths, and an ``--out`` that is not the init's."""
+        record = moving_record(self.init)
+        widths = (list(record["network_config"]["channels"]), record["network_config"]["layers_per_block"])
+        if widths != (list(self.channels), self.layers_per_block):
+            raise UsageError(f"--init {self.init} has widths {' '.join(map(str, widths[0]))} and {widths[1]} layer(s) "
+                             f"per block; give --channels {' '.join(map(str, widths[0]))} --layers-per-block {widths[1]}"
+                             " or leave them out")
+        source = BUNDLED_MOVING if self.init == "moving-digits" else Path(self.init)
+        if source.resolve() == Path(self.out).resolve():
+            raise UsageError(f"--out {self.out} is --init's directory: write the continued model elsewhere")
+        run = {"training": record["training"], "train_cpu_seconds": record.get("train_cpu_seconds")}
+        return [*record.get("init_training", []), run]
 
     def _check(self) -> None:
         if self.init is not None and not self.video:
             raise UsageError("--init continues a moving-digits model's training: it needs --video")
+        if self.init is not None:
+            self.init_training()
         if self.video and self.objective != "diffusion":
             raise UsageError("--video trains a diffusion (DDIM) model; --objective flow is for the digits testbed")
         _at_least(1, steps=self.steps, batch=self.batch, layers_per_block=self.layers_per_block,

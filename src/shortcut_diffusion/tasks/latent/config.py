@@ -19,7 +19,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # with lr 0.01 and betas (0.9, 0.9), no prior on the latent.
     "paper": {"scheduler": "ddim", "steps": 50, "warmup": 45, "lr": 0.01, "betas": [0.9, 0.9], "prior_weight": 0.0},
 }
-"""Named sets of options (``--preset``); options given explicitly with another value win."""
+"""Named sets of options (``--preset``); options given on the command line win."""
 
 
 @dataclass
@@ -70,7 +70,7 @@ class LatentConfig(TrackingOptions, RunOptions, OptimizerOptions, RewardOptions,
                                                             "moved along its secant slope (1: every step)"})
     preset: Optional[str] = field(default=None, metadata={"help": "named settings: paper (the SDO authors' scripts: DDIM, "
                                                                   "--steps 50 --warmup 45 --lr 0.01 --betas 0.9 0.9, no "
-                                                                  "prior); options you set to other values win",
+                                                                  "prior); options you give win",
                                                           "choices": list(PRESETS)})
 
     def overlays(self) -> dict[str, Any]:

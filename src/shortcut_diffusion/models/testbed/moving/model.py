@@ -30,10 +30,10 @@ from shortcut_diffusion.errors import UsageError
 from shortcut_diffusion.io.reporting import atomic_write_bytes, save_tensors
 from shortcut_diffusion.io.runfiles import write_dir
 from shortcut_diffusion.models.base import TableConditioned
+from shortcut_diffusion.models.testbed.config import BUNDLED_MOVING
 from shortcut_diffusion.models.testbed.moving import data
 from shortcut_diffusion.models.testbed.moving.network import FrameStackUNet
 
-BUNDLED_MOVING = Path(__file__).parent.parent / "weights" / "moving"
 NUM_CLASSES = 10
 NULL_ROW = NUM_CLASSES * len(data.DIRECTIONS)
 
