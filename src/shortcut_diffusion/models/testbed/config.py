@@ -94,8 +94,8 @@ class TrainTestbedConfig(Options):
         return overlay(self, values, given)
 
     def init_training(self) -> list[dict[str, Any]]:
-        """The training runs behind ``--init``'s weights, oldest first (each run's options and CPU
-        time), checked against this run: its widths, and an ``--out`` that is not the init's."""
+        """The training runs behind ``--init``'s weights, oldest first (each run's options, CPU time
+        and final metrics), checked against this run: its widths, and an ``--out`` that is not the init's."""
         record = moving_record(self.init)
         widths = (list(record["network_config"]["channels"]), record["network_config"]["layers_per_block"])
         if widths != (list(self.channels), self.layers_per_block):
@@ -105,7 +105,7 @@ class TrainTestbedConfig(Options):
         source = BUNDLED_MOVING if self.init == "moving-digits" else Path(self.init)
         if source.resolve() == Path(self.out).resolve():
             raise UsageError(f"--out {self.out} is --init's directory: write the continued model elsewhere")
-        run = {"training": record["training"], "train_cpu_seconds": record.get("train_cpu_seconds")}
+        run = {key: record.get(key) for key in ("training", "train_cpu_seconds", "metrics")}
         return [*record.get("init_training", []), run]
 
     def _check(self) -> None:
