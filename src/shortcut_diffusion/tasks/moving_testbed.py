@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from shortcut_diffusion.models.testbed.config import TrainTestbedConfig
+from shortcut_diffusion.models.testbed.config import TrainTestbedConfig, moving_directory
 from shortcut_diffusion.models.testbed.moving import data
 from shortcut_diffusion.models.testbed.moving.model import NULL_ROW, NUM_CLASSES, MovingDigitsModel
 from shortcut_diffusion.models.testbed.moving.network import FrameStackUNet
@@ -58,7 +58,7 @@ def initial_weights(config: TrainTestbedConfig) -> tuple[FrameStackUNet, nn.Embe
     are checked with the options, :meth:`TrainTestbedConfig.init_training`)."""
     from shortcut_diffusion.models.testbed.moving.model import load_moving_digits
 
-    saved = load_moving_digits(None if config.init == "moving-digits" else config.init)
+    saved = load_moving_digits(moving_directory(config.init))
     network = copy.deepcopy(saved.unet).train().requires_grad_(True)
     embeddings = nn.Embedding.from_pretrained(saved.embeddings.weight.detach().clone(), freeze=False)
     return network, embeddings

@@ -28,10 +28,15 @@ BUNDLED_MOVING = Path(__file__).parent / "weights" / "moving"
 """The bundled moving-digits model (``--model moving-digits``, ``--init moving-digits``)."""
 
 
+def moving_directory(init: str) -> Path:
+    """The directory ``--init`` names: ``moving-digits`` is the bundled model's."""
+    return BUNDLED_MOVING if init == "moving-digits" else Path(init)
+
+
 def moving_record(init: str) -> dict[str, Any]:
-    """The ``testbed.json`` of the moving-digits model ``--init`` names (``moving-digits``: the
-    bundled one); a directory without one is refused."""
-    directory = BUNDLED_MOVING if init == "moving-digits" else Path(init)
+    """The ``testbed.json`` of the moving-digits model ``--init`` names; a directory without one
+    is refused."""
+    directory = moving_directory(init)
     try:
         record = json.loads((directory / "testbed.json").read_text())
         valid = "training" in record and {"channels", "layers_per_block"} <= set(record["network_config"])
@@ -102,8 +107,7 @@ class TrainTestbedConfig(Options):
             raise UsageError(f"--init {self.init} has widths {' '.join(map(str, widths[0]))} and {widths[1]} layer(s) "
                              f"per block; give --channels {' '.join(map(str, widths[0]))} --layers-per-block {widths[1]}"
                              " or leave them out")
-        source = BUNDLED_MOVING if self.init == "moving-digits" else Path(self.init)
-        if source.resolve() == Path(self.out).resolve():
+        if moving_directory(self.init).resolve() == Path(self.out).resolve():
             raise UsageError(f"--out {self.out} is --init's directory: write the continued model elsewhere")
         run = {key: record.get(key) for key in ("training", "train_cpu_seconds", "metrics")}
         return [*record.get("init_training", []), run]
