@@ -22,7 +22,8 @@ def test_every_stage_runs_at_toy_sizes(tmp_path):
     assert [r["stage"] for r in suite["stages"]] == ["pipeline", "latent-fp16", "latent-bf16", "latent-picard", "finetune-fp16",
                                                        "finetune-bf16", "bench", "bench-compile", "scale", "scale-wan"]
     text = (out / "suite.md").read_text()
-    assert "| sdo |" in (out / "bench_report.md").read_text() and "raw x sampling" in text
+    bench = (out / "bench_report.md").read_text()
+    assert "| sdo |" in bench and "| full |" in bench and "raw x sampling" in text
     assert "sdxl" in (out / "scale_scale.md").read_text()
     assert "5 frames x 2 steps" in (out / "scale-wan_scale.md").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["bench-compile_report.md", "bench_report.md", "scale-wan_scale.md",
