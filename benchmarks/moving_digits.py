@@ -8,6 +8,7 @@ one thread.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import time
 from pathlib import Path
@@ -75,6 +76,11 @@ VARIANTS = {"select-min-reward -0.1 (the digits demo's)": {"select_min_reward": 
 guidance (the model's own 7s read better at it), and the exact gradient instead of SDO's."""
 
 
+def judge_cells(read_by_judge: dict, count: int) -> str:
+    """The panel's per-judge counts as table cells: ``mlp | knn | forest``."""
+    return " | ".join(f"{read_by_judge[name]}/{count}" for name in ("mlp", "knn", "forest"))
+
+
 def markdown(results: dict) -> str:
     q = results["samples"]["report"]
     per_class = results["per_class"]
@@ -93,17 +99,15 @@ def markdown(results: dict) -> str:
               "| videos | all 3 judges read 7 in every frame | mlp | knn | forest | frames read 7 by all | realism |",
               "|---|---|---|---|---|---|---|"]
     for name, d in results["own"].items():
-        j, n = d["read_by_judge"], d["count"]
-        lines.append(f"| {name} | {d['read_by_all']}/{n} | {j['mlp']}/{n} | {j['knn']}/{n} | {j['forest']}/{n} | "
+        lines.append(f"| {name} | {d['read_by_all']}/{d['count']} | {judge_cells(d['read_by_judge'], d['count'])} | "
                      f"{d['frames_read_by_all']:.3f} | {d['realism']:.2f}x |")
     lines += ["", "### sdo demo --model moving-digits (1 -> 7 in every frame)", "",
               "| run | all 3 judges read 7 in every frame | mlp | knn | forest | frames read 7 by all | "
               "realism | motion within 1 px | motion deviation mean (px) | max (px) | CPU s | wall s |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, d in results["demo"].items():
-        judges = d["read_by_judge"]
         lines.append(f"| {name} | {d['read_by_all'][1]}/{d['count']} (before {d['read_by_all'][0]}) | "
-                     f"{judges['mlp']}/{d['count']} | {judges['knn']}/{d['count']} | {judges['forest']}/{d['count']} | "
+                     f"{judge_cells(d['read_by_judge'], d['count'])} | "
                      f"{d['frames_read_by_all']:.3f} | {d['realism']:.2f}x | {d['motion']['motion_within_tolerance']:.3f} | "
                      f"{d['motion']['motion_deviation']:.2f} | {d['motion']['motion_deviation_max']:.2f} | "
                      f"{d['cpu_seconds']:.1f} | {d['wall_seconds']:.1f} |")
@@ -118,7 +122,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = {"machine": "2-core Intel Xeon, CPU only", "date": "2026-12-01", "per_class": args.per_class, "seeds": args.seeds,
+    date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    results = {"machine": "2-core Intel Xeon, CPU only", "date": date, "per_class": args.per_class, "seeds": args.seeds,
                "samples": sample_quality(args.per_class), "own": own_sevens(),
                "demo": {f"demo seed {seed}": demo(Path(args.out) / f"demo{seed}", seed=seed) for seed in args.seeds}}
     for name, options in VARIANTS.items():  # seed 0
