@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU wheel of torch; a plain `torch` requirement would pull a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
+# pytest workers (pytest-xdist; one torch thread each, set in tests/conftest.py)
+JOBS ?= 2
 
 .PHONY: install test demo gradcheck latent-table finetune-table clean
 
@@ -16,7 +18,7 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
 
 test:
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(JOBS)
 
 demo:
 	$(BIN)/sdo demo
