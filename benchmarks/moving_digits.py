@@ -2,7 +2,8 @@
 ``sdo demo --model moving-digits`` (moving 1s turned into moving 7s) timed in process CPU time on
 one thread.
 
-    OMP_NUM_THREADS=1 python benchmarks/moving_digits.py --out runs/moving_bench --docs docs/results --seeds 0 1 2 3 4
+    OMP_NUM_THREADS=1 python benchmarks/moving_digits.py --out runs/moving_bench --docs docs/results --seeds 0 1 2 3 4 \
+        --variant-seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -71,9 +72,14 @@ def demo(out: Path, **options) -> dict:
 VARIANTS = {"select-min-reward -0.1 (the digits demo's)": {"select_min_reward": -0.1},
             "lr 0.15 (the digits demo's)": {"lr": 0.15},
             "guidance 4": {"guidance": 4.0},
+            "guidance 1 (the conditional model alone)": {"guidance": 1.0},
+            "warm-up 5 of 20 steps": {"warmup": 5},
+            "50 DDIM steps": {"steps": 50},
             "full backpropagation": {"estimator": "full"}}
 """Demo variants on seed 0: the digits demo's selection threshold and its larger step, a stronger
-guidance (the model's own 7s read better at it), and the exact gradient instead of SDO's."""
+guidance (the model's own 7s read better at it) and none (the 1-conditioned model pulls less
+towards its guidance), the latent 5 steps in instead of the noise, more steps, and the exact
+gradient instead of SDO's."""
 
 
 def judge_cells(read_by_judge: dict, count: int) -> str:
@@ -85,7 +91,8 @@ def markdown(results: dict) -> str:
     q = results["samples"]["report"]
     per_class = results["per_class"]
     lines = ["Command: `OMP_NUM_THREADS=1 python benchmarks/moving_digits.py --out runs/moving_bench --docs docs/results "
-             f"--per-class {per_class} --seeds {' '.join(map(str, results['seeds']))}`",
+             f"--per-class {per_class} --seeds {' '.join(map(str, results['seeds']))} "
+             f"--variant-seeds {' '.join(map(str, results['variant_seeds']))}`",
              "", f"Machine: {results['machine']}; date {results['date']}; times are process CPU seconds on one thread.", "",
              f"### samples (DDIM 50, {per_class} videos per class, directions in turn)", "",
              "| videos | accuracy (frames) | all frames right | judge (frames) | digits-FD (mean of frames) | "
@@ -111,7 +118,28 @@ def markdown(results: dict) -> str:
                      f"{d['frames_read_by_all']:.3f} | {d['realism']:.2f}x | {d['motion']['motion_within_tolerance']:.3f} | "
                      f"{d['motion']['motion_deviation']:.2f} | {d['motion']['motion_deviation_max']:.2f} | "
                      f"{d['cpu_seconds']:.1f} | {d['wall_seconds']:.1f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + over_seeds(results)) + "\n"
+
+
+def variant_row(name: str, seed: int) -> str:
+    """A variant's row in ``results["demo"]``: its name on seed 0, ``NAME, seed S`` on another."""
+    return name if seed == 0 else f"{name}, seed {seed}"
+
+
+def over_seeds(results: dict) -> list[str]:
+    """Each variant against the shipped settings on the same seeds (``--variant-seeds``): videos
+    read as 7 by all three judges in every frame, summed over the seeds."""
+    seeds, demos = results["variant_seeds"], results["demo"]
+    if seeds == [0]:
+        return []
+    total = lambda rows: f"{sum(demos[r]['read_by_all'][1] for r in rows)}/{sum(demos[r]['count'] for r in rows)}"
+    lines = ["", f"### over seeds {' '.join(map(str, seeds))}: videos read 7 by all 3 judges in every frame", "",
+             "| run | read | per seed | largest motion deviation (px) |", "|---|---|---|---|"]
+    for name in ["shipped settings", *VARIANTS]:
+        rows = [f"demo seed {s}" if name == "shipped settings" else variant_row(name, s) for s in seeds]
+        lines.append(f"| {name} | {total(rows)} | {', '.join(str(demos[r]['read_by_all'][1]) for r in rows)} | "
+                     f"{max(demos[r]['motion']['motion_deviation_max'] for r in rows):.2f} |")
+    return lines
 
 
 def main() -> None:
@@ -120,14 +148,21 @@ def main() -> None:
     parser.add_argument("--docs", default=None, help="write moving_digits_cpu.json/.md here")
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variant-seeds", type=int, nargs="+", default=[0],
+                        help="the seeds each variant runs on (each among --seeds, so that the shipped settings ran on it)")
     args = parser.parse_args()
+    if not set(args.variant_seeds) <= set(args.seeds):
+        parser.error("--variant-seeds must be among --seeds")
     torch.set_num_threads(1)
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     results = {"machine": "2-core Intel Xeon, CPU only", "date": date, "per_class": args.per_class, "seeds": args.seeds,
+               "variant_seeds": args.variant_seeds,
                "samples": sample_quality(args.per_class), "own": own_sevens(),
                "demo": {f"demo seed {seed}": demo(Path(args.out) / f"demo{seed}", seed=seed) for seed in args.seeds}}
-    for name, options in VARIANTS.items():  # seed 0
-        results["demo"][name] = demo(Path(args.out) / name.replace(" ", "_"), seed=0, **options)
+    for seed in args.variant_seeds:
+        for name, options in VARIANTS.items():
+            row = variant_row(name, seed)
+            results["demo"][row] = demo(Path(args.out) / row.replace(" ", "_"), seed=seed, **options)
     text = markdown(results)
     print(text)
     if args.docs:
