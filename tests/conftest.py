@@ -7,12 +7,12 @@ import os
 import pytest
 import torch
 
+from shortcut_diffusion import make_scheduler
+from shortcut_diffusion.models import toy_model
+
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worker, and per command a test starts
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-
-from shortcut_diffusion import make_scheduler
-from shortcut_diffusion.models import toy_model
 
 # Every scheduler the engine promises, with the step arguments that select its variant.
 SCHEDULER_CASES = {
