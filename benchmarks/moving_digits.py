@@ -76,10 +76,10 @@ VARIANTS = {"select-min-reward -0.1 (the digits demo's)": {"select_min_reward": 
             "warm-up 5 of 20 steps": {"warmup": 5},
             "50 DDIM steps": {"steps": 50},
             "full backpropagation": {"estimator": "full"}}
-"""Demo variants, each run on ``--variant-seeds``: the digits demo's selection threshold and its larger step, a stronger
-guidance (the model's own 7s read better at it) and none (the 1-conditioned model pulls less
-towards its guidance), the latent 5 steps in instead of the noise, more steps, and the exact
-gradient instead of SDO's."""
+"""Demo variants, each run on ``--variant-seeds``: the digits demo's selection threshold and its
+larger step, a stronger guidance (the model's own 7s read better at it) and none (the
+1-conditioned model pulls less towards its guidance), the latent 5 steps in instead of the noise,
+more steps, and the exact gradient instead of SDO's."""
 
 
 def judge_cells(read_by_judge: dict, count: int) -> str:

@@ -17,7 +17,7 @@ EQUAL = "Equal reward"
 GUIDED = R + "bench_sd15_guided_cpu.csv"
 TESTBED = "src/shortcut_diffusion/models/testbed/weights/testbed.json"
 MOVING = "src/shortcut_diffusion/models/testbed/weights/moving/testbed.json"
-MOVING_MD = R + "moving_digits_cpu.md"
+MOVING_MD, MOVING_JSON = R + "moving_digits_cpu.md", R + "moving_digits_cpu.json"
 OVER_SEEDS = "### over seeds"
 LR_VARIANT = "lr 0.15 (the digits demo's)"
 DIGIT = "digit-class 1->7"
@@ -165,13 +165,13 @@ CLAIMS = [
           json_at("init_training", 0, "metrics", "model_ddim50", "accuracy"), "{:.0%}"),
     Claim("docs/video.md", "and digits-FD from {} to", MOVING, json_at("init_training", 0, "metrics", "model_ddim50", "digits_fd"),
           "{:.0f}"),
-    Claim("docs/video.md", "digits-FD from 33 to {} (the same evaluation)", R + "moving_digits_cpu.json",
+    Claim("docs/video.md", "digits-FD from 33 to {} (the same evaluation)", MOVING_JSON,
           json_at("samples", "report", "model_ddim50", "digits_fd"), "{:.0f}"),
-    Claim("docs/video.md", "frames read right from 73% to {} and digits-FD", R + "moving_digits_cpu.json",
+    Claim("docs/video.md", "frames read right from 73% to {} and digits-FD", MOVING_JSON,
           json_at("samples", "report", "model_ddim50", "accuracy"), "{:.0%}"),
-    Claim("docs/video.md", "by all three judges {} of 40 times (31 at", R + "moving_digits_cpu.json",
+    Claim("docs/video.md", "by all three judges {} of 40 times (31 at", MOVING_JSON,
           json_at("own", "own 7s, DDIM 20, guidance 4", "read_by_all")),
-    Claim("docs/video.md", "yet the demo at `--guidance 4` reads {} of 8 on seed 0", R + "moving_digits_cpu.json",
+    Claim("docs/video.md", "yet the demo at `--guidance 4` reads {} of 8 on seed 0", MOVING_JSON,
           json_at("demo", "guidance 4", "read_by_all", 1)),
     _over_seeds("on seeds 0-2 the shipped settings read {} of 24 videos", "shipped settings"),
     _over_seeds("the digits demo's step (`--lr 0.15`), {} of 24", LR_VARIANT),
@@ -179,9 +179,9 @@ CLAIMS = [
     _over_seeds("`--guidance 4` reads {} of 24 within the tolerance", "guidance 4"),
     _over_seeds("full backpropagation (`--estimator full`) reads {} of 24", "full backpropagation"),
     _over_seeds("the best reads {} of 24 videos on seeds 0-2", LR_VARIANT),
-    Claim("docs/video.md", "**Time**: {} s of process CPU time a run (the five seeds)", R + "moving_digits_cpu.json",
+    Claim("docs/video.md", "**Time**: {} s of process CPU time a run (the five seeds)", MOVING_JSON,
           lambda p: "{:.0f}-{:.0f}".format(*_demo_cpu_range(p))),
-    Claim("docs/video.md", "and takes {}x SDO's CPU time", R + "moving_digits_cpu.json",
+    Claim("docs/video.md", "and takes {}x SDO's CPU time", MOVING_JSON,
           ratio(json_at("demo", "full backpropagation", "cpu_seconds"), json_at("demo", "demo seed 0", "cpu_seconds")),
           "{:.1f}"),
     Claim("docs/testing.md", "reward's classifier, {} on real held-out digits", TESTBED,
@@ -239,10 +239,10 @@ TABLES = [
           "Machine:"),
     Table("docs/latent.md", "[demo_tradeoff_cpu.md](results/demo_tradeoff_cpu.md))", R + "demo_tradeoff_cpu.md",
           "Command:"),
-    Table("docs/video.md", "Samples of the bundled moving-digits model", R + "moving_digits_cpu.md", "### samples"),
-    Table("docs/video.md", "`sdo demo --model moving-digits` as measured", R + "moving_digits_cpu.md", "### sdo demo"),
+    Table("docs/video.md", "Samples of the bundled moving-digits model", MOVING_MD, "### samples"),
+    Table("docs/video.md", "`sdo demo --model moving-digits` as measured", MOVING_MD, "### sdo demo"),
     Table("docs/video.md", "Each variant against the shipped settings on the same three seeds", MOVING_MD, OVER_SEEDS),
-    Table("docs/video.md", "The model's own 7s, 40 videos conditioned on 7", R + "moving_digits_cpu.md", "### the model's own 7s"),
+    Table("docs/video.md", "The model's own 7s, 40 videos conditioned on 7", MOVING_MD, "### the model's own 7s"),
     Table("docs/latent.md", "[picard_cosine_cpu.md](results/picard_cosine_cpu.md)), the cosine",
           R + "picard_cosine_cpu.md", "Machine:"),
     Table("docs/video.md", "[finetune_bold_moving_cpu.md](results/finetune_bold_moving_cpu.md))",
